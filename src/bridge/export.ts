@@ -1,0 +1,65 @@
+// The interface between the NBD server (src/nbd/) and whatever stores the
+// blocks. The NBD layer validates requests against these properties before it
+// calls a method, so implementations may assume in-range, well-formed calls.
+
+export interface ExportFlags {
+  readOnly: boolean;
+  /** SEND_FLUSH: a flush makes every acknowledged write durable. */
+  flush: boolean;
+  /** SEND_FUA: FUA is honoured on writes (and accepted everywhere). */
+  fua: boolean;
+  trim: boolean;
+  writeZeroes: boolean;
+  fastZero: boolean;
+  rotational: boolean;
+  /** Every connection reaches the same backing store and flush covers all of them. */
+  multiConn: boolean;
+  cache: boolean;
+  /** base:allocation block status is meaningful (not just "all data"). */
+  blockStatus: boolean;
+}
+
+export interface BlockSizes {
+  minimum: number;
+  preferred: number;
+  maximum: number;
+}
+
+/** One extent of base:allocation (NBD_STATE_HOLE = 1, NBD_STATE_ZERO = 2). */
+export interface Extent {
+  length: number;
+  flags: number;
+}
+
+export interface ZeroOptions {
+  /** NBD_CMD_FLAG_NO_HOLE: zeros must be allocated (no unmap). */
+  noHole: boolean;
+  /** NBD_CMD_FLAG_FAST_ZERO: fail with ENOTSUP rather than write zeros slowly. */
+  fastZero: boolean;
+  fua: boolean;
+}
+
+export interface Export {
+  readonly name: string;
+  readonly description: string;
+  readonly size: bigint;
+  readonly flags: ExportFlags;
+  readonly blockSizes: BlockSizes;
+
+  /**
+   * Read `length` bytes at `offset`. When `into` is given (length >= `length`)
+   * the data lands in it and it is returned; otherwise a new buffer is.
+   */
+  read(offset: bigint, length: number, into?: Buffer): Promise<Buffer>;
+  write(offset: bigint, data: Buffer, fua: boolean): Promise<void>;
+  flush(): Promise<void>;
+  trim(offset: bigint, length: number, fua: boolean): Promise<void>;
+  zero(offset: bigint, length: number, opts: ZeroOptions): Promise<void>;
+  /** Extents covering at least the first byte of the range and at most `length` bytes. */
+  blockStatus(offset: bigint, length: number): Promise<Extent[]>;
+  cache(offset: bigint, length: number): Promise<void>;
+
+  /** Called once per NBD connection that selected this export. */
+  attach?(): void;
+  detach?(): void;
+}
