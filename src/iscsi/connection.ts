@@ -1,0 +1,291 @@
+// The socket adapter of one iSCSI connection: TCP connect, login (driving
+// LoginEngine), then full feature phase where frames go to a handler (the
+// SessionEngine) and encoded PDUs come back through send(). It owns no
+// protocol state beyond switching the framer's digests and data segment
+// limit when login ends. Socket errors and closes become one 'closed' event.
+
+import net from 'node:net';
+import { EventEmitter } from 'node:events';
+import { IscsiNbdError, LoginError, ProtocolError, TransportError } from '../errors';
+import { rootLogger, type Logger } from '../log';
+import { DEFAULT_MAX_RECV_DSL, Opcode, opcodeName } from './constants';
+import { DigestError } from './crc32c';
+import { PduFramer } from './framer';
+import { ChapAlgorithmRejectedError, LoginEngine, LoginOptions, LoginResult, LoginStep } from './login';
+import { decodeFrame, encodePdu, Frame, Pdu } from './pdu';
+
+export interface Portal {
+  host: string;
+  port: number;
+}
+
+export function formatPortal(p: Portal): string {
+  return p.host.includes(':') ? `[${p.host}]:${p.port}` : `${p.host}:${p.port}`;
+}
+
+export type ConnectionState = 'connecting' | 'login' | 'full-feature' | 'closed';
+
+export interface OpenOptions {
+  portal: Portal;
+  login: Omit<LoginOptions, 'logger'>;
+  connectTimeoutMs?: number;
+  loginTimeoutMs?: number;
+  /** Login redirections followed before giving up (EREDIRECT). */
+  maxRedirects?: number;
+  log?: Logger;
+}
+
+export interface OpenResult {
+  conn: IscsiConnection;
+  login: LoginResult;
+  /** Where we ended up logged in (after redirections). */
+  portal: Portal;
+  /** Set when the target moved permanently: use it for later connections. */
+  permanentRedirect?: Portal;
+}
+
+const DEFAULT_CONNECT_MS = 10000;
+const DEFAULT_LOGIN_MS = 15000;
+const DEFAULT_MAX_REDIRECTS = 5;
+
+/** Open a TCP connection (IPv4 or IPv6), bounded by timeoutMs. */
+export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const where = formatPortal(portal);
+    const sock = net.connect({ host: portal.host, port: portal.port });
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new TransportError('ECONNECT', `cannot connect to iSCSI portal ${where}: no answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    sock.once('connect', () => {
+      clearTimeout(timer);
+      sock.removeAllListeners('error');
+      sock.setNoDelay(true);
+      sock.setKeepAlive(true, 30000);
+      resolve(sock);
+    });
+    sock.once('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      sock.destroy();
+      const why = e.code === 'ECONNREFUSED' ? 'connection refused (is the target running and listening there?)'
+        : e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? 'host name not found'
+        : e.code === 'EHOSTUNREACH' || e.code === 'ENETUNREACH' ? 'host unreachable' : e.message;
+      reject(new TransportError('ECONNECT', `cannot connect to iSCSI portal ${where}: ${why}`, { cause: e }));
+    });
+  });
+}
+
+/**
+ * Connect and log in, following redirections, retrying once with CHAP_A=5
+ * for targets that reject an algorithm list. Rejects with TransportError or
+ * LoginError (or ProtocolError for a broken target).
+ */
+export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
+  const log = opts.log ?? rootLogger();
+  const maxRedirects = opts.maxRedirects ?? DEFAULT_MAX_REDIRECTS;
+  let portal = opts.portal;
+  let permanent: Portal | undefined;
+  let loginOpts = opts.login;
+  let md5Retry = false;
+  for (let redirects = 0; ;) {
+    const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS);
+    const conn = new IscsiConnection(sock, log.child({ portal: formatPortal(portal) }));
+    let step: Exclude<LoginStep, { send: unknown }>;
+    try {
+      step = await conn.login(loginOpts, opts.loginTimeoutMs ?? DEFAULT_LOGIN_MS);
+    } catch (e) {
+      conn.close(e as Error);
+      if (e instanceof ChapAlgorithmRejectedError && !md5Retry) {
+        md5Retry = true;
+        loginOpts = { ...loginOpts, chapAlgorithms: [5] };
+        log.info('target rejected our CHAP_A list; retrying with MD5 only');
+        continue;
+      }
+      throw e;
+    }
+    if ('done' in step) {
+      const r: OpenResult = { conn, login: step.done, portal };
+      if (permanent) r.permanentRedirect = permanent;
+      return r;
+    }
+    conn.close();
+    const next: Portal = { host: step.redirect.address, port: step.redirect.port };
+    if (++redirects > maxRedirects) {
+      throw new LoginError('EREDIRECT', `iSCSI login redirected more than ${maxRedirects} times (last to ${formatPortal(next)})`, 1, step.redirect.permanent ? 2 : 1);
+    }
+    log.info({ to: formatPortal(next), permanent: step.redirect.permanent }, 'iSCSI login redirected');
+    if (step.redirect.permanent) permanent = next;
+    portal = next;
+  }
+}
+
+/**
+ * Events: 'closed' (reason: Error), once. In full feature phase, frames are
+ * decoded and passed to the handler given to attach(); those arriving
+ * before attach() are held.
+ */
+export class IscsiConnection extends EventEmitter {
+  private st: ConnectionState = 'login';
+  private readonly framer: PduFramer;
+  private handler: ((pdu: Pdu) => void) | undefined;
+  private held: Pdu[] = [];
+  private loginEngine: LoginEngine | undefined;
+  private loginDone: ((step: Exclude<LoginStep, { send: unknown }>) => void) | undefined;
+  private loginFailed: ((e: Error) => void) | undefined;
+  private closeReason: Error | undefined;
+
+  constructor(private readonly socket: net.Socket, private readonly log: Logger) {
+    super();
+    this.framer = new PduFramer({ maxDataSegmentLength: DEFAULT_MAX_RECV_DSL, onFrame: (f) => this.onFrame(f) });
+    socket.on('data', (chunk: Buffer) => {
+      if (this.st === 'closed') return;
+      try {
+        this.framer.push(chunk);
+      } catch (e) {
+        this.close(e instanceof Error ? e : new Error(String(e)));
+      }
+    });
+    socket.on('error', (e) => {
+      this.close(new TransportError('ECONNLOST', `iSCSI connection error: ${e.message}`, { cause: e }));
+    });
+    socket.on('close', () => {
+      this.close(new TransportError('ECONNLOST', 'the target closed the iSCSI connection'));
+    });
+    socket.on('end', () => {
+      // Half-close from the target: the session is over for this connection.
+      this.close(new TransportError('ECONNLOST', 'the target closed the iSCSI connection'));
+    });
+  }
+
+  get state(): ConnectionState {
+    return this.st;
+  }
+
+  /** Why the connection closed (undefined while open). */
+  get reason(): Error | undefined {
+    return this.closeReason;
+  }
+
+  get remote(): string {
+    return `${this.socket.remoteAddress}:${this.socket.remotePort}`;
+  }
+
+  /** Bytes queued in the socket (for flow control by the owner). */
+  get writableLength(): number {
+    return this.socket.writableLength;
+  }
+
+  private setState(to: ConnectionState): void {
+    if (to === this.st) return;
+    this.log.debug({ from: this.st, to }, 'iscsi connection state');
+    this.st = to;
+  }
+
+  /** Run the login phase; resolves with 'done' or 'redirect'. */
+  login(opts: Omit<LoginOptions, 'logger'>, timeoutMs: number): Promise<Exclude<LoginStep, { send: unknown }>> {
+    return new Promise((resolve, reject) => {
+      if (this.st !== 'login') {
+        reject(this.closeReason ?? new TransportError('ECONNLOST', 'connection not in login phase'));
+        return;
+      }
+      const timer = setTimeout(() => {
+        const e = new TransportError('ETIMEOUT', `iSCSI login did not complete within ${timeoutMs} ms`);
+        this.close(e);
+      }, timeoutMs);
+      this.loginDone = (s) => {
+        clearTimeout(timer);
+        this.loginDone = this.loginFailed = undefined;
+        resolve(s);
+      };
+      this.loginFailed = (e) => {
+        clearTimeout(timer);
+        this.loginDone = this.loginFailed = undefined;
+        reject(e);
+      };
+      try {
+        this.loginEngine = new LoginEngine({ ...opts, logger: this.log });
+        this.write([encodePdu(this.loginEngine.start())]);
+      } catch (e) {
+        this.loginFailed(e as Error);
+      }
+    });
+  }
+
+  private onFrame(frame: Frame): void {
+    const pdu = decodeFrame(frame); // ProtocolError -> push() throws -> close
+    if (this.st === 'login') {
+      if (pdu.opcode !== Opcode.LOGIN_RESPONSE) {
+        throw new ProtocolError(`unexpected ${opcodeName(pdu.opcode)} PDU during login`);
+      }
+      let step: LoginStep;
+      try {
+        step = this.loginEngine!.receive(pdu);
+      } catch (e) {
+        this.loginFailed?.(e as Error);
+        throw e;
+      }
+      if ('send' in step) {
+        this.write([encodePdu(step.send)]);
+        return;
+      }
+      if ('done' in step) {
+        // Digests and our receive limit apply from the next PDU on.
+        this.framer.headerDigest = step.done.headerDigest;
+        this.framer.dataDigest = step.done.dataDigest;
+        this.framer.maxDataSegmentLength = step.done.maxRecvDataSegmentLength;
+        this.setState('full-feature');
+      }
+      this.loginEngine = undefined;
+      this.loginDone?.(step);
+      return;
+    }
+    if (this.st !== 'full-feature') return;
+    if (this.handler) this.handler(pdu);
+    else this.held.push(pdu);
+  }
+
+  /** Deliver full-feature PDUs to `handler` (PDUs held so far first). */
+  attach(handler: (pdu: Pdu) => void): void {
+    this.handler = handler;
+    const held = this.held;
+    this.held = [];
+    for (const p of held) {
+      if (this.st !== 'full-feature') break;
+      handler(p);
+    }
+  }
+
+  /** Write PDU buffers as one batch. Returns false if the socket is closed. */
+  send(buffers: Buffer[]): boolean {
+    if (this.st === 'closed') return false;
+    this.write(buffers);
+    return true;
+  }
+
+  private write(buffers: Buffer[]): void {
+    if (buffers.length === 1) {
+      this.socket.write(buffers[0]);
+      return;
+    }
+    this.socket.cork();
+    for (const b of buffers) this.socket.write(b);
+    this.socket.uncork();
+  }
+
+  /** Close now (idempotent); emits 'closed' with the first reason. */
+  close(reason?: Error): void {
+    if (this.st === 'closed') return;
+    const r = reason ?? new TransportError('ECONNLOST', 'iSCSI connection closed locally');
+    this.closeReason = r;
+    this.setState('closed');
+    if (r instanceof DigestError || r instanceof ProtocolError) {
+      this.log.warn({ err: r.message, code: (r as IscsiNbdError).code }, 'dropping iSCSI connection');
+    } else {
+      this.log.debug({ err: r.message }, 'iSCSI connection closed');
+    }
+    this.socket.destroy();
+    this.loginFailed?.(r);
+    this.held = [];
+    this.emit('closed', r);
+  }
+}

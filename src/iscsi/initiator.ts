@@ -1,0 +1,558 @@
+// IscsiSession: the iSCSI initiator the rest of the product uses (a
+// ScsiTransport). One connection per session (MaxConnections=1), ERL 0.
+//
+// Recovery: when the connection is lost (socket closed, NOP timeout,
+// protocol error, target asking us to log out or warning of a drop), the
+// session logs in again with the same ISID and TSIH 0 (session
+// reinstatement) after an exponential backoff with jitter, and reissues every
+// unfinished command with a new ITT/CmdSN, rebuilding Data-Out from the
+// caller's buffers. Callers do not see outages shorter than replacementMs;
+// after that, pending and new commands fail with ECONNLOST while reconnection
+// goes on in the background.
+
+import { EventEmitter } from 'node:events';
+import { ConfigError, LoginError, TransportError } from '../errors';
+import { rootLogger, type Logger } from '../log';
+import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport';
+import { AsyncEvent, LogoutReason, TmfResponse } from './constants';
+import { IscsiConnection, formatPortal, openConnection, Portal } from './connection';
+import { DigestError } from './crc32c';
+import type { LoginResult } from './login';
+import type { DigestPreference, ProposalOptions } from './negotiation';
+import { randomIsid } from './pdu';
+import {
+  AsyncEventInfo, CommandTimeoutInfo, createPendingTask, EngineClock, PendingTask, SessionEngine, systemClock,
+} from './session';
+
+export type DigestMode = 'none' | 'crc32c' | 'prefer-crc32c' | 'prefer-none';
+
+export interface SessionTimeouts {
+  /** TCP connect (default 10000). */
+  connectMs: number;
+  /** Whole login exchange (default 15000). */
+  loginMs: number;
+  /** Per-command default before escalation (ABORT TASK, LUN RESET, reconnect); 0 = none (default 30000). */
+  commandMs: number;
+  /** NOP-Out ping after this much silence; 0 = never (default 5000). */
+  nopIntervalMs: number;
+  /** Unanswered ping -> connection dead (default 10000). */
+  nopTimeoutMs: number;
+  /** How long an outage is hidden from callers (default 120000). */
+  replacementMs: number;
+  /** Each task management request (default 10000). */
+  tmfMs: number;
+  /** Logout request, and waiting for in-flight commands before it (default 10000). */
+  logoutMs: number;
+}
+
+export interface ReconnectBackoff {
+  /** First delay (default 100 ms). */
+  initialMs: number;
+  /** Largest delay (default 30000 ms). */
+  maxMs: number;
+  /** Relative jitter, +/- (default 0.2). */
+  jitter: number;
+}
+
+export interface IscsiSessionOptions {
+  portal: Portal;
+  targetName: string;
+  initiatorName: string;
+  initiatorAlias?: string;
+  /** 48-bit ISID; random (type "random", T=10b) by default, stable for this object. */
+  isid?: number;
+  auth?: { user: string; secret: string | Buffer; targetUser?: string; targetSecret?: string | Buffer };
+  /** Header and data digests (default 'none'). */
+  digest?: DigestMode;
+  /** Overrides of our operational proposal. */
+  params?: Partial<ProposalOptions>;
+  timeouts?: Partial<SessionTimeouts>;
+  /** Reconnect after connection loss (default true). */
+  reconnect?: boolean;
+  backoff?: Partial<ReconnectBackoff>;
+  log?: Logger;
+  /** Timer source of the protocol engine (tests). */
+  clock?: EngineClock;
+}
+
+export type SessionState = 'idle' | 'connecting' | 'logged-in' | 'recovering' | 'failed' | 'closing' | 'closed';
+
+export interface SessionStats {
+  reconnects: number;
+  digestErrors: number;
+  cmdSn: number;
+  expStatSn: number;
+  maxCmdSn: number;
+  /** Commands the target accepts now (MaxCmdSN - CmdSN + 1). */
+  window: number;
+  portal: string;
+}
+
+export const DEFAULT_TIMEOUTS: SessionTimeouts = {
+  connectMs: 10000,
+  loginMs: 15000,
+  commandMs: 30000,
+  nopIntervalMs: 5000,
+  nopTimeoutMs: 10000,
+  replacementMs: 120000,
+  tmfMs: 10000,
+  logoutMs: 10000,
+};
+
+const DEFAULT_BACKOFF: ReconnectBackoff = { initialMs: 100, maxMs: 30000, jitter: 0.2 };
+
+const DIGEST_PROPOSAL: Record<DigestMode, DigestPreference> = {
+  none: 'None',
+  crc32c: 'CRC32C',
+  'prefer-crc32c': 'CRC32C,None',
+  'prefer-none': 'None,CRC32C',
+};
+
+/** Backoff delay for attempt n (0-based): initial * 2^n capped at max, +/- jitter. */
+export function backoffDelay(n: number, b: ReconnectBackoff, random: () => number = Math.random): number {
+  const base = Math.min(b.maxMs, b.initialMs * 2 ** Math.min(n, 30));
+  return Math.max(0, Math.round(base * (1 + (random() * 2 - 1) * b.jitter)));
+}
+
+/**
+ * Events:
+ *  - 'state' (to: SessionState, from: SessionState)
+ *  - 'async' (info: AsyncEventInfo): the target's Async Messages
+ *  - 'lost' (reason: Error): the connection went down (recovery starts if enabled)
+ *  - 'reconnected' (info: {attempts, outageMs}): logged in again and commands reissued
+ */
+export class IscsiSession extends EventEmitter implements ScsiTransport {
+  readonly isid: number;
+  private st: SessionState = 'idle';
+  private readonly opts: IscsiSessionOptions;
+  private readonly timeouts: SessionTimeouts;
+  private readonly backoff: ReconnectBackoff;
+  private readonly log: Logger;
+  private readonly reconnectEnabled: boolean;
+  private portal: Portal;
+  private conn: IscsiConnection | undefined;
+  private engine: SessionEngine | undefined;
+  private params: LoginResult | undefined;
+  /** Tasks waiting for a connection (during connect or recovery). */
+  private backlog: PendingTask[] = [];
+  private generation = 0;
+  private reconnectCount = 0;
+  private digestErrorCount = 0;
+  private lostAt = 0;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private replacementTimer: NodeJS.Timeout | undefined;
+  private nextDelayMs: number | undefined;
+  private attempts = 0;
+  private loggingOut: Promise<void> | undefined;
+  private readonly escalating = new Set<number>();
+
+  constructor(opts: IscsiSessionOptions) {
+    super();
+    if (!opts.targetName) throw new ConfigError('ECONFIG', 'IscsiSession needs a target name');
+    if (!opts.initiatorName) throw new ConfigError('ECONFIG', 'IscsiSession needs an initiator name');
+    this.opts = opts;
+    this.portal = { ...opts.portal };
+    this.isid = opts.isid ?? randomIsid();
+    this.timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
+    this.backoff = { ...DEFAULT_BACKOFF, ...opts.backoff };
+    this.reconnectEnabled = opts.reconnect ?? true;
+    this.log = (opts.log ?? rootLogger()).child({ component: 'iscsi-initiator', target: opts.targetName });
+    // Fail early on a bad proposal (ConfigError), not at the first login.
+    if (opts.digest !== undefined && !(opts.digest in DIGEST_PROPOSAL)) {
+      throw new ConfigError('ECONFIG', `digest must be none, crc32c, prefer-crc32c or prefer-none, got ${String(opts.digest)}`);
+    }
+  }
+
+  // ------------------------------------------------------------ accessors
+
+  get state(): SessionState {
+    return this.st;
+  }
+
+  /** Parameters of the current (or last) login; undefined before the first. */
+  get negotiated(): LoginResult | undefined {
+    return this.params;
+  }
+
+  /** Largest transfer per command: MaxBurstLength (many targets refuse more). */
+  get maxTransferBytes(): number {
+    return this.params?.maxBurstLength ?? 262144;
+  }
+
+  /** Commands sent or waiting (including those parked during an outage). */
+  get inFlight(): number {
+    return (this.engine?.inFlight ?? 0) + this.backlog.filter((t) => !t.settled).length;
+  }
+
+  get stats(): SessionStats {
+    const seq = this.engine?.sequence;
+    return {
+      reconnects: this.reconnectCount,
+      digestErrors: this.digestErrorCount,
+      cmdSn: seq?.cmdSN ?? 0,
+      expStatSn: seq?.expStatSN ?? 0,
+      maxCmdSn: seq?.maxCmdSN ?? 0,
+      window: seq?.window ?? 0,
+      portal: formatPortal(this.portal),
+    };
+  }
+
+  private setState(to: SessionState): void {
+    if (to === this.st) return;
+    const from = this.st;
+    this.st = to;
+    this.log.debug({ from, to }, 'iscsi session state');
+    this.emit('state', to, from);
+  }
+
+  // ------------------------------------------------------------ connect
+
+  /** Log in. Rejects with LoginError (EAUTH, ENOTARGET, ...) or TransportError (ECONNECT, ETIMEOUT). */
+  async connect(): Promise<void> {
+    if (this.st !== 'idle' && this.st !== 'failed') {
+      throw new TransportError('ECONNECT', `connect() called in state ${this.st}`);
+    }
+    this.setState('connecting');
+    try {
+      await this.establish();
+    } catch (e) {
+      if ((this.st as SessionState) === 'connecting') {
+        this.setState('failed');
+        this.rejectBacklog(new TransportError('ECONNLOST', `iSCSI login to ${this.opts.targetName} failed: ${(e as Error).message}`));
+      }
+      throw e;
+    }
+  }
+
+  private loginOptions(): Parameters<typeof openConnection>[0]['login'] {
+    const digest = DIGEST_PROPOSAL[this.opts.digest ?? 'none'];
+    const proposal: ProposalOptions = {
+      headerDigest: digest,
+      dataDigest: digest,
+      ...this.opts.params,
+      // ERL 0 and one connection are what this initiator implements.
+      errorRecoveryLevel: 0,
+      maxConnections: 1,
+    };
+    if (this.opts.initiatorAlias) proposal.initiatorAlias = this.opts.initiatorAlias;
+    return {
+      initiatorName: this.opts.initiatorName,
+      targetName: this.opts.targetName,
+      sessionType: 'Normal',
+      isid: this.isid,
+      tsih: 0,
+      cid: 0,
+      itt: 0,
+      cmdSN: 1,
+      auth: this.opts.auth,
+      proposal,
+    };
+  }
+
+  /** One connection + login + engine; adopts the backlog. */
+  private async establish(): Promise<void> {
+    const gen = ++this.generation;
+    const r = await openConnection({
+      portal: this.portal,
+      login: this.loginOptions(),
+      connectTimeoutMs: this.timeouts.connectMs,
+      loginTimeoutMs: this.timeouts.loginMs,
+      log: this.log,
+    });
+    const { conn, login } = r;
+    if (gen !== this.generation || this.st === 'closing' || this.st === 'closed') {
+      conn.close();
+      throw new TransportError('ESHUTDOWN', 'session closed during login');
+    }
+    if (conn.state === 'closed') {
+      throw conn.reason ?? new TransportError('ECONNLOST', 'connection lost right after login');
+    }
+    if (this.opts.digest === 'crc32c' && (!login.headerDigest || !login.dataDigest)) {
+      conn.close();
+      throw new LoginError('ELOGIN', 'the target refused CRC32C header/data digests (digest: crc32c); use prefer-crc32c to allow none');
+    }
+    if (r.permanentRedirect) {
+      this.log.info({ portal: formatPortal(r.permanentRedirect) }, 'target moved permanently; using the new portal from now on');
+      this.portal = r.permanentRedirect;
+    }
+    this.params = login;
+    const engine = new SessionEngine({
+      params: login,
+      cmdSN: login.cmdSN,
+      expStatSN: login.expStatSN,
+      expCmdSN: login.expCmdSN,
+      maxCmdSN: login.maxCmdSN,
+      cid: login.cid,
+      onSend: (bufs) => conn.send(bufs),
+      clock: this.opts.clock ?? systemClock,
+      log: this.log,
+      commandTimeoutMs: this.timeouts.commandMs,
+      nopIntervalMs: this.timeouts.nopIntervalMs,
+      nopTimeoutMs: this.timeouts.nopTimeoutMs,
+    });
+    this.conn = conn;
+    this.engine = engine;
+    engine.on('fatal', (err: Error) => conn.close(err));
+    engine.on('timeout', (info: CommandTimeoutInfo) => void this.escalate(gen, engine, info));
+    engine.on('async', (info: AsyncEventInfo) => this.onAsync(gen, engine, info));
+    conn.on('closed', (reason: Error) => this.onConnectionLost(gen, reason));
+    conn.attach((pdu) => engine.receive(pdu));
+    this.log.info({ portal: formatPortal(r.portal), tsih: login.tsih, maxBurstLength: login.maxBurstLength, headerDigest: login.headerDigest, dataDigest: login.dataDigest }, 'iSCSI session logged in');
+    if ((conn.state as string) === 'closed') {
+      // Lost while attaching: onConnectionLost already ran for this generation.
+      throw conn.reason ?? new TransportError('ECONNLOST', 'connection lost right after login');
+    }
+    this.setState('logged-in');
+    const backlog = this.backlog;
+    this.backlog = [];
+    engine.adopt(backlog);
+  }
+
+  // ------------------------------------------------------------ I/O
+
+  execute(req: ScsiRequest): Promise<ScsiResponse> {
+    const st = this.st;
+    if (st === 'logged-in' && this.engine && this.engine.state === 'full-feature') return this.engine.submit(req);
+    if (st === 'logged-in' || st === 'connecting' || st === 'recovering') {
+      // Not connected yet, or the connection is being logged out or dropped:
+      // park it for the next connection.
+      const { task, promise } = createPendingTask(req);
+      this.backlog.push(task);
+      return promise;
+    }
+    if (st === 'closing' || st === 'closed') {
+      return Promise.reject(new TransportError('ESHUTDOWN', 'iSCSI session is closed'));
+    }
+    return Promise.reject(new TransportError('ECONNLOST', `iSCSI session to ${this.opts.targetName} is not connected (${st})`));
+  }
+
+  // ------------------------------------------------------------ timeouts
+
+  // ABORT TASK, then LUN RESET, then drop the connection (commands are reissued).
+  private async escalate(gen: number, engine: SessionEngine, info: CommandTimeoutInfo): Promise<void> {
+    if (gen !== this.generation || this.escalating.has(info.itt)) return;
+    const drop = (why: string): void => {
+      if (gen === this.generation) this.conn?.close(new TransportError('ETIMEOUT', why));
+    };
+    if (!info.sent) {
+      drop(`command waited ${info.ageMs} ms for the CmdSN window; reconnecting`);
+      return;
+    }
+    this.escalating.add(info.itt);
+    try {
+      try {
+        const r = await engine.abortTask(info.itt, this.timeouts.tmfMs);
+        if (r === TmfResponse.FUNCTION_COMPLETE || r === TmfResponse.TASK_DOES_NOT_EXIST) return;
+        this.log.warn({ itt: info.itt, response: r }, 'ABORT TASK failed; resetting the LUN');
+      } catch (e) {
+        this.log.warn({ itt: info.itt, err: (e as Error).message }, 'ABORT TASK failed; resetting the LUN');
+      }
+      if (gen !== this.generation || engine.state !== 'full-feature') return;
+      try {
+        const r = await engine.lunReset(info.lun, this.timeouts.tmfMs);
+        if (r === TmfResponse.FUNCTION_COMPLETE) return;
+        this.log.warn({ lun: info.lun, response: r }, 'LUN RESET failed; dropping the connection');
+      } catch (e) {
+        this.log.warn({ lun: info.lun, err: (e as Error).message }, 'LUN RESET failed; dropping the connection');
+      }
+      drop('task management could not end a timed-out command; reconnecting');
+    } finally {
+      this.escalating.delete(info.itt);
+    }
+  }
+
+  // ------------------------------------------------------------ async events
+
+  private onAsync(gen: number, engine: SessionEngine, info: AsyncEventInfo): void {
+    this.emit('async', info);
+    if (gen !== this.generation) return;
+    switch (info.event) {
+      case AsyncEvent.LOGOUT_REQUEST:
+      case AsyncEvent.NEGOTIATION_REQUEST:
+        // Log out within Parameter3 seconds; a new login renegotiates.
+        void this.logoutAndReconnect(gen, engine, Math.max(1, info.parameter3) * 1000, info.name);
+        break;
+      case AsyncEvent.CONNECTION_DROP:
+      case AsyncEvent.SESSION_DROP:
+        // The target drops us; wait Time2Wait (Parameter2) before logging in again.
+        this.nextDelayMs = info.parameter2 * 1000;
+        this.conn?.close(new TransportError('ECONNLOST', `target announced ${info.name}`));
+        break;
+      default:
+        break;
+    }
+  }
+
+  private async logoutAndReconnect(gen: number, engine: SessionEngine, limitMs: number, why: string): Promise<void> {
+    engine.pause();
+    const waitMs = Math.max(0, limitMs - 500);
+    await this.waitIdle(engine, waitMs, false);
+    if (gen !== this.generation || engine.state !== 'full-feature') return;
+    await engine.logout(LogoutReason.CLOSE_SESSION, Math.min(this.timeouts.logoutMs, limitMs)).catch(() => undefined);
+    if (gen !== this.generation) return;
+    this.nextDelayMs = 0;
+    this.conn?.close(new TransportError('ECONNLOST', `logged out at the target's request (${why})`));
+  }
+
+  /**
+   * Wait (at most limitMs) until no command is on the wire: with
+   * `includeQueued`, also until none waits for the CmdSN window.
+   */
+  private waitIdle(engine: SessionEngine, limitMs: number, includeQueued = true): Promise<void> {
+    const done = (): boolean => engine.state !== 'full-feature' ||
+      (includeQueued ? engine.inFlight === 0 : engine.inFlight === engine.queued);
+    if (done()) return Promise.resolve();
+    return new Promise((resolve) => {
+      const finish = (): void => {
+        clearTimeout(timer);
+        engine.off('taskDone', check);
+        engine.off('idle', check);
+        engine.off('state', check);
+        resolve();
+      };
+      const check = (): void => {
+        if (done()) finish();
+      };
+      const timer = setTimeout(finish, limitMs);
+      engine.on('taskDone', check);
+      engine.on('idle', check);
+      engine.on('state', check);
+    });
+  }
+
+  // ------------------------------------------------------------ recovery
+
+  private onConnectionLost(gen: number, reason: Error): void {
+    if (gen !== this.generation) return;
+    if (reason instanceof DigestError) this.digestErrorCount++;
+    const engine = this.engine;
+    this.engine = undefined;
+    this.conn = undefined;
+    if (engine) {
+      engine.fail(reason);
+      this.backlog = [...engine.drainTasks(), ...this.backlog];
+      engine.shutdown();
+    }
+    if (this.st === 'closing' || this.st === 'closed' || this.st === 'connecting') {
+      // connect() reports its own failure; close()/logout() reject the rest.
+      return;
+    }
+    this.log.warn({ err: reason.message, pending: this.backlog.length }, 'iSCSI connection lost');
+    this.emit('lost', reason);
+    if (!this.reconnectEnabled) {
+      this.setState('failed');
+      this.rejectBacklog(new TransportError('ECONNLOST', `iSCSI connection lost: ${reason.message}`));
+      return;
+    }
+    if (this.st !== 'failed') {
+      this.lostAt = Date.now();
+      this.setState('recovering');
+      this.armReplacementTimer();
+    }
+    this.attempts = 0;
+    this.scheduleReconnect();
+  }
+
+  private armReplacementTimer(): void {
+    if (this.replacementTimer) clearTimeout(this.replacementTimer);
+    this.replacementTimer = setTimeout(() => {
+      this.replacementTimer = undefined;
+      if (this.st !== 'recovering') return;
+      this.log.error({ ms: this.timeouts.replacementMs }, 'iSCSI session not restored in time; failing commands, still reconnecting');
+      this.setState('failed');
+      this.rejectBacklog(new TransportError('ECONNLOST', `iSCSI session to ${this.opts.targetName} lost for more than ${this.timeouts.replacementMs} ms`));
+    }, this.timeouts.replacementMs);
+  }
+
+  private scheduleReconnect(): void {
+    if (this.retryTimer) return;
+    const delay = this.nextDelayMs ?? backoffDelay(this.attempts, this.backoff);
+    this.nextDelayMs = undefined;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      void this.reconnectOnce();
+    }, delay);
+  }
+
+  private async reconnectOnce(): Promise<void> {
+    if (this.st !== 'recovering' && this.st !== 'failed') return;
+    this.attempts++;
+    try {
+      await this.establish();
+    } catch (e) {
+      if (this.st !== 'recovering' && this.st !== 'failed') return;
+      this.log.info({ attempt: this.attempts, err: (e as Error).message }, 'iSCSI reconnect failed; retrying');
+      this.scheduleReconnect();
+      return;
+    }
+    if (this.replacementTimer) clearTimeout(this.replacementTimer);
+    this.replacementTimer = undefined;
+    this.reconnectCount++;
+    const outageMs = Date.now() - this.lostAt;
+    this.log.info({ attempts: this.attempts, outageMs }, 'iSCSI session reinstated');
+    this.emit('reconnected', { attempts: this.attempts, outageMs });
+  }
+
+  private rejectBacklog(err: Error): void {
+    const b = this.backlog;
+    this.backlog = [];
+    for (const t of b) t.reject(err);
+  }
+
+  // ------------------------------------------------------------ shutdown
+
+  /** Graceful: stop taking commands, wait for those in flight, Logout, close. */
+  logout(): Promise<void> {
+    if (this.loggingOut) return this.loggingOut;
+    this.loggingOut = this.doLogout();
+    return this.loggingOut;
+  }
+
+  private async doLogout(): Promise<void> {
+    if (this.st === 'closed') return;
+    const engine = this.st === 'logged-in' ? this.engine : undefined;
+    this.setState('closing');
+    this.stopTimers();
+    this.rejectBacklog(new TransportError('ESHUTDOWN', 'iSCSI session is logging out'));
+    if (engine) {
+      await this.waitIdle(engine, this.timeouts.logoutMs);
+      if (engine.state === 'full-feature') {
+        try {
+          await engine.logout(LogoutReason.CLOSE_SESSION, this.timeouts.logoutMs);
+        } catch (e) {
+          this.log.warn({ err: (e as Error).message }, 'logout not acknowledged; closing anyway');
+        }
+      }
+    }
+    this.finishClose(new TransportError('ESHUTDOWN', 'iSCSI session closed'));
+  }
+
+  /** Hard close: drop the connection, fail everything pending with ESHUTDOWN. */
+  close(): void {
+    if (this.st === 'closed') return;
+    this.setState('closing');
+    this.stopTimers();
+    this.finishClose(new TransportError('ESHUTDOWN', 'iSCSI session closed'));
+  }
+
+  private finishClose(err: Error): void {
+    this.generation++;
+    const engine = this.engine;
+    const conn = this.conn;
+    this.engine = undefined;
+    this.conn = undefined;
+    if (engine) {
+      engine.failAll(err);
+      engine.shutdown();
+    }
+    conn?.close(err);
+    this.rejectBacklog(err);
+    this.setState('closed');
+  }
+
+  private stopTimers(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.replacementTimer) clearTimeout(this.replacementTimer);
+    this.retryTimer = this.replacementTimer = undefined;
+  }
+}
