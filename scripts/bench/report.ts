@@ -1,0 +1,158 @@
+// Summaries, goals and the two renderings of the results: a text table for the terminal
+// and a Markdown table for the README.
+
+import { RATIO_GOAL, type RowDef } from './rows';
+import { max, median, sum } from './stats';
+import type { BenchReport, CeilingSummary, GoalResult, RowResult, RunRecord, SideSummary } from './types';
+import type { SideName } from './servers';
+
+const GiB = 1024 ** 3;
+
+export function summarizeSide(side: SideName, available: boolean, runs: RunRecord[], restarts: number, reason?: string, argv?: string[]): SideSummary {
+  const ok = runs.filter((r) => r.ok);
+  const cpu = ok.filter((r) => r.serverCpuSec !== null && r.bytes);
+  const gib = sum(cpu.map((r) => r.bytes! / GiB));
+  return {
+    side,
+    available,
+    reason,
+    argv,
+    runs,
+    okRuns: ok.length,
+    mibps: median(ok.map((r) => r.mibps)),
+    iops: median(ok.map((r) => r.iops)),
+    p50Us: median(ok.map((r) => r.p50Us)),
+    p99Us: median(ok.map((r) => r.p99Us)),
+    peakRssMiB: max(ok.map((r) => r.serverPeakRssMiB)),
+    cpuSecPerGiB: gib > 0 ? sum(cpu.map((r) => r.serverCpuSec!)) / gib : null,
+    restarts,
+  };
+}
+
+/** Per-pair ratios a/b of a metric, over pairs where both sides succeeded. */
+export function pairRatios(ours: RunRecord[], qemu: RunRecord[], key: 'mibps' | 'p99Us'): number[] {
+  const out: number[] = [];
+  for (const a of ours) {
+    const b = qemu.find((q) => q.pair === a.pair);
+    if (!a.ok || !b?.ok) continue;
+    const x = a[key];
+    const y = b[key];
+    if (x !== null && y !== null && y > 0) out.push(x / y);
+  }
+  return out;
+}
+
+function fmtRatio(v: number | null): string {
+  return v === null ? '-' : v.toFixed(2);
+}
+
+/** Judge a row against the issue's goals; fills row.goals and row.misses. */
+export function evaluateGoals(def: RowDef, row: RowResult): void {
+  const goals: GoalResult[] = [];
+  goals.push({ name: 'ratio to qemu-nbd', target: `>= ${RATIO_GOAL.toFixed(2)}`, value: row.ratio, met: row.ratio === null ? null : row.ratio >= RATIO_GOAL, stretch: false });
+  if (def.latencyGoal) {
+    goals.push({ name: 'p99 vs qemu-nbd', target: '<= 1.00', value: row.p99Ratio, met: row.p99Ratio === null ? null : row.p99Ratio <= 1.0, stretch: false });
+  }
+  if (def.rssLimitBytes !== undefined) {
+    const limit = def.rssLimitBytes / 2 ** 20;
+    const v = row.ours.peakRssMiB;
+    goals.push({ name: 'iscsi-nbd peak RSS MiB', target: `< ${limit}`, value: v, met: v === null ? null : v < limit, stretch: false });
+  }
+  if (def.stretch !== undefined) {
+    goals.push({ name: 'ratio to qemu-nbd (stretch)', target: `>= ${def.stretch.toFixed(2)}`, value: row.ratio, met: row.ratio === null ? null : row.ratio >= def.stretch, stretch: true });
+  }
+  row.goals = goals;
+  row.misses = [];
+  const baseRatioMissed = goals[0].met !== true;
+  for (const g of goals) {
+    if (g.met === true) continue;
+    // A missed ratio already says the stretch ratio is missed too.
+    if (g.stretch && baseRatioMissed) continue;
+    const label = `${row.id} (${row.title}, ${row.lun} LUN)`;
+    let why: string;
+    if (g.met === null) {
+      why = !row.ours.available ? `iscsi-nbd not available: ${row.ours.reason ?? 'unknown'}`
+        : !row.qemu.available ? `qemu-nbd not available: ${row.qemu.reason ?? 'unknown'}`
+          : 'no successful A/B pair to judge';
+      // One line is enough when a side is missing altogether.
+      if (row.misses.some((m) => m.includes(why))) continue;
+      row.misses.push(`MISS${g.stretch ? ' (stretch)' : ''}: ${label}: ${g.name} not measured: ${why}`);
+    } else {
+      const shown = g.name.includes('RSS') ? g.value!.toFixed(1) : fmtRatio(g.value);
+      row.misses.push(`MISS${g.stretch ? ' (stretch)' : ''}: ${label}: ${g.name} ${shown}, goal ${g.target}`);
+    }
+  }
+}
+
+function f(v: number | null | undefined, digits = 1): string {
+  if (v === null || v === undefined || !Number.isFinite(v)) return '-';
+  if (Math.abs(v) >= 10000) return Math.round(v).toString();
+  return v.toFixed(digits);
+}
+
+function pct(v: number | null): string {
+  return v === null ? '-' : `${(v * 100).toFixed(0)}%`;
+}
+
+function pad(s: string, w: number, right = true): string {
+  return right ? s.padStart(w) : s.padEnd(w);
+}
+
+function sideCells(s: SideSummary): string[] {
+  if (!s.available) return ['n/a', '', '', '', '', ''];
+  if (s.okRuns === 0) return ['failed', '', '', '', '', ''];
+  return [f(s.mibps), f(s.iops, 0), f(s.p50Us, 0), f(s.p99Us, 0), f(s.peakRssMiB), f(s.cpuSecPerGiB, 2)];
+}
+
+function ceilingCells(c: CeilingSummary): string[] {
+  if (!c.available) return ['n/a', '', '', '', '', ''];
+  return [f(c.mibps), f(c.iops, 0), '', '', '', ''];
+}
+
+/** The terminal table: three lines per row (iscsi-nbd, qemu-nbd, ceiling). */
+export function formatTable(report: BenchReport): string {
+  const head = ['workload', 'lun', 'side', 'MiB/s', 'IOPS', 'p50 us', 'p99 us', 'RSS MiB', 'CPU s/GiB', 'ratio', 'of ceil'];
+  const widths = [28, 5, 10, 9, 9, 8, 8, 8, 9, 6, 7];
+  const leftCols = new Set([0, 1, 2]);
+  const line = (cells: string[]): string => cells.map((c, i) => pad(c, widths[i], !leftCols.has(i))).join('  ').trimEnd();
+  const out: string[] = [];
+  const c = report.config;
+  out.push(`iscsi-nbd (A) vs qemu-nbd (B) over tgtd on ${report.target.portal}; fio nbd engine; ` +
+    `${c.pairs} A/B pair(s) x ${c.runtimeSec} s${c.rampSec ? `, ${c.rampSec} s warm-up` : ''}${c.smoke ? ' [SMOKE: numbers are not meaningful]' : ''}`);
+  out.push('values are medians over pairs; ratio = median of per-pair A/B MiB/s ratios; "of ceil" = A / iscsi-perf');
+  out.push(line(head));
+  out.push(line(widths.map((w) => '-'.repeat(w))));
+  for (const r of report.rows) {
+    out.push(line([r.title, r.lun, 'iscsi-nbd', ...sideCells(r.ours), fmtRatio(r.ratio), pct(r.fractionOfCeiling)]));
+    out.push(line(['', '', 'qemu-nbd', ...sideCells(r.qemu), '', pct(r.qemuFractionOfCeiling)]));
+    if (r.ceiling.available || r.ceiling.reason !== 'reads only') {
+      out.push(line(['', '', 'iscsi-perf', ...ceilingCells(r.ceiling), '', '']));
+    }
+  }
+  return out.join('\n');
+}
+
+/** The README table: one line per row. */
+export function formatMarkdown(report: BenchReport): string {
+  const out: string[] = [];
+  out.push('| Workload | LUN | MiB/s | IOPS | p50 / p99 µs | qemu-nbd MiB/s | qemu-nbd p50 / p99 µs | Ratio | Of ceiling | Peak RSS MiB (ours / qemu) | CPU s/GiB (ours / qemu) |');
+  out.push('|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|');
+  for (const r of report.rows) {
+    const o = r.ours;
+    const q = r.qemu;
+    const ok = (s: SideSummary): boolean => s.available && s.okRuns > 0;
+    const miss = r.misses.some((m) => !m.startsWith('MISS (stretch)'));
+    out.push(`| ${r.title} | ${r.lun} | ${ok(o) ? f(o.mibps) : 'n/a'} | ${ok(o) ? f(o.iops, 0) : 'n/a'} | ` +
+      `${ok(o) ? `${f(o.p50Us, 0)} / ${f(o.p99Us, 0)}` : 'n/a'} | ${ok(q) ? f(q.mibps) : 'n/a'} | ` +
+      `${ok(q) ? `${f(q.p50Us, 0)} / ${f(q.p99Us, 0)}` : 'n/a'} | ${fmtRatio(r.ratio)}${miss ? ' ✗' : ''} | ` +
+      `${r.ceiling.available ? pct(r.fractionOfCeiling) : 'n/a'} | ${f(o.peakRssMiB, 0)} / ${f(q.peakRssMiB, 0)} | ` +
+      `${f(o.cpuSecPerGiB, 2)} / ${f(q.cpuSecPerGiB, 2)} |`);
+  }
+  const m = report.machine;
+  out.push('');
+  out.push(`Machine: ${m.cpuModel}, ${m.cpus} CPUs, ${m.memGiB} GiB RAM, Linux ${m.kernel}, ${m.os}, Node ${m.node}; ` +
+    `fio ${m.versions.fio ?? '?'}, qemu-nbd ${m.versions['qemu-nbd'] ?? '?'}, tgt ${m.versions.tgt ?? '?'}, libiscsi ${m.versions.libiscsi ?? '?'}. ` +
+    `${report.config.pairs} A/B pairs x ${report.config.runtimeSec} s per side, ${report.startedAt.slice(0, 10)}` +
+    `${m.gitCommit ? `, commit ${m.gitCommit}${m.gitDirty ? ' (dirty)' : ''}` : ''}.`);
+  return out.join('\n');
+}

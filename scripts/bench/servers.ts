@@ -1,0 +1,160 @@
+// The two NBD servers under test, each a child process serving one iSCSI LUN as export "bench":
+//   A: node bin/iscsi-nbd.js serve --listen 127.0.0.1:PORT --export bench=URL [--sessions N] --log-level warn
+//   B: qemu-nbd -f raw --cache=none -e 32 -t -p PORT -b 127.0.0.1 -x bench URL
+// qemu-nbd notes: -t keeps it running after the last client leaves; -e 32 allows 32
+// clients at once (fio's 4-connection rows need 8 briefly, see fio.ts). Its NBD server
+// works on at most 16 requests per connection (MAX_NBD_REQUESTS in nbd/server.c), so
+// deeper queues wait in the socket; that is what a qemu-nbd user gets.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { freePort, waitForPort } from '../../test/helpers/ports';
+import { describeFailure, killGroup, runProcess, sleep, track } from './exec';
+
+export const QEMU_NBD_BIN = process.env.QEMU_NBD_BIN ?? 'qemu-nbd';
+export const NBDINFO_BIN = process.env.NBDINFO_BIN ?? 'nbdinfo';
+export const EXPORT_NAME = 'bench';
+
+const START_TIMEOUT_MS = 20000;
+const LOG_LIMIT = 64 * 1024;
+
+export type SideName = 'iscsi-nbd' | 'qemu-nbd';
+
+export interface ServerSpec {
+  side: SideName;
+  /** iscsi:// URL of the LUN to serve. */
+  iscsiUrl: string;
+  /** Repository root (for bin/iscsi-nbd.js). */
+  repoRoot: string;
+  /** iscsi-nbd --sessions N. */
+  sessions?: number;
+  /** iscsi-nbd's control socket (ISCSI_NBD_CONTROL), so the bench never touches /run/iscsi-nbd. */
+  controlPath?: string;
+}
+
+/** Extra environment a server runs with. */
+export function serverEnv(spec: ServerSpec): Record<string, string> {
+  return spec.side === 'iscsi-nbd' && spec.controlPath ? { ISCSI_NBD_CONTROL: spec.controlPath } : {};
+}
+
+/** argv (program first) that starts a server on port. */
+export function serverArgv(spec: ServerSpec, port: number | string): string[] {
+  if (spec.side === 'iscsi-nbd') {
+    const argv = [process.execPath, path.join(spec.repoRoot, 'bin', 'iscsi-nbd.js'), 'serve',
+      '--listen', `127.0.0.1:${port}`, '--export', `${EXPORT_NAME}=${spec.iscsiUrl}`, '--log-level', 'warn'];
+    if (spec.sessions !== undefined) argv.push('--sessions', String(spec.sessions));
+    return argv;
+  }
+  return [QEMU_NBD_BIN, '-f', 'raw', '--cache=none', '-e', '32', '-t', '-p', String(port), '-b', '127.0.0.1',
+    '-x', EXPORT_NAME, spec.iscsiUrl];
+}
+
+/** Whether our serve command exists in the build (dist/src/cli/serve.js); reason when not. */
+export function bridgeAvailability(repoRoot: string): { ok: boolean; reason?: string } {
+  const bin = path.join(repoRoot, 'bin', 'iscsi-nbd.js');
+  const serve = path.join(repoRoot, 'dist', 'src', 'cli', 'serve.js');
+  if (!fs.existsSync(bin)) return { ok: false, reason: `${bin} is missing` };
+  if (!fs.existsSync(serve)) return { ok: false, reason: 'the serve command is not built yet (dist/src/cli/serve.js is missing)' };
+  return { ok: true };
+}
+
+export class NbdServer {
+  readonly uri: string;
+  private exitInfo: string | null = null;
+  private logText = '';
+
+  private constructor(
+    readonly spec: ServerSpec,
+    readonly port: number,
+    readonly argv: string[],
+    private readonly child: ChildProcess,
+  ) {
+    this.uri = `nbd://127.0.0.1:${port}/${EXPORT_NAME}`;
+    const append = (b: Buffer): void => {
+      this.logText += b.toString();
+      if (this.logText.length > LOG_LIMIT) this.logText = this.logText.slice(-LOG_LIMIT);
+    };
+    child.stdout!.on('data', append);
+    child.stderr!.on('data', append);
+    child.once('exit', (code, sig) => { this.exitInfo = `exited (code ${code}, signal ${sig})`; });
+    child.once('error', (err) => { this.exitInfo = `spawn error: ${err.message}`; });
+  }
+
+  get side(): SideName {
+    return this.spec.side;
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  /** Null while running, else how it ended. */
+  get exited(): string | null {
+    return this.exitInfo;
+  }
+
+  /** Last 64 KiB of the server's stdout+stderr. */
+  get log(): string {
+    return this.logText;
+  }
+
+  /** Start a server on a free port and wait until its export answers an NBD handshake. */
+  static async start(spec: ServerSpec): Promise<NbdServer> {
+    let lastErr: Error | undefined;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const port = await freePort();
+      const argv = serverArgv(spec, port);
+      const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...serverEnv(spec) } });
+      track(child);
+      const srv = new NbdServer(spec, port, argv, child);
+      try {
+        await srv.waitReady();
+        return srv;
+      } catch (err) {
+        lastErr = err as Error;
+        await srv.stop();
+        if (/EADDRINUSE|Address already in use|bind/i.test(srv.log)) continue;
+        break;
+      }
+    }
+    throw lastErr ?? new Error(`${spec.side} did not start`);
+  }
+
+  private async waitReady(): Promise<void> {
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    const died = (): Error => new Error(`${this.side} ${this.exitInfo}: ${this.logText.trim().split('\n').slice(-5).join(' | ')}`);
+    while (Date.now() < deadline) {
+      if (this.exitInfo) throw died();
+      const up = await waitForPort(this.port, '127.0.0.1', 200).then(() => true, () => false);
+      if (up) break;
+    }
+    if (this.exitInfo) throw died();
+    if (Date.now() >= deadline) throw new Error(`${this.side} did not listen on ${this.port} within ${START_TIMEOUT_MS} ms: ${this.logText.trim()}`);
+    // Listening is not enough: the export must finish a handshake (the server logs in behind it).
+    let last = '';
+    while (Date.now() < deadline) {
+      if (this.exitInfo) throw died();
+      const r = await runProcess(NBDINFO_BIN, ['--size', this.uri], { timeoutMs: Math.max(1000, deadline - Date.now()) });
+      if (r.error && /ENOENT/.test(r.error)) return; // no nbdinfo: fio will find out
+      if (r.code === 0 && /^\d+\s*$/.test(r.stdout.trim())) return;
+      last = describeFailure('nbdinfo', r);
+      await sleep(200);
+    }
+    throw new Error(`${this.side} export never answered: ${last}`);
+  }
+
+  /** Stop the server (SIGTERM, then SIGKILL of its group after 3 s). Safe to call twice. */
+  async stop(): Promise<void> {
+    if (this.exitInfo !== null) return;
+    const gone = new Promise<void>((r) => {
+      if (this.exitInfo !== null) r();
+      this.child.once('exit', () => r());
+    });
+    killGroup(this.child, 'SIGTERM');
+    const t = setTimeout(() => killGroup(this.child), 3000);
+    await Promise.race([gone, sleep(6000)]);
+    clearTimeout(t);
+    killGroup(this.child);
+  }
+}

@@ -1,0 +1,208 @@
+// The benchmark's parsers and bookkeeping, on fixtures copied from real fio 3.33,
+// iscsi-perf 0.1 (libiscsi 1.19) and /proc output. No processes, no timing.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { iscsiPerfArgv, parseIscsiPerf } from '../../scripts/bench/ceiling';
+import { fioArgs, parseFioJson } from '../../scripts/bench/fio';
+import { parseStatTicks, parseStatusKiB, sampleProc } from '../../scripts/bench/procstat';
+import { evaluateGoals, formatMarkdown, formatTable, pairRatios, summarizeSide } from '../../scripts/bench/report';
+import { ROWS, selectRows } from '../../scripts/bench/rows';
+import { bridgeAvailability, serverArgv } from '../../scripts/bench/servers';
+import { median } from '../../scripts/bench/stats';
+import type { BenchReport, RowResult, RunRecord } from '../../scripts/bench/types';
+
+// One fio job (randwrite 4k QD32 over the nbd engine), trimmed to the fields the parser reads.
+const FIO_JSON = `fio: connected to NBD server
+{
+  "fio version" : "fio-3.33",
+  "jobs" : [
+    {
+      "jobname" : "x", "groupid" : 0, "error" : 0,
+      "read" : { "io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.0, "runtime" : 0,
+        "clat_ns" : { "min" : 0, "max" : 0, "mean" : 0.0, "N" : 0 } },
+      "write" : { "io_bytes" : 170983424, "bw_bytes" : 56096923, "iops" : 13695.538058, "runtime" : 3048,
+        "clat_ns" : { "min" : 239699, "max" : 49531139, "mean" : 2325715.644883, "N" : 41744,
+          "percentile" : { "50.000000" : 1892352, "99.000000" : 7897088 } } },
+      "usr_cpu" : 2.5, "sys_cpu" : 6.0
+    }
+  ]
+}`;
+
+test('parseFioJson: write section, percentiles, text before the JSON', () => {
+  const r = parseFioJson(FIO_JSON, 'randwrite');
+  assert.equal(r.bytes, 170983424);
+  assert.equal(r.bwBytes, 56096923);
+  assert.equal(r.iops, 13695.538058);
+  assert.equal(r.p50Ns, 1892352);
+  assert.equal(r.p99Ns, 7897088);
+  assert.equal(r.meanNs, 2325715.644883);
+  assert.equal(r.runtimeMs, 3048);
+  assert.equal(r.fioCpuPct, 8.5);
+  // Reading the read side of a write job gives no percentiles rather than garbage.
+  const rd = parseFioJson(FIO_JSON, 'randread');
+  assert.equal(rd.p50Ns, null);
+  assert.equal(rd.bytes, 170983424, 'bytes count both directions');
+});
+
+test('parseFioJson: job errors and malformed reports throw', () => {
+  assert.throws(() => parseFioJson('fio: nbd_connect_uri: connection refused\n', 'read'), /no JSON/);
+  assert.throws(() => parseFioJson('{"jobs": []}', 'read'), /no jobs/);
+  assert.throws(() => parseFioJson('{"jobs": [{"error": 5, "read": {}}]}', 'read'), /job error 5/);
+  assert.throws(() => parseFioJson('{"jobs": [{"error": 0}, {"error": 0}]}', 'read'), /2 jobs/);
+});
+
+test('fioArgs: the nbd engine, group reporting, JSON to a file', () => {
+  const a = fioArgs('nbd://127.0.0.1:1234/bench', { rw: 'randread', bs: 4096, iodepth: 32, numjobs: 4, runtimeSec: 10 }, '/tmp/o.json');
+  for (const want of ['--ioengine=nbd', '--uri=nbd://127.0.0.1:1234/bench', '--rw=randread', '--bs=4096', '--iodepth=32',
+    '--numjobs=4', '--time_based', '--runtime=10', '--group_reporting', '--percentile_list=50:99', '--output-format=json', '--output=/tmp/o.json']) {
+    assert.ok(a.includes(want), want);
+  }
+  assert.ok(!a.some((x) => x.startsWith('--ramp_time')));
+  assert.ok(fioArgs('u', { rw: 'read', bs: 1, iodepth: 1, numjobs: 1, runtimeSec: 1, rampSec: 2 }, 'o').includes('--ramp_time=2'));
+});
+
+// iscsi-perf rewrites its progress line with '\r' and prints the final average last.
+const PERF_OUT = 'iscsi-perf version 0.1 - (c) 2014-2015 by Peter Lieven <pl@\u0138amp.de>\n\n' +
+  'connected to iscsi://127.0.0.1:34585/iqn.2026-11.bench:t1/1\ncapacity is 2097152 blocks or 1073741824 byte (1024 MB)\n' +
+  'performing RANDOM READ with 32 parallel requests\nFIXED transfer size of 8 blocks (4096 byte)\nwill run for 3 seconds.\n\n' +
+  '\r00:00:02 - lba 465712, iops current 33279 (130 MB/s), iops average 33279 (130 MB/s), in_flight 32, busy 0        ' +
+  '\r00:00:01 - lba 1324927, iops current 33101 (129 MB/s), iops average 33190 (129 MB/s), in_flight 32, busy 0        ' +
+  '\riops average 35451 (138 MB/s)                                                        \n\nfinished.\n';
+
+test('parseIscsiPerf: the last average wins; none gives null', () => {
+  assert.equal(parseIscsiPerf(PERF_OUT), 35451);
+  assert.equal(parseIscsiPerf('Login Failed. iscsi_service failed\n'), null);
+});
+
+test('iscsiPerfArgv: blocks per request from the LUN block size, -r for random', () => {
+  const job = { iscsiUrl: 'iscsi://h/iqn.x/1', blockSize: 512, bs: 1 << 20, iodepth: 8, random: false, sessions: 1, seconds: 10, initiatorPrefix: 'iqn.i' };
+  assert.deepEqual(iscsiPerfArgv(job, 0).slice(1), ['-i', 'iqn.i-0', '-m', '8', '-b', '2048', '-t', '10', 'iscsi://h/iqn.x/1']);
+  assert.deepEqual(iscsiPerfArgv({ ...job, bs: 4096, iodepth: 32, random: true, seconds: 1.4 }, 3).slice(1),
+    ['-i', 'iqn.i-3', '-m', '32', '-b', '8', '-t', '1', '-r', 'iscsi://h/iqn.x/1']);
+});
+
+test('/proc parsing: utime+stime after the last parenthesis, VmHWM in kB', () => {
+  const stat = '4242 (node (worker) x) S 1 4242 4242 0 -1 4194304 1000 0 0 0 250 75 0 0 20 0 11 0 12345 1000000 5000 ...';
+  assert.equal(parseStatTicks(stat), 325);
+  assert.equal(parseStatTicks('garbage'), null);
+  const status = 'Name:\tnode\nVmPeak:\t 1000 kB\nVmHWM:\t  143808 kB\nVmRSS:\t  120000 kB\n';
+  assert.equal(parseStatusKiB(status, 'VmHWM'), 143808 * 1024);
+  assert.equal(parseStatusKiB(status, 'VmSwap'), null);
+  const self = sampleProc(process.pid);
+  assert.ok(self && self.peakRssBytes >= self.rssBytes && self.cpuSec >= 0);
+  assert.equal(sampleProc(0x7ffffffe), null);
+});
+
+test('median and per-pair ratios skip failed runs', () => {
+  assert.equal(median([3, 1, 2]), 2);
+  assert.equal(median([4, 1, 3, 2]), 2.5);
+  assert.equal(median([null, undefined, NaN]), null);
+  const run = (side: 'iscsi-nbd' | 'qemu-nbd', pair: number, mibps: number | null, ok = true): RunRecord => ({
+    side, pair, ok, mibps, iops: mibps, p50Us: 10, p99Us: mibps === null ? null : 100 / mibps, meanUs: 10, bytes: 1 << 30, runtimeMs: 1000,
+    serverCpuSec: 1, serverPeakRssMiB: 50 + pair, peakRssScope: 'run', cpuSecPerGiB: 1, targetCpuSec: 0, fioCpuPct: 1, fioArgv: [],
+  });
+  const ours = [run('iscsi-nbd', 1, 110), run('iscsi-nbd', 2, null, false), run('iscsi-nbd', 3, 90)];
+  const qemu = [run('qemu-nbd', 1, 100), run('qemu-nbd', 2, 100), run('qemu-nbd', 3, 100)];
+  assert.deepEqual(pairRatios(ours, qemu, 'mibps').map((x) => x.toFixed(2)), ['1.10', '0.90']);
+  const s = summarizeSide('iscsi-nbd', true, ours, 0);
+  assert.equal(s.okRuns, 2);
+  assert.equal(s.mibps, 100);
+  assert.equal(s.peakRssMiB, 53);
+  assert.equal(s.cpuSecPerGiB, 1);
+});
+
+function rowFor(id: string, ratio: number | null, p99Ratio: number | null, rss: number | null, oursAvailable = true): RowResult {
+  const def = ROWS.find((r) => r.id === id)!;
+  const side = (name: 'iscsi-nbd' | 'qemu-nbd', available: boolean) => ({
+    ...summarizeSide(name, available, [], 0, available ? undefined : 'serve missing'),
+    peakRssMiB: rss,
+  });
+  return {
+    id, title: def.title, lun: def.lun, rw: def.rw, bs: def.bs, iodepth: def.iodepth, conns: def.conns,
+    ours: side('iscsi-nbd', oursAvailable), qemu: side('qemu-nbd', true),
+    ratio, ratioPairs: [], p99Ratio, p99RatioPairs: [],
+    ceiling: { available: false, reason: 'reads only', mibps: null, iops: null, argv: [] },
+    fractionOfCeiling: null, qemuFractionOfCeiling: null, goals: [], misses: [],
+  };
+}
+
+test('goals: ratio, stretch, QD1 p99 and the QD128 RSS limit are printed plainly when missed', () => {
+  const def = (id: string) => ROWS.find((r) => r.id === id)!;
+  const seq = rowFor('seqread-1m-qd8', 1.02, null, 80);
+  evaluateGoals(def('seqread-1m-qd8'), seq);
+  assert.deepEqual(seq.misses, []);
+
+  const rr = rowFor('randread-4k-qd32', 1.1, null, 80);
+  evaluateGoals(def('randread-4k-qd32'), rr);
+  assert.equal(rr.misses.length, 1);
+  assert.match(rr.misses[0], /^MISS \(stretch\): randread-4k-qd32 .* 1\.10, goal >= 1\.25$/);
+
+  const qd1 = rowFor('randread-4k-qd1', 1.3, 1.2, 80);
+  evaluateGoals(def('randread-4k-qd1'), qd1);
+  assert.deepEqual(qd1.misses.map((m) => m.split(':')[0]), ['MISS']);
+  assert.match(qd1.misses[0], /p99 vs qemu-nbd 1\.20, goal <= 1\.00/);
+
+  const big = rowFor('seqwrite-1m-qd128', 0.9, null, 230.5);
+  evaluateGoals(def('seqwrite-1m-qd128'), big);
+  assert.equal(big.misses.length, 2);
+  assert.ok(big.misses.some((m) => /ratio to qemu-nbd 0\.90, goal >= 1\.00/.test(m)));
+  assert.ok(big.misses.some((m) => /peak RSS MiB 230\.5, goal < 200/.test(m)));
+
+  const none = rowFor('randread-4k-qd1-null', null, null, null, false);
+  evaluateGoals(def('randread-4k-qd1-null'), none);
+  assert.ok(none.misses.length >= 1);
+  assert.ok(none.misses.every((m) => /not measured: iscsi-nbd not available: serve missing/.test(m)));
+  assert.ok(none.goals.every((g) => g.met === null));
+});
+
+test('tables: every row once in Markdown, three lines per read row in text', () => {
+  const rows = ROWS.map((d) => {
+    const r = rowFor(d.id, 1, 1, 10);
+    evaluateGoals(d, r);
+    return r;
+  });
+  const report: BenchReport = {
+    schema: 'iscsi-nbd-bench/1', startedAt: '2026-11-24T12:00:00.000Z', finishedAt: null, complete: true,
+    machine: { hostname: 'h', cpuModel: 'cpu', cpus: 2, memGiB: 4, kernel: 'k', os: 'os', node: 'v20', versions: {}, gitCommit: null, gitDirty: null },
+    config: { pairs: 3, runtimeSec: 10, rampSec: 2, smoke: false, sessions: null, tmpfsLunMiB: 1024, ceiling: true, only: null, rows: ROWS.map((r) => r.id) },
+    commands: {}, target: { portal: '127.0.0.1:1', tmpfsUrl: '', nullUrl: '', tmpfsBacking: '', blockSize: 512 },
+    rows, misses: [], errors: [],
+  };
+  const md = formatMarkdown(report).split('\n');
+  assert.equal(md.filter((l) => /^\| (seq|rand) /.test(l)).length, ROWS.length);
+  const text = formatTable(report);
+  assert.equal(text.split('\n').filter((l) => /\biscsi-nbd\b/.test(l) && !l.includes('vs')).length, ROWS.length);
+});
+
+test('rows: filters and server command lines', () => {
+  assert.deepEqual(selectRows('4k-qd1').map((r) => r.id), ['randread-4k-qd1', 'randread-4k-qd1-null']);
+  assert.deepEqual(selectRows('seqread-1m-qd8,seqwrite-1m-qd128').map((r) => r.id), ['seqread-1m-qd8', 'seqwrite-1m-qd128']);
+  assert.throws(() => selectRows('nope'), /matches no row/);
+  assert.equal(new Set(ROWS.map((r) => r.id)).size, ROWS.length);
+  const ours = serverArgv({ side: 'iscsi-nbd', iscsiUrl: 'iscsi://h/iqn.x/1', repoRoot: '/r', sessions: 2 }, 5000);
+  assert.deepEqual(ours.slice(1), ['/r/bin/iscsi-nbd.js', 'serve', '--listen', '127.0.0.1:5000', '--export', 'bench=iscsi://h/iqn.x/1',
+    '--log-level', 'warn', '--sessions', '2']);
+  const qemu = serverArgv({ side: 'qemu-nbd', iscsiUrl: 'iscsi://h/iqn.x/1', repoRoot: '/r' }, 5000);
+  assert.deepEqual(qemu.slice(1), ['-f', 'raw', '--cache=none', '-e', '32', '-t', '-p', '5000', '-b', '127.0.0.1', '-x', 'bench', 'iscsi://h/iqn.x/1']);
+});
+
+test('bridgeAvailability: missing serve build is reported, not thrown', () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-root-'));
+  try {
+    assert.match(bridgeAvailability(root).reason ?? '', /iscsi-nbd\.js is missing/);
+    fs.mkdirSync(path.join(root, 'bin'));
+    fs.writeFileSync(path.join(root, 'bin', 'iscsi-nbd.js'), '');
+    const a = bridgeAvailability(root);
+    assert.equal(a.ok, false);
+    assert.match(a.reason ?? '', /serve command is not built/);
+    fs.mkdirSync(path.join(root, 'dist', 'src', 'cli'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'dist', 'src', 'cli', 'serve.js'), '');
+    assert.deepEqual(bridgeAvailability(root), { ok: true });
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,99 @@
+// Smoke run of the benchmark (npm run bench -- --smoke): every row, one A/B pair of 2 s
+// runs, so the bench cannot rot. It checks that the JSON report is complete and has
+// numbers for both sides; it asserts nothing about speed.
+// Skipped only outside CI while the bridge's serve command is not built yet.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ROWS, hasCeiling } from '../../scripts/bench/rows';
+import { bridgeAvailability } from '../../scripts/bench/servers';
+import type { BenchReport, SideSummary } from '../../scripts/bench/types';
+
+// dist/test/bench/ -> repository root
+const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
+const BENCH = path.join(REPO_ROOT, 'dist', 'scripts', 'bench.js');
+const TIMEOUT_MS = 5 * 60 * 1000;
+
+const avail = bridgeAvailability(REPO_ROOT);
+const skip = !process.env.CI && !avail.ok ? `iscsi-nbd serve not built yet: ${avail.reason}` : false;
+
+function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; signal: string | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BENCH, ...args], { cwd: REPO_ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const add = (b: Buffer): void => {
+      out += b.toString();
+      if (out.length > 256 * 1024) out = out.slice(-256 * 1024);
+    };
+    child.stdout.on('data', add);
+    child.stderr.on('data', add);
+    const timer = setTimeout(() => {
+      // SIGTERM lets the bench stop tgtd and the servers; SIGKILL the group if it lingers.
+      try { process.kill(-child.pid!, 'SIGTERM'); } catch { /* gone */ }
+      setTimeout(() => { try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ } }, 10000).unref();
+    }, timeoutMs);
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, out });
+    });
+  });
+}
+
+function assertSide(s: SideSummary, where: string): void {
+  assert.equal(s.available, true, `${where}: not available: ${s.reason ?? ''}`);
+  assert.ok(s.okRuns >= 1, `${where}: no successful run: ${s.runs.map((r) => r.error).join('; ')}`);
+  for (const k of ['mibps', 'iops', 'p50Us', 'p99Us', 'peakRssMiB', 'cpuSecPerGiB'] as const) {
+    const v = s[k];
+    assert.equal(typeof v, 'number', `${where}: ${k} is ${String(v)}`);
+    assert.ok(Number.isFinite(v) && (v as number) >= 0, `${where}: ${k} = ${String(v)}`);
+  }
+  assert.ok(s.mibps! > 0 && s.iops! > 0, `${where}: moved no data`);
+  assert.ok(s.peakRssMiB! > 0, `${where}: no peak RSS`);
+}
+
+test('bench --smoke produces a complete JSON report for both sides', { skip, timeout: TIMEOUT_MS + 30000 }, async (t) => {
+  assert.ok(fs.existsSync(BENCH), `${BENCH} is missing (build first)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-smoke-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const json = path.join(dir, 'bench.json');
+  const md = path.join(dir, 'bench.md');
+
+  const r = await runBench(['--smoke', '--json', json, '--markdown', md], TIMEOUT_MS);
+  assert.equal(r.code, 0, `bench exited ${r.code ?? r.signal}:\n${r.out.slice(-8000)}`);
+
+  const report = JSON.parse(fs.readFileSync(json, 'utf8')) as BenchReport;
+  assert.equal(report.schema, 'iscsi-nbd-bench/1');
+  assert.equal(report.complete, true);
+  assert.deepEqual(report.errors, []);
+  assert.equal(report.config.smoke, true);
+  assert.deepEqual(report.rows.map((row) => row.id), ROWS.map((row) => row.id), 'every row, in order');
+  for (const row of report.rows) {
+    assertSide(row.ours, `${row.id} iscsi-nbd`);
+    assertSide(row.qemu, `${row.id} qemu-nbd`);
+    assert.equal(row.ratioPairs.length, 1, `${row.id}: one A/B pair`);
+    assert.equal(typeof row.ratio, 'number', `${row.id}: ratio`);
+    assert.ok(row.ratio! > 0);
+    if (hasCeiling(ROWS.find((d) => d.id === row.id)!)) {
+      assert.equal(row.ceiling.available, true, `${row.id}: iscsi-perf: ${row.ceiling.reason ?? ''}`);
+      assert.ok(row.ceiling.mibps! > 0 && row.fractionOfCeiling! > 0, `${row.id}: ceiling numbers`);
+    }
+    assert.ok(row.goals.length >= 1, `${row.id}: goals judged`);
+    // Every goal that is not met is printed as a MISS line (a missed ratio covers its stretch goal).
+    for (const g of row.goals) {
+      if (g.met === true) continue;
+      assert.ok(row.misses.some((m) => m.includes(g.stretch ? 'ratio to qemu-nbd' : g.name) || m.includes('not measured')), `${row.id}: ${g.name} miss printed`);
+      assert.ok(r.out.includes(row.misses[0]), `${row.id}: miss printed on stdout`);
+    }
+  }
+  assert.ok(report.rows.some((row) => row.goals.some((g) => g.name.includes('RSS'))), 'the QD128 RSS row is judged');
+
+  // The text table and the Markdown table were written.
+  assert.match(r.out, /workload\s+lun\s+side\s+MiB\/s/);
+  for (const row of report.rows) assert.ok(r.out.includes(row.title), `table lists ${row.title}`);
+  const mdText = fs.readFileSync(md, 'utf8');
+  assert.equal(mdText.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| Workload')).length, ROWS.length);
+});
