@@ -75,10 +75,16 @@ export class InstrumentedExport implements Export {
   cache(offset: bigint, length: number): Promise<void> {
     return this.run('cache', 0, () => ({ offset: offset.toString(), length }), () => this.inner.cache(offset, length));
   }
+  /** NBD connections currently using this export. */
+  clients = 0;
   attach(): void {
+    this.clients++;
+    this.metrics?.nbdConnections.inc({ export: this.name });
     this.inner.attach?.();
   }
   detach(): void {
+    this.clients = Math.max(0, this.clients - 1);
+    this.metrics?.nbdConnections.dec({ export: this.name });
     this.inner.detach?.();
   }
 }

@@ -139,6 +139,16 @@ export class NbdServer extends EventEmitter {
     await Promise.all(closes);
   }
 
+  /**
+   * Drain only the connections using one export (it is being removed or
+   * changed): their new requests get ESHUTDOWN, in-flight ones finish, then
+   * they close. Other exports' clients are not touched.
+   */
+  async drainExport(name: string, drainMs = 30_000): Promise<void> {
+    const victims = [...this.conns.values()].filter((c) => c.info().exportName === name);
+    await Promise.all(victims.map((c) => c.shutdown(drainMs)));
+  }
+
   // ---- internals used by Connection ----
 
   /** @internal */ unregister(c: Connection, reason: string): void {

@@ -1,0 +1,118 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { Argv } from 'yargs';
+import { FileBackend, parseSize } from '../target/backend';
+import { TargetServer } from '../target/server';
+import { rootLogger } from '../log';
+import { DEFAULT_TIMEOUTS, DaemonConfig, parseListen } from '../config';
+import { ConfigError } from '../errors';
+import { setupLogging } from './main';
+import { startDaemon, installSignals, ServeArgs } from './serve';
+import { notifySystemd } from './notify';
+
+export const DEMO_TARGET = 'iqn.2026-11.io.iscsi-nbd:demo';
+
+export function options<T>(y: Argv<T>) {
+  return y
+    .option('data-dir', { type: 'string', default: process.env.ISCSI_NBD_DEMO_DIR ?? '.data', describe: 'where the demo LUN file lives (kept between runs)' })
+    .option('size', { type: 'string', default: '1G', describe: 'size of the demo LUN when it is created' })
+    .option('block-size', { type: 'number', choices: [512, 4096], default: 512 })
+    .option('listen', { type: 'string', default: '127.0.0.1:10809', describe: 'where to serve NBD' })
+    .option('control', { type: 'string', describe: 'control socket for `iscsi-nbd status`' })
+    .option('metrics', { type: 'string', describe: 'HOST:PORT for /metrics' });
+}
+
+export interface DemoArgs extends ServeArgs {
+  'data-dir': string;
+  size: string;
+  'block-size': number;
+}
+
+async function ensurePortFree(where: string): Promise<void> {
+  const addr = parseListen(where);
+  if ('path' in addr) return;
+  await new Promise<void>((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', (err: NodeJS.ErrnoException) => {
+      reject(
+        new ConfigError(
+          'ECONFIG',
+          err.code === 'EADDRINUSE'
+            ? `port ${addr.port} on ${addr.host} is already in use (another iscsi-nbd demo, nbd-server or qemu-nbd?).\nStop it, or serve the demo elsewhere: npm start -- --listen 127.0.0.1:10810`
+            : `cannot listen on ${where}: ${err.message}`,
+        ),
+      );
+    });
+    srv.listen(addr.port, addr.host, () => srv.close(() => resolve()));
+  });
+}
+
+/**
+ * The one-command demo: an embedded target on a free loopback port with a
+ * sparse LUN file that persists in the data directory, bridged to NBD export
+ * "demo". Nothing outside this process is needed.
+ */
+export async function run(argv: DemoArgs): Promise<void> {
+  setupLogging(argv);
+  const log = rootLogger();
+  const listen = argv.listen?.length ? (Array.isArray(argv.listen) ? argv.listen : [argv.listen as unknown as string]) : ['127.0.0.1:10809'];
+  // Before touching the LUN file: a second demo on the same data would be bad.
+  await ensurePortFree(listen[0]);
+  const dir = path.resolve(argv['data-dir']);
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `demo-${argv['block-size']}.img`);
+  const existed = fs.existsSync(file);
+  const backend = await FileBackend.open({ path: file, size: parseSize(argv.size), blockSize: argv['block-size'] });
+  const target = new TargetServer({ targets: [{ name: DEMO_TARGET, luns: [{ lun: 0, backend }] }], log: log.child({ component: 'target' }) });
+  const portal = await target.listen({ host: '127.0.0.1', port: 0 });
+  log.info({ portal: `${portal.host}:${portal.port}`, file, reused: existed }, 'embedded iSCSI target running');
+
+  const cfg: DaemonConfig = {
+    listen,
+    sessions: argv.sessions ?? 2,
+    digest: argv.digest ?? 'prefer-none',
+    readOnly: false,
+    tls: { mode: 'off' },
+    metrics: argv.metrics,
+    control: argv.control,
+    initiatorName: argv['initiator-name'],
+    timeouts: { ...DEFAULT_TIMEOUTS },
+    exports: [{ name: 'demo', url: `iscsi://${portal.host}:${portal.port}/${DEMO_TARGET}/0`, description: `iscsi-nbd demo LUN (${file})` }],
+  };
+  let daemon;
+  try {
+    daemon = await startDaemon(cfg, argv);
+  } catch (err) {
+    await target.close();
+    if (err instanceof ConfigError && /in use/.test(err.message)) {
+      throw new ConfigError('ECONFIG', `${err.message}\nThe demo serves NBD on ${listen[0]}; stop whatever holds that port, or run: npm start -- --listen 127.0.0.1:10810`);
+    }
+    throw err;
+  }
+  const stopDaemon = daemon.stop.bind(daemon);
+  daemon.stop = async (reason?: string) => {
+    await stopDaemon(reason);
+    await target.close();
+  };
+  const where = listen[0];
+  const [host, port] = where.includes(':') ? [where.slice(0, where.lastIndexOf(':')), where.slice(where.lastIndexOf(':') + 1)] : [where, '10809'];
+  const portSuffix = port === '10809' ? '' : `:${port}`;
+  process.stdout.write(
+    [
+      '',
+      `iscsi-nbd demo is serving export "demo" (${argv.size}, ${argv['block-size']}-byte blocks${existed ? ', data from the previous run' : ', new'}) on ${where}.`,
+      `The LUN lives in ${file}; the embedded iSCSI target is at ${portal.host}:${portal.port} (${DEMO_TARGET}).`,
+      '',
+      'Next steps, in another terminal:',
+      `  nbdinfo nbd://${host}${portSuffix}/demo`,
+      `  sudo modprobe nbd && sudo nbd-client ${host} ${port} /dev/nbd0 -N demo -b ${argv['block-size']}`,
+      '  sudo mkfs.ext4 /dev/nbd0 && sudo mount /dev/nbd0 /mnt',
+      '',
+      'Stop with Ctrl-C (it flushes and logs out).',
+      '',
+    ].join('\n'),
+  );
+  notifySystemd('READY=1');
+  installSignals(daemon);
+}

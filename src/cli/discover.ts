@@ -1,0 +1,148 @@
+import { discover, DiscoveredTarget } from '../iscsi/discovery';
+import { IscsiSession } from '../iscsi/initiator';
+import { parseIscsiUrl, formatHostPort } from '../iscsi/url';
+import { LogicalUnit, deviceTypeName } from '../scsi/lun';
+import { IscsiNbdError } from '../errors';
+import { rootLogger } from '../log';
+import { authFor, initiatorName, SecretOptions } from './common';
+import { exitCodeFor, setupLogging } from './main';
+import type { DigestPref } from '../config';
+
+export interface DiscoverArgs extends SecretOptions {
+  url: string;
+  json: boolean;
+  'initiator-name'?: string;
+  digest?: DigestPref;
+  'log-level'?: string;
+  'log-format'?: string;
+}
+
+export interface LunReport {
+  lun: number;
+  deviceType: number;
+  deviceTypeName: string;
+  vendor: string;
+  product: string;
+  revision: string;
+  serial?: string;
+  size?: string;
+  blockSize?: number;
+  writeProtect?: boolean;
+  error?: string;
+}
+
+export interface TargetReport {
+  name: string;
+  portals: { host: string; port: number; tpgt: number }[];
+  luns: LunReport[];
+  error?: { code: string; message: string };
+}
+
+/** Log in to one target, list its LUNs and identify each. */
+async function inspectTarget(t: DiscoveredTarget, portal: { host: string; port: number }, opts: { initiatorName: string; auth: ReturnType<typeof authFor>; digest: DigestPref }): Promise<TargetReport> {
+  const report: TargetReport = { name: t.name, portals: t.portals, luns: [] };
+  const session = new IscsiSession({
+    portal,
+    targetName: t.name,
+    initiatorName: opts.initiatorName,
+    auth: opts.auth,
+    digest: opts.digest,
+    reconnect: false,
+    log: rootLogger().child({ target: t.name }),
+  });
+  try {
+    await session.connect();
+    const probe = new LogicalUnit(session, 0, { maxRetries: 3 });
+    const luns = await probe.reportLuns();
+    for (const l of luns) {
+      const lu = new LogicalUnit(session, l.lun, { maxRetries: 3 });
+      try {
+        const inq = await lu.inquiry();
+        const r: LunReport = {
+          lun: l.lun,
+          deviceType: inq.deviceType,
+          deviceTypeName: deviceTypeName(inq.deviceType),
+          vendor: inq.vendor,
+          product: inq.product,
+          revision: inq.revision,
+        };
+        if (inq.deviceType === 0) {
+          const info = await lu.open();
+          r.size = info.sizeBytes.toString();
+          r.blockSize = info.blockSize;
+          r.serial = info.serial;
+          r.writeProtect = info.writeProtect;
+        }
+        report.luns.push(r);
+      } catch (err) {
+        report.luns.push({ lun: l.lun, deviceType: -1, deviceTypeName: 'unknown', vendor: '', product: '', revision: '', error: (err as Error).message });
+      }
+    }
+    await session.logout().catch(() => undefined);
+  } catch (err) {
+    const e = err as IscsiNbdError;
+    report.error = { code: e.code ?? 'EIO', message: e.message };
+  } finally {
+    session.close();
+  }
+  return report;
+}
+
+function human(bytes: bigint): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = Number(bytes);
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v % 1 === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}
+
+export async function run(argv: DiscoverArgs): Promise<void> {
+  // An interactive command: only warnings unless a level was asked for (the
+  // shared option defaults to info, which would bury the answer in log lines).
+  const explicitLevel = Boolean(process.env.ISCSI_NBD_LOG_LEVEL) || process.argv.some((a) => a === '--log-level' || a.startsWith('--log-level='));
+  setupLogging({ 'log-level': explicitLevel ? argv['log-level'] : 'warn', 'log-format': argv['log-format'] });
+  const url = parseIscsiUrl(argv.url);
+  const auth = authFor(url, argv);
+  const iname = initiatorName(argv['initiator-name']);
+  const digest = argv.digest ?? 'prefer-none';
+  const portal = { host: url.host, port: url.port };
+  const targets = await discover({ portal, initiatorName: iname, auth, digest, log: rootLogger() });
+  const wanted = url.target ? targets.filter((t) => t.name === url.target) : targets;
+  if (url.target && wanted.length === 0) {
+    throw new IscsiNbdError('ENOTARGET', `target ${url.target} is not offered by ${formatHostPort(url.host, url.port)} (it offers: ${targets.map((t) => t.name).join(', ') || 'nothing'})`);
+  }
+  const reports: TargetReport[] = [];
+  for (const t of wanted) {
+    // Log in through the portal we were given: the advertised ones may not be reachable from here.
+    reports.push(await inspectTarget(t, portal, { initiatorName: iname, auth, digest }));
+  }
+  if (argv.json) {
+    process.stdout.write(JSON.stringify({ portal: formatHostPort(url.host, url.port), initiatorName: iname, targets: reports }, null, 2) + '\n');
+  } else {
+    const out: string[] = [];
+    if (reports.length === 0) out.push(`${formatHostPort(url.host, url.port)} offers no targets to ${iname}`);
+    for (const r of reports) {
+      out.push(`Target: ${r.name}`);
+      for (const p of r.portals) out.push(`  Portal: ${formatHostPort(p.host, p.port)},${p.tpgt}`);
+      if (r.error) out.push(`  Error: ${r.error.message}`);
+      for (const l of r.luns) {
+        if (l.error) {
+          out.push(`  Lun ${l.lun}: error: ${l.error}`);
+          continue;
+        }
+        const size = l.size !== undefined ? `  ${human(BigInt(l.size))} (${l.size} bytes), block ${l.blockSize}${l.writeProtect ? ', read-only' : ''}` : '';
+        out.push(`  Lun ${l.lun}: ${l.deviceTypeName}  ${l.vendor} ${l.product} ${l.revision}`.trimEnd() + size);
+      }
+    }
+    process.stdout.write(out.join('\n') + '\n');
+  }
+  const failedTarget = reports.find((r) => r.error);
+  if (failedTarget) {
+    const e = new IscsiNbdError(failedTarget.error!.code as never, failedTarget.error!.message);
+    process.stderr.write(`iscsi-nbd: ${failedTarget.name}: ${failedTarget.error!.message}\n`);
+    process.exitCode = exitCodeFor(e);
+  }
+}

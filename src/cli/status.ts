@@ -1,0 +1,50 @@
+import type { Argv } from 'yargs';
+import { defaultControlPath, readControl } from './control';
+
+export function options<T>(y: Argv<T>) {
+  return y
+    .option('control', { type: 'string', describe: 'the daemon\'s control socket (default: the one `serve` uses)' })
+    .option('json', { type: 'boolean', default: false, describe: 'print the raw JSON document' });
+}
+
+interface SessionStatus { index: number; state: string; inFlight: number; portal?: string; reconnects?: number; digestErrors?: number; cmdSn?: number; maxCmdSn?: number; window?: number }
+interface ExportStatus {
+  name: string; state: string; url: string; target: string; lun: number; size: string | null; blockSize: number | null;
+  vendor: string | null; product: string | null; flags: Record<string, boolean> | null; clients: number; inFlight: number; queued: number;
+  counters: { requests: number; errors: number; bytesRead: number; bytesWritten: number } | null; sessions: SessionStatus[];
+}
+interface ClientStatus { id: number; remote: string; state: string; exportName?: string; tls: boolean; inFlight: number; requests: number; errors: number; bytesRead: number; bytesWritten: number }
+interface DaemonStatus { pid: number; initiatorName: string; listen: string[]; exports: ExportStatus[]; clients: ClientStatus[] }
+
+export function render(s: DaemonStatus): string {
+  const out: string[] = [];
+  out.push(`iscsi-nbd pid ${s.pid}, initiator ${s.initiatorName}`);
+  out.push(`Listening: ${s.listen.join(', ')}`);
+  for (const e of s.exports) {
+    out.push('');
+    out.push(`Export: ${e.name} (${e.state})`);
+    out.push(`\tTarget: ${e.target}, LUN ${e.lun}`);
+    out.push(`\tURL: ${e.url}`);
+    if (e.size) out.push(`\tSize: ${e.size} bytes, block size ${e.blockSize}, ${e.vendor ?? ''} ${e.product ?? ''}`.trimEnd());
+    if (e.flags) out.push(`\tFlags: ${Object.entries(e.flags).filter(([, v]) => v).map(([k]) => k).join(' ')}`);
+    if (e.counters) out.push(`\tRequests: ${e.counters.requests} (${e.counters.errors} failed), read ${e.counters.bytesRead} B, written ${e.counters.bytesWritten} B, in flight ${e.inFlight}, queued ${e.queued}`);
+    out.push(`\tiSCSI sessions:`);
+    for (const ss of e.sessions) {
+      out.push(`\t\t#${ss.index} ${ss.state}  portal ${ss.portal ?? '?'}  in flight ${ss.inFlight}` +
+        (ss.window !== undefined ? `  CmdSN window ${ss.window}` : '') +
+        (ss.reconnects !== undefined ? `  reconnects ${ss.reconnects}` : '') +
+        (ss.digestErrors ? `  digest errors ${ss.digestErrors}` : ''));
+    }
+    const clients = s.clients.filter((c) => c.exportName === e.name);
+    out.push(`\tNBD clients: ${clients.length}`);
+    for (const c of clients) out.push(`\t\t#${c.id} ${c.remote} ${c.state}${c.tls ? ' tls' : ''}  requests ${c.requests} (${c.errors} failed)  in flight ${c.inFlight}`);
+  }
+  const negotiating = s.clients.filter((c) => !c.exportName);
+  if (negotiating.length) out.push('', `Clients still negotiating: ${negotiating.length}`);
+  return out.join('\n') + '\n';
+}
+
+export async function run(argv: { control?: string; json: boolean }): Promise<void> {
+  const s = (await readControl(argv.control ?? defaultControlPath())) as DaemonStatus;
+  process.stdout.write(argv.json ? JSON.stringify(s, null, 2) + '\n' : render(s));
+}
