@@ -14,7 +14,8 @@ test('text: encode in order with NUL after every pair', () => {
 });
 
 test('text: encode refuses bad keys and values', () => {
-  assert.throws(() => encodeText([['lower', 'x']]), RangeError);
+  assert.throws(() => encodeText([['1digit', 'x']]), RangeError);
+  assert.throws(() => encodeText([['Bad#key', 'x']]), RangeError);
   assert.throws(() => encodeText([['A'.repeat(64), 'x']]), RangeError);
   assert.throws(() => encodeText([['Key', 'a\0b']]), RangeError);
   assert.throws(() => encodeText([['Key', 'x'.repeat(256)]]), RangeError);
@@ -36,7 +37,7 @@ test('text: decode', () => {
 test('text: decode errors', () => {
   assert.throws(() => decodeText(b('A=1')), /NUL/);
   assert.throws(() => decodeText(b('novalue\0')), ProtocolError);
-  assert.throws(() => decodeText(b('lower=1\0')), ProtocolError);
+  assert.throws(() => decodeText(b('-dash=1\0')), ProtocolError);
   assert.throws(() => decodeText(b(`${'K'.repeat(64)}=1\0`)), ProtocolError);
   assert.throws(() => decodeText(b(`K=${'v'.repeat(256)}\0`)), ProtocolError);
   assert.throws(() => decodeText(b('A=1\0A=2\0')), /repeated/);
@@ -94,4 +95,10 @@ test('text: vendor extension keys (X-, X#) accepted, with long values', () => {
   const pairs = decodeText(b(`X#vendor=1\0X-com.example.big=${'v'.repeat(1000)}\0`));
   assert.equal(pairs.length, 2);
   assert.throws(() => decodeText(b('X#=1\0')), ProtocolError);
+});
+
+test('RFC 7144 iSCSIProtocolLevel is a valid key', () => {
+  const { isValidKey, decodeText } = require('../../src/iscsi/text') as typeof import('../../src/iscsi/text');
+  assert.equal(isValidKey('iSCSIProtocolLevel'), true);
+  assert.deepEqual(decodeText(Buffer.from('iSCSIProtocolLevel=1\0')), [['iSCSIProtocolLevel', '1']]);
 });
