@@ -3,9 +3,9 @@
 // conns=4 and parallel writers; then the host checks the LUN straight from tgtd.
 // See scripts/vm/run.ts for the runner and scripts/vm/guest-steps.sh for the steps.
 //
-// The NBD server is started by startNbdServer() below: qemu-nbd (iscsi:// via
-// qemu-block-extra) by default for now, our bridge (`iscsi-nbd serve`) with
-// ISCSI_NBD_E2E_SERVER=iscsi-nbd; flip the default when the bridge is ready.
+// The NBD server is started by startNbdServer() below: our bridge
+// (`iscsi-nbd serve`) by default; ISCSI_NBD_E2E_SERVER=qemu-nbd runs the same
+// scenario against qemu-nbd (iscsi:// via qemu-block-extra) as a reference.
 // ISCSI_NBD_E2E_BLOCK_SIZES (default 4096,512) picks the LUN block sizes. The second test proves the scenario can fail: a test-only proxy that
 // acknowledges some WRITEs without forwarding them must turn it red.
 //
@@ -15,6 +15,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
+import os from 'node:os';
 import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
 import { freePort, waitForPort } from '../helpers/ports';
@@ -47,7 +48,7 @@ interface NbdServer {
   stop(): Promise<void>;
 }
 
-const SERVER = process.env.ISCSI_NBD_E2E_SERVER ?? 'qemu-nbd';
+const SERVER = process.env.ISCSI_NBD_E2E_SERVER ?? 'iscsi-nbd';
 const REPO = path.resolve(__dirname, '../../..');
 
 /** The NBD server under test, serving the LUN at iscsiUrl as exportName on 127.0.0.1. */
@@ -56,7 +57,8 @@ async function startNbdServer(iscsiUrl: string, exportName: string): Promise<Nbd
   const [cmd, args] =
     SERVER === 'iscsi-nbd'
       ? [process.execPath, [path.join(REPO, 'bin/iscsi-nbd.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--export', `${exportName}=${iscsiUrl}`,
-        '--initiator-name', 'iqn.2026-11.test.iscsi-nbd:e2e-bridge', '--log-level', 'warn']]
+        '--initiator-name', 'iqn.2026-11.test.iscsi-nbd:e2e-bridge', '--log-level', 'warn',
+        '--control', path.join(os.tmpdir(), `iscsi-nbd-e2e-${port}.sock`)]]
       : ['qemu-nbd', ['-f', 'raw', '--cache=none', '-t', '-e', '8', '-x', exportName, '-b', '127.0.0.1', '-p', String(port), iscsiUrl]];
   const child = spawn(cmd, args, { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
