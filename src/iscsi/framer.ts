@@ -1,0 +1,210 @@
+// Incremental PDU framer: bytes in (any chunking), whole frames out.
+//
+// Wire order of one PDU (RFC 7143 11.2):
+//   BHS (48) | AHS (TotalAHSLength*4) | [HeaderDigest 4] |
+//   data (DataSegmentLength) | pad to 4 | [DataDigest 4, only if DSL > 0]
+//
+// Chunks are kept in a list with a cursor; a segment lying inside one chunk is
+// returned as a view, one spanning chunks is copied once. DataSegmentLength is
+// checked against the limit as soon as the BHS is complete, before anything
+// of the data is awaited. Digest settings are sampled when a BHS starts, so a
+// callback may switch them on (end of login) between PDUs.
+
+import { ProtocolError } from '../errors';
+import { BHS_LENGTH, DEFAULT_MAX_RECV_DSL, opcodeName, OPCODE_MASK } from './constants';
+import { crc32c, DigestError, readDigest } from './crc32c';
+import { EMPTY, Frame } from './pdu';
+
+export interface FramerOptions {
+  headerDigest?: boolean;
+  dataDigest?: boolean;
+  /** Largest DataSegmentLength accepted (our MaxRecvDataSegmentLength); 8192 by default (login). */
+  maxDataSegmentLength?: number;
+  /** Called for each complete PDU, synchronously from push(). */
+  onFrame: (frame: Frame) => void;
+  /**
+   * Called when a data digest does not match; the frame is discarded and
+   * framing goes on. Without this handler the DigestError is thrown (fatal).
+   */
+  onDataDigestError?: (err: DigestError, frame: Frame) => void;
+}
+
+const enum Stage {
+  BHS,
+  AHS,
+  DATA,
+}
+
+export class PduFramer {
+  headerDigest: boolean;
+  dataDigest: boolean;
+  maxDataSegmentLength: number;
+  private readonly onFrame: (frame: Frame) => void;
+  private readonly onDataDigestError?: (err: DigestError, frame: Frame) => void;
+
+  private chunks: Buffer[] = [];
+  private head = 0; // index of the first unread chunk
+  private off = 0; // read offset in chunks[head]
+  private avail = 0; // unread bytes across chunks
+  private stage: Stage = Stage.BHS;
+  private err: Error | undefined;
+  private inCallback = false;
+  // current PDU
+  private bhs: Buffer = EMPTY;
+  private ahs: Buffer = EMPTY;
+  private ahsLen = 0;
+  private dsl = 0;
+  private hd = false;
+  private dd = false;
+
+  constructor(opts: FramerOptions) {
+    this.headerDigest = opts.headerDigest ?? false;
+    this.dataDigest = opts.dataDigest ?? false;
+    this.maxDataSegmentLength = opts.maxDataSegmentLength ?? DEFAULT_MAX_RECV_DSL;
+    this.onFrame = opts.onFrame;
+    this.onDataDigestError = opts.onDataDigestError;
+  }
+
+  /** Bytes received and not yet emitted as part of a frame. */
+  get buffered(): number {
+    return this.avail;
+  }
+
+  /** True between PDUs (nothing partial buffered). */
+  get idle(): boolean {
+    return this.stage === Stage.BHS && this.avail === 0;
+  }
+
+  /** The fatal error that stopped this framer, if any. */
+  get error(): Error | undefined {
+    return this.err;
+  }
+
+  /**
+   * Feed bytes. Emits every complete frame. Throws ProtocolError (oversized
+   * data segment) or DigestError (header digest, or data digest without an
+   * onDataDigestError handler); after that the framer is dead and every push
+   * throws the same error. An exception from onFrame propagates as is and
+   * leaves the remaining bytes buffered.
+   */
+  push(chunk: Buffer): void {
+    if (this.err) throw this.err;
+    if (chunk.length > 0) {
+      this.chunks.push(chunk);
+      this.avail += chunk.length;
+    }
+    try {
+      this.drain();
+    } catch (e) {
+      // Errors thrown by our own callbacks are the caller's business.
+      if (this.inCallback) {
+        this.inCallback = false;
+        throw e;
+      }
+      if (e instanceof ProtocolError || e instanceof DigestError) {
+        this.err = e;
+        this.chunks = [];
+        this.head = this.off = this.avail = 0;
+      }
+      throw e;
+    }
+  }
+
+  private drain(): void {
+    for (;;) {
+      if (this.stage === Stage.BHS) {
+        if (this.avail < BHS_LENGTH) return;
+        const bhs = this.take(BHS_LENGTH);
+        const dsl = (bhs[5] << 16) | (bhs[6] << 8) | bhs[7];
+        if (dsl > this.maxDataSegmentLength) {
+          throw new ProtocolError(
+            `${opcodeName(bhs[0] & OPCODE_MASK)} PDU with DataSegmentLength ${dsl} exceeds ` +
+              `MaxRecvDataSegmentLength ${this.maxDataSegmentLength}`,
+          );
+        }
+        this.bhs = bhs;
+        this.ahsLen = bhs[4] * 4;
+        this.dsl = dsl;
+        this.hd = this.headerDigest;
+        this.dd = this.dataDigest;
+        this.stage = Stage.AHS;
+      }
+      if (this.stage === Stage.AHS) {
+        if (this.avail < this.ahsLen + (this.hd ? 4 : 0)) return;
+        this.ahs = this.take(this.ahsLen);
+        if (this.hd) {
+          const expected = readDigest(this.take(4));
+          const actual = crc32c(this.ahs, crc32c(this.bhs));
+          if (actual !== expected) {
+            throw new DigestError(
+              'header', undefined, undefined,
+              `header digest mismatch (got 0x${expected.toString(16)}, computed 0x${actual.toString(16)})`,
+            );
+          }
+        }
+        this.stage = Stage.DATA;
+      }
+      // Stage.DATA
+      const padded = (this.dsl + 3) & ~3;
+      const withDigest = this.dd && this.dsl > 0;
+      if (this.avail < padded + (withDigest ? 4 : 0)) return;
+      const seg = this.take(padded);
+      const frame: Frame = { bhs: this.bhs, ahs: this.ahs, data: seg.subarray(0, this.dsl) };
+      this.stage = Stage.BHS;
+      this.bhs = this.ahs = EMPTY;
+      if (withDigest) {
+        const expected = readDigest(this.take(4));
+        if (crc32c(seg) !== expected) {
+          const itt = frame.bhs.readUInt32BE(16);
+          const op = frame.bhs[0] & OPCODE_MASK;
+          const e = new DigestError('data', itt, op, `data digest mismatch on ${opcodeName(op)} ITT 0x${itt.toString(16)}`);
+          if (!this.onDataDigestError) throw e;
+          this.inCallback = true;
+          this.onDataDigestError(e, frame);
+          this.inCallback = false;
+          continue;
+        }
+      }
+      this.inCallback = true;
+      this.onFrame(frame);
+      this.inCallback = false;
+    }
+  }
+
+  /** Remove n bytes (n <= avail): a view when they lie in one chunk, else one copy. */
+  private take(n: number): Buffer {
+    if (n === 0) return EMPTY;
+    this.avail -= n;
+    let first = this.chunks[this.head];
+    if (first.length - this.off >= n) {
+      const v = first.subarray(this.off, this.off + n);
+      this.off += n;
+      if (this.off === first.length) this.advance();
+      return v;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let w = 0;
+    while (w < n) {
+      first = this.chunks[this.head];
+      const k = Math.min(n - w, first.length - this.off);
+      first.copy(out, w, this.off, this.off + k);
+      w += k;
+      this.off += k;
+      if (this.off === first.length) this.advance();
+    }
+    return out;
+  }
+
+  private advance(): void {
+    this.chunks[this.head] = EMPTY; // let the chunk be collected
+    this.head++;
+    this.off = 0;
+    if (this.head === this.chunks.length) {
+      this.chunks = [];
+      this.head = 0;
+    } else if (this.head >= 1024) {
+      this.chunks = this.chunks.slice(this.head);
+      this.head = 0;
+    }
+  }
+}
