@@ -1,6 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseConfig, parseExportFlag, parseListen } from '../src/config';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CONFIG_SCHEMA, parseConfig, parseExportFlag, parseListen } from '../src/config';
+import { buildConfig } from '../src/cli/serve';
 import { ConfigError } from '../src/errors';
 
 const good = `
@@ -92,4 +96,101 @@ test('--export NAME=URL and listen addresses', () => {
   assert.deepEqual(parseListen('0.0.0.0'), { host: '0.0.0.0', port: 10809 });
   assert.deepEqual(parseListen('unix:/run/x.sock'), { path: '/run/x.sock' });
   assert.throws(() => parseListen('h:99999'), ConfigError);
+});
+
+const everyKey = `
+listen: 0.0.0.0:10809
+initiatorName: iqn.2026-11.org.example:host1
+sessions: 3
+digest: crc32c
+readOnly: true
+logLevel: warn
+metrics: 127.0.0.1:9810
+control: /run/iscsi-nbd/control.sock
+tls: {mode: require, cert: /c.pem, key: /k.pem, ca: /ca.pem, verifyClient: true}
+timeouts: {replacement: 1, command: 2, login: 3, connect: 4, nopInterval: 5, nopTimeout: 6, handshake: 7}
+exports:
+  - name: v
+    url: iscsi://h/iqn.2000-01.x:y/0
+    description: a volume
+    sessions: 1
+    readOnly: false
+    portals: ["h2:3261"]
+    discoverPortals: true
+    digest: none
+    chap: {user: u, secret: s, secretFile: /f, secretEnv: E, targetUser: t, targetSecret: ts, targetSecretFile: /g, targetSecretEnv: F}
+`;
+
+test('every key of the schema is accepted and carried through', () => {
+  const c = parseConfig(everyKey, 'all.yaml');
+  assert.deepEqual(c.listen, ['0.0.0.0:10809']);
+  assert.equal(c.initiatorName, 'iqn.2026-11.org.example:host1');
+  assert.equal(c.readOnly, true);
+  assert.equal(c.logLevel, 'warn');
+  assert.equal(c.metrics, '127.0.0.1:9810');
+  assert.equal(c.control, '/run/iscsi-nbd/control.sock');
+  assert.deepEqual(c.tls, { mode: 'require', cert: '/c.pem', key: '/k.pem', ca: '/ca.pem', verifyClient: true });
+  assert.deepEqual(c.timeouts, { replacement: 1, command: 2, login: 3, connect: 4, nopInterval: 5, nopTimeout: 6, handshake: 7 });
+  assert.equal(c.exports[0].discoverPortals, true);
+  assert.equal(c.exports[0].chap?.targetSecretEnv, 'F');
+  // Every property the schema knows appears in this document.
+  const props = (o: { properties?: Record<string, unknown> }): string[] => Object.keys(o.properties ?? {});
+  const schema = CONFIG_SCHEMA as unknown as { properties: Record<string, { properties?: Record<string, unknown>; items?: { properties: Record<string, { properties?: Record<string, unknown> }> } }> };
+  for (const k of props(schema)) assert.match(everyKey, new RegExp(`^${k}:`, 'm'), k);
+  for (const k of props(schema.properties.tls)) assert.match(everyKey, new RegExp(`\\b${k}:`), `tls.${k}`);
+  for (const k of props(schema.properties.exports.items!)) assert.match(everyKey, new RegExp(`\\b${k}:`), `exports.${k}`);
+  for (const k of props(schema.properties.exports.items!.properties.chap)) assert.match(everyKey, new RegExp(`\\b${k}:`), `chap.${k}`);
+});
+
+test('out-of-range numbers and wrong types name the key and line', () => {
+  assert.match(errorOf('timeouts:\n  command: -1\n'), /bad\.yaml:2: timeouts\.command: must be >= 0/);
+  assert.match(errorOf('exports:\n  - name: a\n    url: iscsi://h/iqn.2000-01.x:y/0\n    sessions: 65\n'), /bad\.yaml:4: exports\.0\.sessions: must be <= 64/);
+  assert.match(errorOf('tls:\n  mode: maybe\n'), /bad\.yaml:2: tls\.mode: must be one of off, on, require/);
+  assert.match(errorOf('exports:\n  - name: a\n    url: iscsi://h/iqn.2000-01.x:y/0\n    chap: {user: u, pasword: x}\n'), /bad\.yaml:4: exports\.0\.chap\.pasword: unknown key/);
+  assert.match(errorOf('listen: []\n'), /bad\.yaml:1: listen/);
+});
+
+test('flags override environment variables, which override the file', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cfg-test-'));
+  const file = path.join(dir, 'c.yaml');
+  fs.writeFileSync(file, 'listen: 127.0.0.1:1\nsessions: 4\ndigest: none\nmetrics: 127.0.0.1:2\nlogLevel: warn\ntimeouts: {command: 9}\nexports:\n  - {name: a, url: "iscsi://h/iqn.2000-01.x:y/0"}\n');
+  const saved = { ...process.env };
+  try {
+    for (const k of Object.keys(process.env)) if (k.startsWith('ISCSI_NBD_')) delete process.env[k];
+    let c = buildConfig({ config: file });
+    assert.deepEqual(c.listen, ['127.0.0.1:1']);
+    assert.equal(c.sessions, 4);
+    assert.equal(c.logLevel, 'warn');
+    assert.equal(c.timeouts.command, 9);
+    assert.equal(c.timeouts.replacement, 120);
+    process.env.ISCSI_NBD_LISTEN = '127.0.0.1:3,127.0.0.1:4';
+    process.env.ISCSI_NBD_SESSIONS = '5';
+    process.env.ISCSI_NBD_DIGEST = 'crc32c';
+    process.env.ISCSI_NBD_METRICS = '127.0.0.1:5';
+    process.env.ISCSI_NBD_READ_ONLY = 'yes';
+    c = buildConfig({ config: file });
+    assert.deepEqual(c.listen, ['127.0.0.1:3', '127.0.0.1:4']);
+    assert.equal(c.sessions, 5);
+    assert.equal(c.digest, 'crc32c');
+    assert.equal(c.metrics, '127.0.0.1:5');
+    assert.equal(c.readOnly, true);
+    c = buildConfig({ config: file, listen: ['127.0.0.1:6'], sessions: 6, digest: 'prefer-crc32c', metrics: '127.0.0.1:7', 'read-only': false, 'command-timeout': 11, export: ['a=iscsi://h2/iqn.2000-01.x:z/1', 'b=iscsi://h/iqn.2000-01.x:y/2'] });
+    assert.deepEqual(c.listen, ['127.0.0.1:6']);
+    assert.equal(c.sessions, 6);
+    assert.equal(c.digest, 'prefer-crc32c');
+    assert.equal(c.metrics, '127.0.0.1:7');
+    assert.equal(c.readOnly, false);
+    assert.equal(c.timeouts.command, 11);
+    assert.deepEqual(c.exports.map((e) => [e.name, e.url]), [['a', 'iscsi://h2/iqn.2000-01.x:z/1'], ['b', 'iscsi://h/iqn.2000-01.x:y/2']]);
+    process.env.ISCSI_NBD_DIGEST = 'md5';
+    assert.throws(() => buildConfig({ config: file }), /ISCSI_NBD_DIGEST/);
+    delete process.env.ISCSI_NBD_DIGEST;
+    assert.throws(() => buildConfig({ config: file, sessions: 0 }), /--sessions must be 1\.\.64/);
+    assert.throws(() => buildConfig({ config: file, tls: 'require' }), /needs --tls-cert and --tls-key/);
+    assert.throws(() => buildConfig({}), /no exports/);
+  } finally {
+    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

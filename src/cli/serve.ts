@@ -103,6 +103,37 @@ export function buildConfig(argv: ServeArgs): DaemonConfig {
   return cfg;
 }
 
+/** The manager's status, with each session's login details added (like iscsiadm -m session -P 3). */
+function statusWithSessions(manager: ExportManager): object[] {
+  return manager.status().map((st) => {
+    const e = manager.exports.get((st as { name: string }).name);
+    const sessions = ((st as { sessions?: object[] }).sessions ?? []).map((ss, i) => {
+      const s = e?.sessions[i];
+      const n = s?.negotiated;
+      if (!s) return ss;
+      return {
+        ...ss,
+        isid: s.isid.toString(16).padStart(12, '0'),
+        tsih: n?.tsih,
+        negotiated: n && {
+          headerDigest: n.headerDigest ? 'CRC32C' : 'None',
+          dataDigest: n.dataDigest ? 'CRC32C' : 'None',
+          maxRecvDataSegmentLength: n.maxRecvDataSegmentLength,
+          maxXmitDataSegmentLength: n.maxXmitDataSegmentLength,
+          firstBurstLength: n.firstBurstLength,
+          maxBurstLength: n.maxBurstLength,
+          immediateData: n.immediateData,
+          initialR2T: n.initialR2T,
+          maxOutstandingR2T: n.maxOutstandingR2T,
+          targetPortalGroupTag: n.targetPortalGroupTag,
+          chap: n.chapAlgorithm ? (n.mutualAuthenticated ? 'mutual' : 'one-way') : 'none',
+        },
+      };
+    });
+    return { ...st, sessions };
+  });
+}
+
 /** --log-level on the command line (the option's default comes from the environment otherwise). */
 function logLevelGiven(): boolean {
   return process.argv.some((a) => a === '--log-level' || a.startsWith('--log-level='));
@@ -244,7 +275,7 @@ export async function startDaemon(cfg: DaemonConfig, argv: ServeArgs, reloadConf
         log.info({ export: name }, want.has(name) ? 'reload: export changed, re-opening' : 'reload: export removed, draining');
         await server.drainExport(name);
         await manager.remove(name);
-        metrics?.forgetExport(name);
+        await metrics?.forgetExport(name);
         log.info({ export: name }, 'reload: export closed');
       }),
     );
@@ -264,7 +295,7 @@ export async function startDaemon(cfg: DaemonConfig, argv: ServeArgs, reloadConf
     pid: process.pid,
     initiatorName: iname,
     listen: server.addresses().map((a) => (typeof a === 'string' ? a : formatHostPort(a.address, a.port))),
-    exports: manager.status(),
+    exports: statusWithSessions(manager),
     clients: server.connections(),
   })).catch((err) => {
     log.warn({ err: (err as Error).message }, 'control socket not available; `iscsi-nbd status` will not reach this daemon');

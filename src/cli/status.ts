@@ -7,13 +7,21 @@ export function options<T>(y: Argv<T>) {
     .option('json', { type: 'boolean', default: false, describe: 'print the raw JSON document' });
 }
 
-interface SessionStatus { index: number; state: string; inFlight: number; portal?: string; reconnects?: number; digestErrors?: number; cmdSn?: number; maxCmdSn?: number; window?: number }
+interface Negotiated {
+  headerDigest: string; dataDigest: string; maxRecvDataSegmentLength: number; maxXmitDataSegmentLength: number;
+  firstBurstLength: number; maxBurstLength: number; immediateData: boolean; initialR2T: boolean; maxOutstandingR2T: number;
+  targetPortalGroupTag?: number; chap: string;
+}
+interface SessionStatus {
+  index: number; state: string; inFlight: number; portal?: string; reconnects?: number; digestErrors?: number;
+  cmdSn?: number; expStatSn?: number; maxCmdSn?: number; window?: number; isid?: string; tsih?: number; negotiated?: Negotiated;
+}
 interface ExportStatus {
   name: string; state: string; url: string; target: string; lun: number; size: string | null; blockSize: number | null;
   vendor: string | null; product: string | null; flags: Record<string, boolean> | null; clients: number; inFlight: number; queued: number;
   counters: { requests: number; errors: number; bytesRead: number; bytesWritten: number } | null; sessions: SessionStatus[];
 }
-interface ClientStatus { id: number; remote: string; state: string; exportName?: string; tls: boolean; inFlight: number; requests: number; errors: number; bytesRead: number; bytesWritten: number }
+interface ClientStatus { id: number; remote: string; state: string; exportName?: string; tls: boolean; structuredReplies?: boolean; inFlight: number; requests: number; errors: number; bytesRead: number; bytesWritten: number }
 interface DaemonStatus { pid: number; initiatorName: string; listen: string[]; exports: ExportStatus[]; clients: ClientStatus[] }
 
 export function render(s: DaemonStatus): string {
@@ -28,16 +36,28 @@ export function render(s: DaemonStatus): string {
     if (e.size) out.push(`\tSize: ${e.size} bytes, block size ${e.blockSize}, ${e.vendor ?? ''} ${e.product ?? ''}`.trimEnd());
     if (e.flags) out.push(`\tFlags: ${Object.entries(e.flags).filter(([, v]) => v).map(([k]) => k).join(' ')}`);
     if (e.counters) out.push(`\tRequests: ${e.counters.requests} (${e.counters.errors} failed), read ${e.counters.bytesRead} B, written ${e.counters.bytesWritten} B, in flight ${e.inFlight}, queued ${e.queued}`);
-    out.push(`\tiSCSI sessions:`);
+    out.push(`\tiSCSI sessions: ${e.sessions.length}`);
     for (const ss of e.sessions) {
-      out.push(`\t\t#${ss.index} ${ss.state}  portal ${ss.portal ?? '?'}  in flight ${ss.inFlight}` +
-        (ss.window !== undefined ? `  CmdSN window ${ss.window}` : '') +
-        (ss.reconnects !== undefined ? `  reconnects ${ss.reconnects}` : '') +
-        (ss.digestErrors ? `  digest errors ${ss.digestErrors}` : ''));
+      out.push(`\t\tSession #${ss.index}: ${ss.state}`);
+      out.push(`\t\t\tPortal: ${ss.portal ?? '?'}${ss.negotiated?.targetPortalGroupTag !== undefined ? `,${ss.negotiated.targetPortalGroupTag}` : ''}`);
+      if (ss.isid !== undefined) out.push(`\t\t\tISID: ${ss.isid}  TSIH: ${ss.tsih ?? '-'}`);
+      out.push(`\t\t\tCommands in flight: ${ss.inFlight}` +
+        (ss.window !== undefined ? `  CmdSN ${ss.cmdSn}  MaxCmdSN ${ss.maxCmdSn}  window ${ss.window}` : ''));
+      out.push(`\t\t\tReconnects: ${ss.reconnects ?? 0}  Digest errors: ${ss.digestErrors ?? 0}`);
+      const n = ss.negotiated;
+      if (n) {
+        out.push(`\t\t\tNegotiated: HeaderDigest ${n.headerDigest}  DataDigest ${n.dataDigest}  CHAP ${n.chap}`);
+        out.push(`\t\t\t\tMaxRecvDataSegmentLength ${n.maxRecvDataSegmentLength}  MaxXmitDataSegmentLength ${n.maxXmitDataSegmentLength}`);
+        out.push(`\t\t\t\tFirstBurstLength ${n.firstBurstLength}  MaxBurstLength ${n.maxBurstLength}  MaxOutstandingR2T ${n.maxOutstandingR2T}`);
+        out.push(`\t\t\t\tImmediateData ${n.immediateData ? 'Yes' : 'No'}  InitialR2T ${n.initialR2T ? 'Yes' : 'No'}`);
+      }
     }
     const clients = s.clients.filter((c) => c.exportName === e.name);
     out.push(`\tNBD clients: ${clients.length}`);
-    for (const c of clients) out.push(`\t\t#${c.id} ${c.remote} ${c.state}${c.tls ? ' tls' : ''}  requests ${c.requests} (${c.errors} failed)  in flight ${c.inFlight}`);
+    for (const c of clients) {
+      out.push(`\t\tClient #${c.id}: ${c.remote} ${c.state}${c.tls ? ' tls' : ''}${c.structuredReplies ? ' structured' : ''}`);
+      out.push(`\t\t\tRequests ${c.requests} (${c.errors} failed), in flight ${c.inFlight}, read ${c.bytesRead} B, written ${c.bytesWritten} B`);
+    }
   }
   const negotiating = s.clients.filter((c) => !c.exportName);
   if (negotiating.length) out.push('', `Clients still negotiating: ${negotiating.length}`);
