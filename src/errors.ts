@@ -30,6 +30,8 @@ export type ErrorCode =
   | 'ESCSI_IO'
   | 'ESCSI_UNSUPPORTED'
   | 'ELUN_CHANGED'
+  /** No logical unit at that LUN number. */
+  | 'ENOLUN'
   // NBD/bridge level
   | 'EINVAL'
   | 'ENOSPC'

@@ -45,6 +45,13 @@ export interface Export {
   readonly size: bigint;
   readonly flags: ExportFlags;
   readonly blockSizes: BlockSizes;
+  /**
+   * The alignment the NBD layer enforces on requests (default:
+   * blockSizes.minimum). An export that serves smaller requests by
+   * read-modify-write sets it lower, so clients that ignore INFO_BLOCK_SIZE
+   * (the kernel, at 512) still work.
+   */
+  readonly requestAlignment?: number;
 
   /**
    * Read `length` bytes at `offset`. When `into` is given (length >= `length`)

@@ -24,6 +24,7 @@ export class InstrumentedExport implements Export {
   get size() { return this.inner.size; }
   get flags() { return this.inner.flags; }
   get blockSizes() { return this.inner.blockSizes; }
+  get requestAlignment() { return this.inner.requestAlignment; }
 
   private async run<T>(op: string, bytes: number, detail: () => object, fn: () => Promise<T>): Promise<T> {
     const started = process.hrtime.bigint();

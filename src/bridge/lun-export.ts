@@ -30,6 +30,7 @@ export class LunExport implements Export {
   readonly size: bigint;
   readonly flags: ExportFlags;
   readonly blockSizes: BlockSizes;
+  readonly requestAlignment: number;
   private readonly bs: number;
   private readonly bsBig: bigint;
   private readonly locks = new RangeLock();
@@ -44,16 +45,20 @@ export class LunExport implements Export {
     this.log = (opts.log ?? rootLogger()).child({ export: opts.name });
     this.description = opts.description ?? `${info.vendor} ${info.product}`.trim();
     const caps = info.capabilities;
+    const readOnly = Boolean(opts.readOnly) || info.writeProtect;
+    // A read-only export offers no write-side features (as nbdkit and
+    // qemu-nbd do): clients then do not plan trims or zeroing they cannot use.
+    const writable = !readOnly;
     this.flags = {
-      readOnly: Boolean(opts.readOnly) || info.writeProtect,
+      readOnly,
       // Always advertised: without SEND_FLUSH the kernel never flushes, and
       // SYNCHRONIZE CACHE is harmless on a LUN without a write cache.
       flush: true,
-      fua: true,
-      trim: caps.unmap,
+      fua: writable,
+      trim: writable && caps.unmap,
       // Falls back to writing zero blocks when WRITE SAME is refused.
-      writeZeroes: true,
-      fastZero: caps.writeSame,
+      writeZeroes: writable,
+      fastZero: writable && caps.writeSame,
       rotational: info.rotational,
       // Every connection to this export reaches the same LUN (over a pool of
       // sessions to one target), and flush is SYNCHRONIZE CACHE on the target,
@@ -67,6 +72,9 @@ export class LunExport implements Export {
     const maximum = Math.max(this.bs, Math.min(NBD_MAX_PAYLOAD, maxXfer));
     const preferred = Math.min(maximum, Math.max(4096, info.limits.optimalGranularityBytes || 0, this.bs));
     this.blockSizes = { minimum: this.bs, preferred, maximum };
+    // Sector-aligned requests are served even on 4 KiB-block LUNs (by
+    // read-modify-write): the kernel ignores INFO_BLOCK_SIZE and sends 512.
+    this.requestAlignment = Math.min(512, this.bs);
   }
 
   private alignDown(n: bigint): bigint {
@@ -164,6 +172,11 @@ export class LunExport implements Export {
     if (length === 0) return;
     const startOuter = this.alignDown(offset);
     const endOuter = this.alignUp(offset + BigInt(length));
+    if (opts.fastZero && !this.aligned(offset, length)) {
+      // A partial block cannot be zeroed without a read-modify-write, which
+      // is not fast; refuse before touching anything (the client falls back).
+      throw new RequestError('ENOTSUP', 'fast zero of a partial block is not possible');
+    }
     const release = await this.locks.acquire(startOuter, endOuter);
     try {
       const startInner = this.alignUp(offset);
@@ -180,11 +193,6 @@ export class LunExport implements Export {
       }
       if (endInner > startInner && endInner < offset + BigInt(length)) edges.push([endInner, offset + BigInt(length)]);
       for (const [from, to] of edges) {
-        if (opts.fastZero) {
-          // A partial block cannot be zeroed without a read-modify-write,
-          // which is not fast; the spec lets us refuse.
-          throw new RequestError('ENOTSUP', 'fast zero of a partial block is not possible');
-        }
         const bStart = this.alignDown(from);
         const bEnd = this.alignUp(to);
         const buf = await this.lun.read(bStart, Number(bEnd - bStart));

@@ -21,6 +21,7 @@ export function exitCodeFor(err: unknown): number {
     case 'EAUTH':
       return EXIT_AUTH;
     case 'ENOTARGET':
+    case 'ENOLUN':
       return EXIT_NOT_FOUND;
     case 'EBADURL':
     case 'EBADNAME':

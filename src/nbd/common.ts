@@ -29,6 +29,8 @@ export interface EffectiveBlockSizes {
   minimum: number;
   preferred: number;
   maximum: number;
+  /** Requests must be aligned to this (at most minimum; below it the export does read-modify-write). */
+  align: number;
 }
 
 /** The block sizes we advertise and enforce: the export's, with maximum capped to maxPayload. */
@@ -38,7 +40,9 @@ export function effectiveBlockSizes(exp: Export, maxPayload = DEFAULT_MAX_PAYLOA
   // Hard ceiling of 1 GiB: a READ reply is one buffer, and OFFSET_DATA lengths are 32-bit.
   let max = Math.min(exp.blockSizes.maximum >>> 0 || 0xffffffff, maxPayload, 1 << 30);
   max -= max % min; // must be a multiple of the minimum
-  return { minimum: min, preferred, maximum: Math.max(max, min) };
+  const wanted = exp.requestAlignment;
+  const align = wanted !== undefined && wanted >= 1 && wanted < min ? wanted | 0 : min;
+  return { minimum: min, preferred, maximum: Math.max(max, min), align };
 }
 
 /** The 16-bit transmission flags for an export, given whether structured replies were negotiated. */

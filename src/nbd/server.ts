@@ -13,6 +13,9 @@ import { TransmissionEngine } from './transmission';
 import { ExportRegistry, DEFAULT_MAX_PAYLOAD } from './common';
 import { NBD_DEFAULT_PORT } from './constants';
 
+/** After draining, how long a connection stays open answering ESHUTDOWN before it is closed. */
+const SHUTDOWN_LINGER_MS = 500;
+
 export type { ExportRegistry } from './common';
 export type { TlsMode } from './handshake';
 
@@ -432,7 +435,16 @@ class Connection {
     this.setState('draining');
     const t = setTimeout(() => this.fail('drain timeout'), drainMs);
     t.unref?.();
+    const started = Date.now();
     await Promise.race([this.tx.drain(), this.closedPromise]);
+    // Linger briefly: requests already on their way get ESHUTDOWN (not a
+    // silent disconnect), and the client may send NBD_CMD_DISC itself.
+    const linger = Math.max(0, Math.min(SHUTDOWN_LINGER_MS, drainMs - (Date.now() - started)));
+    if (linger > 0 && !this.closed) {
+      let lt: NodeJS.Timeout | undefined;
+      await Promise.race([this.closedPromise, new Promise<void>((r) => { lt = setTimeout(r, linger); })]);
+      clearTimeout(lt);
+    }
     clearTimeout(t);
     this.end('server shut down');
     await this.closedPromise;

@@ -90,8 +90,8 @@ export function validateRequest(h: codec.RequestHeader, ctx: ValidationContext):
     default:
       break;
   }
-  if (bs.minimum > 1 && (h.offset % BigInt(bs.minimum) !== 0n || h.length % bs.minimum !== 0)) {
-    return { errno: NBD_EINVAL, message: `request not aligned to ${bs.minimum} bytes` };
+  if (bs.align > 1 && (h.offset % BigInt(bs.align) !== 0n || h.length % bs.align !== 0)) {
+    return { errno: NBD_EINVAL, message: `request not aligned to ${bs.align} bytes` };
   }
   // TRIM, WRITE_ZEROES, CACHE and BLOCK_STATUS carry no payload and are not capped.
   if ((h.type === C.CMD_READ || h.type === C.CMD_WRITE) && h.length > bs.maximum) {

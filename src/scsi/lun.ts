@@ -398,14 +398,14 @@ export class LogicalUnit {
       await this.testUnitReady();
     } catch (e) {
       if (e instanceof ScsiError && e.senseKey === SK.ILLEGAL_REQUEST && e.asc === 0x25) {
-        throw new ScsiError('ESCSI_INVALID', `no logical unit at LUN ${this.lun} (${e.message})`, e.status, e.senseKey, e.asc, e.ascq);
+        throw new ScsiError('ENOLUN', `no logical unit at LUN ${this.lun} (${e.message})`, e.status, e.senseKey, e.asc, e.ascq);
       }
       throw e;
     }
 
     const inq = await this.inquiry();
     if (inq.peripheralQualifier === 1 || inq.peripheralQualifier === 3) {
-      throw new ScsiError('ESCSI_INVALID',
+      throw new ScsiError('ENOLUN',
         `no logical unit at LUN ${this.lun} (peripheral qualifier ${inq.peripheralQualifier})`, SAM_STAT_GOOD);
     }
     if (inq.deviceType !== PDT_DISK) {

@@ -135,9 +135,9 @@ test('open: refuses non-disks, missing LUNs and odd block sizes', async () => {
   const e = await rejectsCode(a.lun.open(), ScsiError, 'ESCSI_UNSUPPORTED');
   assert.match(e.message, /not a disk.*0x0c/);
   const b = setup({ qualifier: 3, deviceType: 0x1f });
-  await rejectsCode(b.lun.open(), ScsiError, 'ESCSI_INVALID');
+  await rejectsCode(b.lun.open(), ScsiError, 'ENOLUN');
   const c = setup({ qualifier: 1 });
-  await rejectsCode(c.lun.open(), ScsiError, 'ESCSI_INVALID');
+  await rejectsCode(c.lun.open(), ScsiError, 'ENOLUN');
   const d = setup({ blockSize: 520, blocks: 8 });
   await rejectsCode(d.lun.open(), ScsiError, 'ESCSI_UNSUPPORTED');
   // TUR: medium not present
@@ -445,7 +445,7 @@ test('reportLuns and inquiry helpers', async () => {
 test('open: a missing LUN (TUR says LU not supported) is a clear error after a few tries', async () => {
   const { t, lun, delays } = setup();
   t.on(byOp(0x00), CHECK(5, 0x25, 0x00));
-  const e = await rejectsCode(lun.open(), ScsiError, 'ESCSI_INVALID');
+  const e = await rejectsCode(lun.open(), ScsiError, 'ENOLUN');
   assert.match(e.message, /no logical unit at LUN 1/);
   assert.deepEqual(delays, [8, 16, 32]);
 });
