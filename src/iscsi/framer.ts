@@ -27,6 +27,8 @@ export interface FramerOptions {
    * framing goes on. Without this handler the DigestError is thrown (fatal).
    */
   onDataDigestError?: (err: DigestError, frame: Frame) => void;
+  /** See PduFramer.placeData. */
+  placeData?: (bhs: Buffer, dataSegmentLength: number) => Buffer | undefined;
 }
 
 const enum Stage {
@@ -57,12 +59,23 @@ export class PduFramer {
   private hd = false;
   private dd = false;
 
+  /**
+   * Asked once per PDU header with a data segment: a buffer to receive the
+   * segment directly (e.g. the reader's destination for a Data-In). The bytes
+   * are then copied there as they arrive and never buffered here.
+   */
+  placeData?: (bhs: Buffer, dataSegmentLength: number) => Buffer | undefined;
+  private dest: Buffer | undefined;
+  private destFilled = 0;
+  private destCrc = 0;
+
   constructor(opts: FramerOptions) {
     this.headerDigest = opts.headerDigest ?? false;
     this.dataDigest = opts.dataDigest ?? false;
     this.maxDataSegmentLength = opts.maxDataSegmentLength ?? DEFAULT_MAX_RECV_DSL;
     this.onFrame = opts.onFrame;
     this.onDataDigestError = opts.onDataDigestError;
+    this.placeData = opts.placeData;
   }
 
   /** Bytes received and not yet emitted as part of a frame. */
@@ -143,18 +156,53 @@ export class PduFramer {
           }
         }
         this.stage = Stage.DATA;
+        this.dest = undefined;
+        if (this.dsl > 0 && this.placeData) {
+          this.inCallback = true;
+          const d = this.placeData(this.bhs, this.dsl);
+          this.inCallback = false;
+          if (d && d.length >= this.dsl) {
+            this.dest = d.subarray(0, this.dsl);
+            this.destFilled = 0;
+            this.destCrc = 0;
+          }
+        }
       }
       // Stage.DATA
       const padded = (this.dsl + 3) & ~3;
       const withDigest = this.dd && this.dsl > 0;
-      if (this.avail < padded + (withDigest ? 4 : 0)) return;
-      const seg = this.take(padded);
-      const frame: Frame = { bhs: this.bhs, ahs: this.ahs, data: seg.subarray(0, this.dsl) };
+      let seg: Buffer;
+      let data: Buffer;
+      if (this.dest) {
+        // Stream what has arrived straight into the destination.
+        while (this.destFilled < this.dsl && this.avail > 0) {
+          const first = this.chunks[this.head];
+          const k = Math.min(this.dsl - this.destFilled, first.length - this.off);
+          first.copy(this.dest, this.destFilled, this.off, this.off + k);
+          this.destFilled += k;
+          this.off += k;
+          this.avail -= k;
+          if (this.off === first.length) this.advance();
+        }
+        const rest = padded - this.dsl;
+        if (this.destFilled < this.dsl || this.avail < rest + (withDigest ? 4 : 0)) return;
+        const pad = this.take(rest);
+        data = this.dest;
+        seg = data;
+        if (withDigest) this.destCrc = crc32c(pad, crc32c(data));
+        this.dest = undefined;
+      } else {
+        if (this.avail < padded + (withDigest ? 4 : 0)) return;
+        seg = this.take(padded);
+        data = seg.subarray(0, this.dsl);
+        if (withDigest) this.destCrc = crc32c(seg);
+      }
+      const frame: Frame = { bhs: this.bhs, ahs: this.ahs, data };
       this.stage = Stage.BHS;
       this.bhs = this.ahs = EMPTY;
       if (withDigest) {
         const expected = readDigest(this.take(4));
-        if (crc32c(seg) !== expected) {
+        if (this.destCrc !== expected) {
           const itt = frame.bhs.readUInt32BE(16);
           const op = frame.bhs[0] & OPCODE_MASK;
           const e = new DigestError('data', itt, op, `data digest mismatch on ${opcodeName(op)} ITT 0x${itt.toString(16)}`);
