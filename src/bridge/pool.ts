@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport';
 import { TransportError } from '../errors';
 import { rootLogger, Logger } from '../log';
+import type { PendingTask } from '../iscsi/session';
 
 /** What the pool needs of one session (IscsiSession provides it). */
 export interface PoolMember extends ScsiTransport {
@@ -9,6 +10,10 @@ export interface PoolMember extends ScsiTransport {
   readonly inFlight: number;
   on(event: 'state', listener: (state: string) => void): unknown;
   off(event: 'state', listener: (state: string) => void): unknown;
+  /** Hand over the commands parked while it has no connection (multipath failover). */
+  takeParked?(): PendingTask[];
+  /** Run commands taken from another member. */
+  adopt?(tasks: readonly PendingTask[]): void;
 }
 
 export interface PoolOptions {
@@ -33,14 +38,56 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   private readonly slotWaiters: Array<() => void> = [];
   private readonly memberWaiters = new Set<() => void>();
   private readonly log: Logger;
-  private readonly onState = () => this.wakeMemberWaiters();
+  private readonly memberListeners = new Map<PoolMember, (state: string) => void>();
+  /** Commands moved from a failed path to a live one. */
+  moved = 0;
 
   constructor(readonly members: PoolMember[], opts: PoolOptions = {}) {
     super();
     this.maxOutstanding = opts.maxOutstanding ?? 256;
     this.waitForMemberMs = opts.waitForMemberMs ?? 120_000;
     this.log = opts.log ?? rootLogger();
-    for (const m of members) m.on('state', this.onState);
+    for (const m of members) this.listen(m);
+  }
+
+  private listen(m: PoolMember): void {
+    const l = (state: string): void => this.onMemberState(m, state);
+    this.memberListeners.set(m, l);
+    m.on('state', l);
+  }
+
+  // Failover: commands parked on a member without a connection move to a
+  // logged-in member at once, instead of waiting for that path to come
+  // back (or for its replacement timeout). A member that logs in takes over
+  // what others hold parked.
+  private onMemberState(m: PoolMember, state: string): void {
+    if (state === 'logged-in') {
+      for (const other of this.members) {
+        if (other !== m && (other.state === 'recovering' || other.state === 'failed' || other.state === 'connecting')) this.moveParked(other);
+      }
+    } else if (state === 'recovering' || state === 'failed') {
+      this.moveParked(m);
+    }
+    this.wakeMemberWaiters();
+  }
+
+  private moveParked(from: PoolMember): void {
+    if (!from.takeParked || this.pickNow() === undefined) return;
+    const tasks = from.takeParked();
+    if (tasks.length === 0) return;
+    // One at a time to the least loaded live member, so they spread.
+    let n = 0;
+    for (const t of tasks) {
+      const to = this.pickNow();
+      if (!to?.adopt) {
+        from.adopt?.([t]);
+        continue;
+      }
+      to.adopt([t]);
+      n++;
+    }
+    this.moved += n;
+    if (n > 0) this.log.warn({ count: n, state: from.state }, 'moved commands of a failed path to a live one');
   }
 
   get maxTransferBytes(): number {
@@ -97,6 +144,10 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
     if (recovering.length > 0) {
       return recovering.reduce((a, b) => (b.inFlight < a.inFlight ? b : a));
     }
+    // Past their replacement timeout (or refusing a changed LUN): fail fast
+    // with the member's own error, while it keeps reconnecting.
+    const failed = this.members.find((m) => m.state === 'failed');
+    if (failed) return failed;
     return new Promise<PoolMember>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.memberWaiters.delete(check);
@@ -121,11 +172,12 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   /** A new member (another session or path) joins the pool. */
   add(member: PoolMember): void {
     this.members.push(member);
-    member.on('state', this.onState);
+    this.listen(member);
     this.wakeMemberWaiters();
   }
 
   detach(): void {
-    for (const m of this.members) m.off('state', this.onState);
+    for (const [m, l] of this.memberListeners) m.off('state', l);
+    this.memberListeners.clear();
   }
 }

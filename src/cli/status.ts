@@ -15,10 +15,13 @@ interface Negotiated {
 interface SessionStatus {
   index: number; state: string; inFlight: number; portal?: string; reconnects?: number; digestErrors?: number;
   cmdSn?: number; expStatSn?: number; maxCmdSn?: number; window?: number; isid?: string; tsih?: number; negotiated?: Negotiated;
+  /** Why the session refuses its target (the LUN identity changed). */
+  refused?: string;
 }
 interface ExportStatus {
   name: string; state: string; url: string; target: string; lun: number; size: string | null; blockSize: number | null;
   vendor: string | null; product: string | null; flags: Record<string, boolean> | null; clients: number; inFlight: number; queued: number;
+  movedCommands?: number;
   counters: { requests: number; errors: number; bytesRead: number; bytesWritten: number } | null; sessions: SessionStatus[];
 }
 interface ClientStatus { id: number; remote: string; state: string; exportName?: string; tls: boolean; structuredReplies?: boolean; inFlight: number; requests: number; errors: number; bytesRead: number; bytesWritten: number }
@@ -36,9 +39,10 @@ export function render(s: DaemonStatus): string {
     if (e.size) out.push(`\tSize: ${e.size} bytes, block size ${e.blockSize}, ${e.vendor ?? ''} ${e.product ?? ''}`.trimEnd());
     if (e.flags) out.push(`\tFlags: ${Object.entries(e.flags).filter(([, v]) => v).map(([k]) => k).join(' ')}`);
     if (e.counters) out.push(`\tRequests: ${e.counters.requests} (${e.counters.errors} failed), read ${e.counters.bytesRead} B, written ${e.counters.bytesWritten} B, in flight ${e.inFlight}, queued ${e.queued}`);
-    out.push(`\tiSCSI sessions: ${e.sessions.length}`);
+    out.push(`\tiSCSI sessions: ${e.sessions.length}${e.movedCommands ? `, commands moved to another path: ${e.movedCommands}` : ''}`);
     for (const ss of e.sessions) {
       out.push(`\t\tSession #${ss.index}: ${ss.state}`);
+      if (ss.refused) out.push(`\t\t\tREFUSED: ${ss.refused}`);
       out.push(`\t\t\tPortal: ${ss.portal ?? '?'}${ss.negotiated?.targetPortalGroupTag !== undefined ? `,${ss.negotiated.targetPortalGroupTag}` : ''}`);
       if (ss.isid !== undefined) out.push(`\t\t\tISID: ${ss.isid}  TSIH: ${ss.tsih ?? '-'}`);
       out.push(`\t\t\tCommands in flight: ${ss.inFlight}` +

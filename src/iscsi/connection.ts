@@ -87,6 +87,10 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
   let permanent: Portal | undefined;
   let loginOpts = opts.login;
   let md5Retry = false;
+  if (loginOpts.auth && md5OnlyFor(formatPortal(portal), loginOpts.targetName)) {
+    md5Retry = true;
+    loginOpts = { ...loginOpts, chapAlgorithms: [5] };
+  }
   for (let redirects = 0; ;) {
     const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS);
     const conn = new IscsiConnection(sock, log.child({ portal: formatPortal(portal) }));
@@ -98,7 +102,9 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
       if (e instanceof ChapAlgorithmRejectedError && !md5Retry) {
         md5Retry = true;
         loginOpts = { ...loginOpts, chapAlgorithms: [5] };
-        log.info('target rejected our CHAP_A list; retrying with MD5 only');
+        const key = `${formatPortal(portal)} ${loginOpts.targetName ?? ''}`;
+        if (!MD5_ONLY.has(key)) log.info('target rejected our CHAP_A list; retrying with MD5 only (remembered for this portal)');
+        MD5_ONLY.add(key);
         continue;
       }
       throw e;
@@ -124,6 +130,17 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
  * decoded and passed to the handler given to attach(); those arriving
  * before attach() are held.
  */
+/**
+ * Portals (and targets) whose CHAP needed MD5 alone: tgtd and old LIO refuse
+ * the CHAP_A list or misnumber SHA-256; later logins go straight to MD5
+ * instead of paying a failed login each time.
+ */
+const MD5_ONLY = new Set<string>();
+
+export function md5OnlyFor(portal: string, targetName?: string): boolean {
+  return MD5_ONLY.has(`${portal} ${targetName ?? ''}`);
+}
+
 export class IscsiConnection extends EventEmitter {
   private st: ConnectionState = 'login';
   private readonly framer: PduFramer;
@@ -255,6 +272,11 @@ export class IscsiConnection extends EventEmitter {
     }
   }
 
+  /** Let the engine name a destination for incoming data segments (see PduFramer.placeData). */
+  setPlaceData(fn: ((bhs: Buffer, dsl: number) => Buffer | undefined) | undefined): void {
+    this.framer.placeData = fn;
+  }
+
   /** Write PDU buffers as one batch. Returns false if the socket is closed. */
   send(buffers: Buffer[]): boolean {
     if (this.st === 'closed') return false;
@@ -262,14 +284,23 @@ export class IscsiConnection extends EventEmitter {
     return true;
   }
 
+  private corked = false;
+
+  /**
+   * Every PDU sent in one tick leaves in one writev: commands issued for a
+   * burst of NBD requests share a syscall instead of paying one each.
+   */
   private write(buffers: Buffer[]): void {
-    if (buffers.length === 1) {
-      this.socket.write(buffers[0]);
-      return;
+    const s = this.socket;
+    if (!this.corked) {
+      this.corked = true;
+      s.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        s.uncork();
+      });
     }
-    this.socket.cork();
-    for (const b of buffers) this.socket.write(b);
-    this.socket.uncork();
+    for (const b of buffers) s.write(b);
   }
 
   /** Close now (idempotent); emits 'closed' with the first reason. */

@@ -8,10 +8,13 @@
 // unfinished command with a new ITT/CmdSN, rebuilding Data-Out from the
 // caller's buffers. Callers do not see outages shorter than replacementMs;
 // after that, pending and new commands fail with ECONNLOST while reconnection
-// goes on in the background.
+// goes on in the background. Before anything is reissued on a new connection,
+// verifyLogin (the owner's LUN identity check) runs; a different device is
+// refused. takeParked()/adopt() let a pool move parked commands to another
+// path (multipath failover).
 
 import { EventEmitter } from 'node:events';
-import { ConfigError, LoginError, TransportError } from '../errors';
+import { ConfigError, LoginError, ProtocolError, TransportError } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport';
 import { AsyncEvent, LogoutReason, TmfResponse } from './constants';
@@ -73,6 +76,15 @@ export interface IscsiSessionOptions {
   log?: Logger;
   /** Timer source of the protocol engine (tests). */
   clock?: EngineClock;
+  /**
+   * Run after every login, before any queued command is sent on the new
+   * connection: check that the device behind the address is still the one we
+   * had (LUN identity). Use session.executeDirect() for its commands. A
+   * rejection with code ELUN_CHANGED makes the session refuse the target
+   * (state 'failed', commands fail with that error, retries continue); any
+   * other rejection counts as a failed login attempt.
+   */
+  verifyLogin?: (session: IscsiSession, info: { reconnect: boolean }) => Promise<void>;
 }
 
 export type SessionState = 'idle' | 'connecting' | 'logged-in' | 'recovering' | 'failed' | 'closing' | 'closed';
@@ -120,6 +132,7 @@ export function backoffDelay(n: number, b: ReconnectBackoff, random: () => numbe
  *  - 'async' (info: AsyncEventInfo): the target's Async Messages
  *  - 'lost' (reason: Error): the connection went down (recovery starts if enabled)
  *  - 'reconnected' (info: {attempts, outageMs}): logged in again and commands reissued
+ *  - 'refused' (err: Error): verifyLogin found a different device; nothing is sent to it
  */
 export class IscsiSession extends EventEmitter implements ScsiTransport {
   readonly isid: number;
@@ -145,6 +158,10 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
   private attempts = 0;
   private loggingOut: Promise<void> | undefined;
   private readonly escalating = new Set<number>();
+  /** Commands of verifyLogin: never parked or reissued. */
+  private readonly direct = new Set<PendingTask>();
+  /** Set while verifyLogin found another device: commands fail with it. */
+  private refusal: Error | undefined;
 
   constructor(opts: IscsiSessionOptions) {
     super();
@@ -177,6 +194,11 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
   /** Largest transfer per command: MaxBurstLength (many targets refuse more). */
   get maxTransferBytes(): number {
     return this.params?.maxBurstLength ?? 262144;
+  }
+
+  /** Why the session refuses its target (a different LUN identity), if it does. */
+  get refused(): Error | undefined {
+    return this.refusal;
   }
 
   /** Commands sent or waiting (including those parked during an outage). */
@@ -296,11 +318,17 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     engine.on('timeout', (info: CommandTimeoutInfo) => void this.escalate(gen, engine, info));
     engine.on('async', (info: AsyncEventInfo) => this.onAsync(gen, engine, info));
     conn.on('closed', (reason: Error) => this.onConnectionLost(gen, reason));
+    conn.setPlaceData((bhs, dsl) => engine.placeDataIn(bhs, dsl));
     conn.attach((pdu) => engine.receive(pdu));
     this.log.info({ portal: formatPortal(r.portal), tsih: login.tsih, maxBurstLength: login.maxBurstLength, headerDigest: login.headerDigest, dataDigest: login.dataDigest }, 'iSCSI session logged in');
     if ((conn.state as string) === 'closed') {
       // Lost while attaching: onConnectionLost already ran for this generation.
       throw conn.reason ?? new TransportError('ECONNLOST', 'connection lost right after login');
+    }
+    if (this.opts.verifyLogin) await this.verify(gen, conn, engine);
+    if (this.refusal) {
+      this.log.warn('the expected LUN is back behind this address; serving again');
+      this.refusal = undefined;
     }
     this.setState('logged-in');
     const backlog = this.backlog;
@@ -308,9 +336,128 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     engine.adopt(backlog);
   }
 
+  /**
+   * verifyLogin on a fresh connection. On failure the connection is dropped
+   * without recovery for it (the caller's retry loop goes on) and the error
+   * is thrown; ELUN_CHANGED turns the session into a refusing one.
+   */
+  private async verify(gen: number, conn: IscsiConnection, engine: SessionEngine): Promise<void> {
+    const limitMs = Math.max(this.timeouts.loginMs, this.timeouts.commandMs);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.opts.verifyLogin!(this, { reconnect: this.reconnectCount > 0 || this.st !== 'connecting' }),
+        new Promise<never>((_, rej) => {
+          timer = setTimeout(() => rej(new TransportError('ETIMEOUT', `LUN check after login did not finish within ${limitMs} ms`)), limitMs);
+        }),
+      ]);
+    } catch (e) {
+      const err = e as Error;
+      if (gen === this.generation) {
+        // Detach this connection: its loss must not start another recovery.
+        this.generation++;
+        this.engine = undefined;
+        this.conn = undefined;
+        for (const p of engine.drainTasks()) {
+          if (this.direct.has(p)) p.reject(err);
+          else this.backlog.push(p);
+        }
+        engine.shutdown();
+        conn.close(err);
+      }
+      if ((err as { code?: string }).code === 'ELUN_CHANGED') this.refuse(err);
+      throw err;
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+    if (gen !== this.generation || conn.state === 'closed') {
+      throw conn.reason ?? new TransportError('ECONNLOST', 'connection lost during the LUN check');
+    }
+  }
+
+  private refuse(err: Error): void {
+    const first = !this.refusal;
+    this.refusal = err;
+    if (first) {
+      this.log.error({ err: err.message, portal: formatPortal(this.portal) },
+        'a different device answers at this address: refusing it (no command is sent to it); still retrying');
+      this.emit('refused', err);
+    }
+    if (this.replacementTimer) clearTimeout(this.replacementTimer);
+    this.replacementTimer = undefined;
+    if (this.st === 'connecting' || this.st === 'closing' || this.st === 'closed') return;
+    // Listeners (a pool) may take the parked commands to another path now.
+    this.setState('failed');
+    this.rejectBacklog(err);
+  }
+
+  /**
+   * Run a command on the current connection even before the session
+   * counts as logged in (for verifyLogin): it is neither parked nor
+   * reissued, and fails if the connection goes.
+   */
+  executeDirect(req: ScsiRequest): Promise<ScsiResponse> {
+    const engine = this.engine;
+    if (!engine || engine.state !== 'full-feature') {
+      return Promise.reject(new TransportError('ECONNLOST', 'no iSCSI connection to run the command on'));
+    }
+    const { task, promise } = createPendingTask(req);
+    this.direct.add(task);
+    engine.adopt([task]);
+    return promise.finally(() => this.direct.delete(task));
+  }
+
+  /**
+   * Take the commands parked while this session has no usable connection
+   * (for another path to run them). They are no longer this session's.
+   */
+  takeParked(): PendingTask[] {
+    const out = this.backlog.filter((t) => !t.settled);
+    this.backlog = [];
+    return out;
+  }
+
+  /** Run commands taken from another session (takeParked): sent now, or parked like ours. */
+  adopt(tasks: readonly PendingTask[]): void {
+    const live = tasks.filter((t) => !t.settled);
+    if (live.length === 0) return;
+    if (this.st === 'logged-in' && this.engine && this.engine.state === 'full-feature') {
+      this.engine.adopt(live);
+    } else if (this.st === 'logged-in' || this.st === 'connecting' || this.st === 'recovering') {
+      this.backlog.push(...live);
+    } else {
+      const err = this.refusal ?? new TransportError('ECONNLOST', `iSCSI session to ${this.opts.targetName} is not connected (${this.st})`);
+      for (const t of live) t.reject(err);
+    }
+  }
+
+  /**
+   * After a failed connect(): keep trying to log in in the background (as
+   * after a lost connection); commands fail fast until it succeeds.
+   */
+  retryInBackground(): void {
+    if (this.st !== 'failed' || !this.reconnectEnabled) return;
+    this.lostAt = Date.now();
+    this.scheduleReconnect();
+  }
+
   // ------------------------------------------------------------ I/O
 
   execute(req: ScsiRequest): Promise<ScsiResponse> {
+    const gen = this.generation;
+    return this.executeOnce(req).catch((e: unknown) => {
+      // The target broke the protocol for this task (bad offset, DataSN gap,
+      // missing data...): it cannot be trusted on this connection. Drop it
+      // (everything in flight is reissued after the new login) and run the
+      // command once more.
+      if (!(e instanceof ProtocolError) || this.st === 'closing' || this.st === 'closed') throw e;
+      this.log.warn({ err: e.message }, 'protocol error in a command: dropping the connection and retrying it');
+      if (gen === this.generation) this.conn?.close(e);
+      return this.executeOnce(req);
+    });
+  }
+
+  private executeOnce(req: ScsiRequest): Promise<ScsiResponse> {
     const st = this.st;
     if (st === 'logged-in' && this.engine && this.engine.state === 'full-feature') return this.engine.submit(req);
     if (st === 'logged-in' || st === 'connecting' || st === 'recovering') {
@@ -323,6 +470,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     if (st === 'closing' || st === 'closed') {
       return Promise.reject(new TransportError('ESHUTDOWN', 'iSCSI session is closed'));
     }
+    if (this.refusal) return Promise.reject(this.refusal);
     return Promise.reject(new TransportError('ECONNLOST', `iSCSI session to ${this.opts.targetName} is not connected (${st})`));
   }
 
@@ -341,7 +489,9 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     this.escalating.add(info.itt);
     try {
       try {
-        const r = await engine.abortTask(info.itt, this.timeouts.tmfMs);
+        // The aborted command fails with ETIMEOUT, which the SCSI layer retries.
+        const r = await engine.abortTask(info.itt, this.timeouts.tmfMs,
+          new TransportError('ETIMEOUT', `SCSI command 0x${info.cdbOpcode.toString(16)} timed out after ${info.ageMs} ms and was aborted`));
         if (r === TmfResponse.FUNCTION_COMPLETE || r === TmfResponse.TASK_DOES_NOT_EXIST) return;
         this.log.warn({ itt: info.itt, response: r }, 'ABORT TASK failed; resetting the LUN');
       } catch (e) {
@@ -349,7 +499,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       }
       if (gen !== this.generation || engine.state !== 'full-feature') return;
       try {
-        const r = await engine.lunReset(info.lun, this.timeouts.tmfMs);
+        const r = await engine.lunReset(info.lun, this.timeouts.tmfMs, true);
         if (r === TmfResponse.FUNCTION_COMPLETE) return;
         this.log.warn({ lun: info.lun, response: r }, 'LUN RESET failed; dropping the connection');
       } catch (e) {
@@ -430,7 +580,12 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     this.conn = undefined;
     if (engine) {
       engine.fail(reason);
-      this.backlog = [...engine.drainTasks(), ...this.backlog];
+      const drained: PendingTask[] = [];
+      for (const p of engine.drainTasks()) {
+        if (this.direct.has(p)) p.reject(new TransportError('ECONNLOST', `iSCSI connection lost: ${reason.message}`));
+        else drained.push(p);
+      }
+      this.backlog = [...drained, ...this.backlog];
       engine.shutdown();
     }
     if (this.st === 'closing' || this.st === 'closed' || this.st === 'connecting') {

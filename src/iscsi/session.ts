@@ -186,6 +186,10 @@ interface CtlOp {
   func?: number;
   refItt?: number;
   tmfLun?: bigint;
+  /** ABORT TASK: reject the aborted task with this instead of ESCSI_ABORTED. */
+  abortError?: Error;
+  /** LUN RESET: send the aborted tasks again (new ITT/CmdSN) instead of failing them. */
+  requeue?: boolean;
   // Text
   collector?: TextCollector;
   rounds?: number;
@@ -216,6 +220,8 @@ const REJECT_NAMES: Record<number, string> = Object.fromEntries(
 );
 
 const MAX_TEXT_ROUNDS = 1024;
+/** A task sent this many times is not requeued after a LUN reset any more. */
+const MAX_REQUEUE_ATTEMPTS = 5;
 
 function hex32(n: number): string {
   return `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
@@ -604,29 +610,38 @@ export class SessionEngine extends EventEmitter {
    * code; on "function complete" or "task does not exist" the task's promise
    * rejects with ESCSI_ABORTED.
    */
-  abortTask(itt: number, timeoutMs = 10000): Promise<number> {
+  abortTask(itt: number, timeoutMs = 10000, abortError?: Error): Promise<number> {
     const t = this.tasks.get(itt);
     if (!t) return Promise.resolve(TmfResponse.TASK_DOES_NOT_EXIST);
-    return this.tmf(TmfFunction.ABORT_TASK, t.lun, itt, t.cmdSN, t.readLen > 0 ? t.nextDataSN : 0, timeoutMs);
+    return this.tmf(TmfFunction.ABORT_TASK, t.lun, itt, t.cmdSN, t.readLen > 0 ? t.nextDataSN : 0, timeoutMs, { abortError });
   }
 
-  /** LOGICAL UNIT RESET; on success every task of that LUN rejects with ESCSI_ABORTED. */
-  lunReset(lun: number, timeoutMs = 30000): Promise<number> {
+  /**
+   * LOGICAL UNIT RESET; on success every task of that LUN rejects with
+   * ESCSI_ABORTED, or with `requeue` is sent again with a new ITT and CmdSN
+   * (the tasks were innocent bystanders of a reset we chose to do).
+   */
+  lunReset(lun: number, timeoutMs = 30000, requeue = false): Promise<number> {
     let raw: bigint;
     try {
       raw = encodeLun(lun);
     } catch {
       return Promise.reject(new RequestError('EINVAL', `LUN ${lun} cannot be addressed`));
     }
-    return this.tmf(TmfFunction.LOGICAL_UNIT_RESET, raw, RESERVED_TAG, this.cmdSN, 0, timeoutMs);
+    return this.tmf(TmfFunction.LOGICAL_UNIT_RESET, raw, RESERVED_TAG, this.cmdSN, 0, timeoutMs, { requeue });
   }
 
-  private tmf(func: number, lun: bigint, refItt: number, refCmdSN: number, expDataSN: number, timeoutMs: number): Promise<number> {
+  private tmf(
+    func: number, lun: bigint, refItt: number, refCmdSN: number, expDataSN: number, timeoutMs: number,
+    extra: { abortError?: Error; requeue?: boolean } = {},
+  ): Promise<number> {
     if (this.st !== 'full-feature') return Promise.reject(this.notReady());
     const { op, promise } = this.addCtl('tmf', timeoutMs);
     op.func = func;
     op.refItt = refItt;
     op.tmfLun = lun;
+    op.abortError = extra.abortError;
+    op.requeue = extra.requeue;
     this.log.info({ func, itt: op.itt, refItt: refItt === RESERVED_TAG ? undefined : refItt }, 'sending task management request');
     this.send(encodePduVectors({
       opcode: 0x02, immediate: true, func, lun, itt: op.itt, referencedTaskTag: refItt, cmdSN: this.cmdSN,
@@ -803,6 +818,22 @@ export class SessionEngine extends EventEmitter {
     if (snGt(next, this.expStatSN)) this.expStatSN = next;
   }
 
+  /**
+   * Where a Data-In's payload should land, asked by the framer before the
+   * bytes arrive: the reader's own buffer at the PDU's Buffer Offset, so the
+   * data is copied once, socket chunk to destination. Anything doubtful
+   * returns undefined and takes the ordinary checked path in onDataIn.
+   */
+  placeDataIn(bhs: Buffer, dsl: number): Buffer | undefined {
+    if ((bhs[0] & 0x3f) !== Opcode.DATA_IN) return undefined;
+    const t = this.tasks.get(bhs.readUInt32BE(16));
+    if (!t || t.failed || t.readLen === 0) return undefined;
+    const off = bhs.readUInt32BE(40);
+    if (off + dsl > t.readLen) return undefined;
+    t.inBuf ??= t.pending.req.dataIn ?? Buffer.allocUnsafe(t.readLen);
+    return t.inBuf.subarray(off, off + dsl);
+  }
+
   private taskFor(itt: number, what: string): Task {
     const t = this.tasks.get(itt);
     if (!t) throw new ProtocolError(`${what} for unknown ITT ${hex32(itt)} (loss of sync)`);
@@ -853,7 +884,9 @@ export class SessionEngine extends EventEmitter {
         t.nextDataSN = snAdd(t.nextDataSN, 1);
         if (n > 0) {
           t.inBuf ??= t.pending.req.dataIn ?? Buffer.allocUnsafe(t.readLen);
-          pdu.data.copy(t.inBuf, pdu.bufferOffset);
+          // Already in place when the framer streamed it there (placeDataIn).
+          const inPlace = pdu.data.buffer === t.inBuf.buffer && pdu.data.byteOffset === t.inBuf.byteOffset + pdu.bufferOffset;
+          if (!inPlace) pdu.data.copy(t.inBuf, pdu.bufferOffset);
           t.received += n;
         }
       }
@@ -958,17 +991,30 @@ export class SessionEngine extends EventEmitter {
       // After the response the target sends nothing more for that task.
       if (ok || pdu.response === TmfResponse.TASK_DOES_NOT_EXIST) {
         const t = this.tasks.get(op.refItt!);
-        if (t) this.abortLocal(t);
+        if (t) this.abortLocal(t, op.abortError);
       }
     } else if (op.func === TmfFunction.LOGICAL_UNIT_RESET && ok) {
-      for (const t of [...this.tasks.values()]) if (t.lun === op.tmfLun) this.abortLocal(t);
+      const again: PendingTask[] = [];
+      for (const t of [...this.tasks.values()]) {
+        if (t.lun !== op.tmfLun) continue;
+        if (op.requeue && !t.failed && !t.pending.settled && t.pending.attempts < MAX_REQUEUE_ATTEMPTS) {
+          this.removeTask(t);
+          again.push(t.pending);
+        } else {
+          this.abortLocal(t);
+        }
+      }
+      if (again.length > 0) {
+        this.log.info({ count: again.length }, 'reissuing the commands the LUN reset aborted');
+        this.adopt(again);
+      }
     }
     op.resolve(pdu.response);
   }
 
-  private abortLocal(t: Task): void {
+  private abortLocal(t: Task, err?: Error): void {
     this.removeTask(t);
-    if (!t.failed) t.pending.reject(new ScsiError('ESCSI_ABORTED', `SCSI command (ITT ${hex32(t.itt)}) aborted`, 0x40));
+    if (!t.failed) t.pending.reject(err ?? new ScsiError('ESCSI_ABORTED', `SCSI command (ITT ${hex32(t.itt)}) aborted`, 0x40));
   }
 
   private onTextResponse(pdu: TextResponsePdu): void {

@@ -199,7 +199,7 @@ test('fake: close() fails pending commands with ESHUTDOWN and stops reconnecting
   assert.equal(f.logins, 1);
 });
 
-test('fake: command timeout -> ABORT TASK answered: the command fails with ESCSI_ABORTED, the session stays', async (t) => {
+test('fake: command timeout -> ABORT TASK answered: the command fails with ETIMEOUT (retryable), the session stays', async (t) => {
   const tmfs: number[] = [];
   const f = await fake(t, {
     onCommand: (_c, cmd) => cmd.cdb[0] === 0x28, // never answer READs
@@ -210,7 +210,7 @@ test('fake: command timeout -> ABORT TASK answered: the command fails with ESCSI
   });
   const s = session(t, f.port, { timeouts: { commandMs: 100, nopIntervalMs: 0 } });
   await s.connect();
-  await assert.rejects(s.execute({ lun: 0, cdb: READ10, dataInLength: 512 }), (e: IscsiNbdError) => e.code === 'ESCSI_ABORTED');
+  await assert.rejects(s.execute({ lun: 0, cdb: READ10, dataInLength: 512 }), (e: IscsiNbdError) => e.code === 'ETIMEOUT');
   assert.deepEqual(tmfs, [1]);
   assert.equal(s.state, 'logged-in');
   assert.equal((await s.execute({ lun: 0, cdb: TUR })).status, 0);
