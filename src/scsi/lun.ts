@@ -228,17 +228,45 @@ export class LogicalUnit {
    * the transport's own error.
    */
   async execute(c: Buffer, io: ExecuteOptions = {}): Promise<ScsiResponse> {
+    // The hot path is one transport call and a GOOD status: nothing else is
+    // computed (names, sense text) unless something went wrong.
+    let first: ScsiResponse;
+    try {
+      first = await this.executeOnce(c, io);
+    } catch (e) {
+      return this.executeSlow(c, io, undefined, e);
+    }
+    if (first.status === SAM_STAT_GOOD) return first;
+    return this.executeSlow(c, io, first);
+  }
+
+  private executeOnce(c: Buffer, io: ExecuteOptions): Promise<ScsiResponse> {
+    return this.transport.execute({
+      lun: this.lun, cdb: c, dataOut: io.dataOut, dataInLength: io.dataInLength, dataIn: io.dataIn,
+      timeoutMs: this.timeoutMs,
+    });
+  }
+
+  private async executeSlow(c: Buffer, io: ExecuteOptions, firstResp?: ScsiResponse, firstErr?: unknown): Promise<ScsiResponse> {
     const name = cdb.cdbName(c);
     let retries = 0;
     let backoffStep = 0;
+    let pending = firstResp;
     const backoff = (): number => Math.min(this.baseBackoffMs * 2 ** backoffStep++, this.maxBackoffMs);
     for (;;) {
       let resp: ScsiResponse;
       try {
-        resp = await this.transport.execute({
-          lun: this.lun, cdb: c, dataOut: io.dataOut, dataInLength: io.dataInLength, dataIn: io.dataIn,
-          timeoutMs: this.timeoutMs,
-        });
+        if (firstErr !== undefined) {
+          const e = firstErr;
+          firstErr = undefined;
+          throw e;
+        }
+        if (pending) {
+          resp = pending;
+          pending = undefined;
+        } else {
+          resp = await this.executeOnce(c, io);
+        }
       } catch (e) {
         if (this.retryTimeouts && e instanceof IscsiNbdError && e.code === 'ETIMEOUT' && retries < this.maxRetries) {
           const delay = backoff();
@@ -580,6 +608,11 @@ export class LogicalUnit {
     if (length === 0) return buf;
     const bs = this.info.blockSize;
     const chunk = this.maxIoBytes();
+    if (length <= chunk) {
+      // One command: no splitting machinery on the common path.
+      await this.readChunk(offset / BigInt(bs), buf);
+      return buf;
+    }
     const ps: Promise<void>[] = [];
     for (let pos = 0; pos < length; pos += chunk) {
       const view = buf.subarray(pos, Math.min(pos + chunk, length));
@@ -610,6 +643,11 @@ export class LogicalUnit {
     const i = this.info;
     const fuaBit = !!opts.fua && i.dpoFua;
     const chunk = this.maxIoBytes();
+    if (data.length <= chunk) {
+      await this.execute(cdb.writeCdb(offset / BigInt(i.blockSize), data.length / i.blockSize, { fua: fuaBit }), { dataOut: data });
+      if (opts.fua && !fuaBit) await this.flush();
+      return;
+    }
     const ps: Promise<void>[] = [];
     for (let pos = 0; pos < data.length; pos += chunk) {
       const view = data.subarray(pos, Math.min(pos + chunk, data.length));
