@@ -49,10 +49,31 @@ const DEFAULT_LOGIN_MS = 15000;
 const DEFAULT_MAX_REDIRECTS = 5;
 
 /** Open a TCP connection (IPv4 or IPv6), bounded by timeoutMs. */
+const READ_BUFFER_BYTES = 256 * 1024;
+
+/** Where a socket made by tcpConnect delivers what it reads. */
+interface ChunkReader {
+  onChunk?: (chunk: Buffer) => void;
+}
+
 export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const where = formatPortal(portal);
-    const sock = net.connect({ host: portal.host, port: portal.port });
+    // One read buffer per connection, reused for every read: no allocation
+    // per socket read (the framer copies what it has to keep).
+    const reader: ChunkReader = {};
+    const sock = net.connect({
+      host: portal.host,
+      port: portal.port,
+      onread: {
+        buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
+        callback: (n: number, buf: Uint8Array) => {
+          reader.onChunk?.(Buffer.from(buf.buffer, buf.byteOffset, n));
+          return true;
+        },
+      },
+    }) as net.Socket & { chunkReader?: ChunkReader };
+    sock.chunkReader = reader;
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new TransportError('ECONNECT', `cannot connect to iSCSI portal ${where}: no answer within ${timeoutMs} ms`));
@@ -153,15 +174,22 @@ export class IscsiConnection extends EventEmitter {
 
   constructor(private readonly socket: net.Socket, private readonly log: Logger) {
     super();
-    this.framer = new PduFramer({ maxDataSegmentLength: DEFAULT_MAX_RECV_DSL, onFrame: (f) => this.onFrame(f) });
-    socket.on('data', (chunk: Buffer) => {
+    const reader = (socket as net.Socket & { chunkReader?: ChunkReader }).chunkReader;
+    this.framer = new PduFramer({
+      maxDataSegmentLength: DEFAULT_MAX_RECV_DSL,
+      onFrame: (f) => this.onFrame(f),
+      transientChunks: reader !== undefined,
+    });
+    const onChunk = (chunk: Buffer): void => {
       if (this.st === 'closed') return;
       try {
         this.framer.push(chunk);
       } catch (e) {
         this.close(e instanceof Error ? e : new Error(String(e)));
       }
-    });
+    };
+    if (reader) reader.onChunk = onChunk;
+    else socket.on('data', onChunk);
     socket.on('error', (e) => {
       this.close(new TransportError('ECONNLOST', `iSCSI connection error: ${e.message}`, { cause: e }));
     });

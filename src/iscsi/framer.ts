@@ -29,6 +29,11 @@ export interface FramerOptions {
   onDataDigestError?: (err: DigestError, frame: Frame) => void;
   /** See PduFramer.placeData. */
   placeData?: (bhs: Buffer, dataSegmentLength: number) => Buffer | undefined;
+  /**
+   * Pushed chunks are reused by the caller after push() returns (a socket
+   * read buffer): frames then carry copies, and what is left over is copied.
+   */
+  transientChunks?: boolean;
 }
 
 const enum Stage {
@@ -76,7 +81,10 @@ export class PduFramer {
     this.onFrame = opts.onFrame;
     this.onDataDigestError = opts.onDataDigestError;
     this.placeData = opts.placeData;
+    this.transient = opts.transientChunks ?? false;
   }
+
+  private readonly transient: boolean;
 
   /** Bytes received and not yet emitted as part of a frame. */
   get buffered(): number {
@@ -108,6 +116,7 @@ export class PduFramer {
     }
     try {
       this.drain();
+      if (this.transient) this.keepRemainder();
     } catch (e) {
       // Errors thrown by our own callbacks are the caller's business.
       if (this.inCallback) {
@@ -219,12 +228,23 @@ export class PduFramer {
     }
   }
 
+  /** The caller will reuse its buffer: keep our own copy of what is not consumed yet. */
+  private keepRemainder(): void {
+    for (let i = this.head; i < this.chunks.length; i++) {
+      const c = this.chunks[i];
+      const from = i === this.head ? this.off : 0;
+      if (from < c.length) this.chunks[i] = Buffer.from(c.subarray(from));
+      else this.chunks[i] = EMPTY;
+      if (i === this.head) this.off = 0;
+    }
+  }
+
   /** Remove n bytes (n <= avail): a view when they lie in one chunk, else one copy. */
   private take(n: number): Buffer {
     if (n === 0) return EMPTY;
     this.avail -= n;
     let first = this.chunks[this.head];
-    if (first.length - this.off >= n) {
+    if (first.length - this.off >= n && !this.transient) {
       const v = first.subarray(this.off, this.off + n);
       this.off += n;
       if (this.off === first.length) this.advance();

@@ -61,3 +61,28 @@ test('placeData returning nothing falls back to buffering', () => {
   f.push(encodePdu(dataIn(1, 0, d)));
   assert.deepEqual(frames[0].data, d);
 });
+
+// A socket with onread reuses one buffer for every read: frames must not
+// point into it, and bytes held over to the next read must be our own copy.
+test('transientChunks: frames survive the caller reusing its read buffer', () => {
+  const pdus = [randomBytes(700), randomBytes(5), randomBytes(3000)].map((d, i) => encodePdu(dataIn(i + 1, 0, d), { headerDigest: true, dataDigest: true }));
+  const wire = Buffer.concat(pdus);
+  for (const step of [1, 7, 48, 53, 1000, wire.length]) {
+    const frames: Frame[] = [];
+    const f = new PduFramer({ headerDigest: true, dataDigest: true, transientChunks: true, onFrame: (fr) => frames.push(fr) });
+    const reused = Buffer.alloc(step);
+    for (let i = 0; i < wire.length; i += step) {
+      const n = wire.copy(reused, 0, i, Math.min(i + step, wire.length));
+      f.push(reused.subarray(0, n));
+      reused.fill(0xee); // what the next socket read would do to it
+    }
+    assert.equal(frames.length, 3, `step ${step}`);
+    frames.forEach((fr, k) => {
+      const d = decodeFrame(fr) as DataInPdu;
+      assert.equal(d.itt, k + 1);
+      assert.deepEqual(Buffer.concat([fr.bhs]).length, 48);
+      assert.deepEqual(encodePdu(d, { headerDigest: true, dataDigest: true }), pdus[k], `step ${step} pdu ${k}`);
+    });
+    assert.ok(f.idle);
+  }
+});
