@@ -1,8 +1,7 @@
 // Shapes of the benchmark's JSON output (bench-results.json). Units are in the names:
 // MiB/s, microseconds, MiB, seconds. null means "not measured".
 
-import type { FioRw } from './fio';
-import type { LunKind } from './rows';
+import type { RowDef } from './rows';
 import type { SideName } from './servers';
 
 export interface RunRecord {
@@ -72,14 +71,8 @@ export interface GoalResult {
   stretch: boolean;
 }
 
-export interface RowResult {
-  id: string;
-  title: string;
-  lun: LunKind;
-  rw: FioRw;
-  bs: number;
-  iodepth: number;
-  conns: number;
+/** A row as defined in rows.ts, plus what the run measured. */
+export interface RowResult extends Pick<RowDef, 'id' | 'title' | 'lun' | 'rw' | 'bs' | 'iodepth' | 'conns'> {
   ours: SideSummary;
   qemu: SideSummary;
   /** Median over A/B pairs of ours MiB/s / qemu-nbd MiB/s. */

@@ -116,7 +116,7 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
       this.outstanding++;
     }
     try {
-      const member = await this.pick();
+      const member = this.pickNow() ?? (await this.pick()); // no promise when a member is ready
       return await member.execute(req);
     } finally {
       const next = this.slotWaiters.shift();

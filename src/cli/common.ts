@@ -2,6 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { resolveInitiatorName } from '../iscsi/names';
 import { readSecret } from '../config';
+import { ConfigError } from '../errors';
 import type { IscsiUrl } from '../iscsi/url';
 
 /** Where we keep our generated initiator name and the demo's data. */
@@ -41,7 +42,7 @@ export function authFor(url: IscsiUrl, opts: SecretOptions, override?: { user?: 
     (url.auth?.password ? url.auth.password : undefined) ??
     readSecret({ file: opts['chap-secret-file'], env: opts['chap-secret-env'] }, 'the CHAP secret');
   if (!secret) {
-    throw new (require('../errors').ConfigError)('ECONFIG', `CHAP user "${user}" given without a secret (put it in the URL as user%secret@, or use --chap-secret-file / $${opts['chap-secret-env'] ?? 'ISCSI_NBD_CHAP_SECRET'})`);
+    throw new ConfigError('ECONFIG', `CHAP user "${user}" given without a secret (put it in the URL as user%secret@, or use --chap-secret-file / $${opts['chap-secret-env'] ?? 'ISCSI_NBD_CHAP_SECRET'})`);
   }
   const targetUser = override?.targetUser ?? url.auth?.targetUser;
   const targetSecret =

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import type { Argv } from 'yargs';
 import { NbdServer, NbdTlsOptions } from '../nbd/server';
 import { ExportManager } from '../bridge/manager';
-import { DaemonConfig, DEFAULT_TIMEOUTS, loadConfig, parseExportFlag, parseListen, ExportConfig } from '../config';
+import { DaemonConfig, DEFAULT_TIMEOUTS, loadConfig, parseExportFlag, parseListen, ExportConfig, readSecret } from '../config';
 import { ConfigError } from '../errors';
 import { Metrics, startMetricsServer } from '../metrics';
 import { redactText, rootLogger } from '../log';
@@ -171,9 +171,9 @@ export async function startDaemon(cfg: DaemonConfig, argv: ServeArgs, reloadConf
     authFor: (url, spec: ExportConfig) =>
       authFor(url, argv, spec.chap && {
         user: spec.chap.user,
-        secret: spec.chap.secret ?? (spec.chap.secretFile || spec.chap.secretEnv ? require('../config').readSecret({ file: spec.chap.secretFile, env: spec.chap.secretEnv }, 'the CHAP secret') : undefined),
+        secret: readSecret({ value: spec.chap.secret, file: spec.chap.secretFile, env: spec.chap.secretEnv }, 'the CHAP secret'),
         targetUser: spec.chap.targetUser,
-        targetSecret: spec.chap.targetSecret ?? (spec.chap.targetSecretFile || spec.chap.targetSecretEnv ? require('../config').readSecret({ file: spec.chap.targetSecretFile, env: spec.chap.targetSecretEnv }, 'the target CHAP secret') : undefined),
+        targetSecret: readSecret({ value: spec.chap.targetSecret, file: spec.chap.targetSecretFile, env: spec.chap.targetSecretEnv }, 'the target CHAP secret'),
       }),
   });
   // Every export is checked before we accept a single client.

@@ -4,6 +4,7 @@
 // protocol state beyond switching the framer's digests and data segment
 // limit when login ends. Socket errors and closes become one 'closed' event.
 
+import { TickCork } from '../tick-cork';
 import net from 'node:net';
 import { EventEmitter } from 'node:events';
 import { IscsiNbdError, LoginError, ProtocolError, TransportError } from '../errors';
@@ -312,23 +313,14 @@ export class IscsiConnection extends EventEmitter {
     return true;
   }
 
-  private corked = false;
+  private readonly cork = new TickCork();
 
   /**
    * Every PDU sent in one tick leaves in one writev: commands issued for a
    * burst of NBD requests share a syscall instead of paying one each.
    */
   private write(buffers: Buffer[]): void {
-    const s = this.socket;
-    if (!this.corked) {
-      this.corked = true;
-      s.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        s.uncork();
-      });
-    }
-    for (const b of buffers) s.write(b);
+    this.cork.write(this.socket, buffers);
   }
 
   /** Close now (idempotent); emits 'closed' with the first reason. */

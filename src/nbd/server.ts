@@ -1,6 +1,7 @@
 // Thin socket adapter: accepts TCP / unix connections, runs the handshake and
 // transmission engines over them, upgrades to TLS on STARTTLS, enforces the
 // handshake time limit and connection caps, and keeps per-connection stats.
+import { TickCork } from '../tick-cork';
 import net from 'node:net';
 import tls from 'node:tls';
 import { EventEmitter } from 'node:events';
@@ -206,7 +207,7 @@ class Connection {
   private result?: HandshakeResult;
   private exp?: Export;
   private timer?: NodeJS.Timeout;
-  private corked = false;
+  private readonly cork = new TickCork();
   private readonly remote: string;
   bytesRead = 0;
   bytesWritten = 0;
@@ -293,18 +294,8 @@ class Connection {
   private send(bufs: Buffer[]): void {
     if (this.closed || this.sock.destroyed) return;
     const s = this.sock;
-    if (!this.corked) {
-      this.corked = true;
-      s.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        s.uncork();
-      });
-    }
-    for (const b of bufs) {
-      this.bytesWritten += b.length;
-      s.write(b);
-    }
+    for (const b of bufs) this.bytesWritten += b.length;
+    this.cork.write(s, bufs);
     // Output backpressure: a client that does not read its replies stops being read from.
     if (this.tx && s.writableLength > this.maxBuffered) this.tx.setOutputBlocked(true);
   }
@@ -312,10 +303,7 @@ class Connection {
   private startTls(): void {
     const t = this.server.options.tls!;
     this.setState('tls');
-    if (this.corked) {
-      this.corked = false;
-      this.raw.uncork(); // the ACK goes out in plaintext before anything else
-    }
+    this.cork.flush(); // the ACK goes out in plaintext before anything else
     this.raw.removeListener('data', this.onData);
     const verify = !!t.requestClientCert;
     const s = new tls.TLSSocket(this.raw, {

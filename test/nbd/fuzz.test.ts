@@ -14,14 +14,36 @@ const reg = memoryRegistry(exp);
 
 test('handshake engine: random options and garbage never throw', () => {
   const option = fc.tuple(fc.integer({ min: 0, max: 12 }), fc.uint8Array({ maxLength: 64 })).map(([o, d]) => opt(o, Buffer.from(d)));
-  fc.assert(fc.property(fc.array(fc.oneof(option, fc.uint8Array({ maxLength: 40 }).map((b) => Buffer.from(b))), { maxLength: 12 }), fc.constantFrom('off', 'on', 'require'), (parts, mode) => {
+  fc.assert(fc.property(fc.array(fc.oneof(option, fc.constant(opt(1, Buffer.alloc(0))), fc.uint8Array({ maxLength: 40 }).map((b) => Buffer.from(b))), { maxLength: 12 }), fc.constantFrom('off', 'on', 'require'), (parts, mode) => {
+    // Everything sent before negotiation ends must be the greeting followed by
+    // whole, well-formed option replies: a client can always keep in sync.
+    // (EXPORT_NAME's success answer is no option reply: it is the batch sent just before done.)
+    const out: Buffer[] = [];
+    let finished = false;
     const eng = new HandshakeEngine({ exports: reg, tlsMode: mode as 'off' | 'on' | 'require' }, {
-      send: () => undefined, startTls: () => undefined, done: () => undefined, close: () => undefined,
+      send: (b) => { if (!finished) out.push(Buffer.concat(b)); },
+      startTls: () => undefined,
+      done: () => {
+        const last = out[out.length - 1];
+        if (last && (last.length < 8 || last.readBigUInt64BE(0) !== 0x3e889045565a9n)) out.pop();
+        finished = true;
+      },
+      close: () => { finished = true; },
     });
     eng.start();
     eng.push(u32(3));
     for (const p of parts) eng.push(p);
     if (eng.state === 'tls') eng.tlsStarted();
+    const wire = Buffer.concat(out);
+    assert.ok(wire.length >= 18, 'greeting sent');
+    assert.equal(wire.readBigUInt64BE(0), 0x4e42444d41474943n);
+    assert.equal(wire.readBigUInt64BE(8), 0x49484156454f5054n);
+    for (let off = 18; off < wire.length; ) {
+      assert.ok(wire.length - off >= 20, `truncated option reply at ${off}`);
+      assert.equal(wire.readBigUInt64BE(off), 0x3e889045565a9n, `option reply magic at ${off}`);
+      off += 20 + wire.readUInt32BE(off + 16);
+      assert.ok(off <= wire.length, 'option reply data runs past what was sent');
+    }
   }), { numRuns: 300 });
 });
 

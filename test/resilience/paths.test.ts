@@ -19,6 +19,21 @@ function assertClean(r: Awaited<ReturnType<typeof fioVerify>>): void {
   assert.equal(r.errors, 0, `fio errors: ${r.res.stdout.slice(-2000)}`);
 }
 
+
+/** Two embedded target servers (two portals) over one LUN, one export using both, both paths logged in. */
+async function startTwoPaths(t: Parameters<typeof startTargets>[0]) {
+  const tg = await startTargets(t, { paths: 2 });
+  const br = await startBridge(t, {
+    exports: [{ name: 'd', url: exportUrl(tg.ports[0]), portals: [`127.0.0.1:${tg.ports[1]}`] }],
+    timeouts: FAST,
+    sessions: 2,
+  });
+  const exp = br.manager.exports.get('d')!;
+  const [s0, s1] = exp.sessions;
+  await waitFor(() => s0.state === 'logged-in' && s1.state === 'logged-in', 10000, 'both paths logged in');
+  return { tg, br, exp };
+}
+
 test('network faults (reset, stall, half-close) under fio verify: zero errors', { skip: skipUnless('fio'), timeout: 150000 }, async (t) => {
   const tg = await startTargets(t);
   const proxy = new FaultProxy({ host: '127.0.0.1', port: tg.ports[0] });
@@ -45,16 +60,9 @@ test('network faults (reset, stall, half-close) under fio verify: zero errors', 
 });
 
 test('multipath: a path dies under fio verify, its commands move to the live path; the path is used again when back', { skip: skipUnless('fio'), timeout: 150000 }, async (t) => {
-  const tg = await startTargets(t, { paths: 2 });
-  const br = await startBridge(t, {
-    exports: [{ name: 'd', url: exportUrl(tg.ports[0]), portals: [`127.0.0.1:${tg.ports[1]}`] }],
-    timeouts: FAST,
-    sessions: 2,
-  });
-  const exp = br.manager.exports.get('d')!;
+  const { tg, br, exp } = await startTwoPaths(t);
   assert.equal(exp.sessions.length, 2);
   const [s0, s1] = exp.sessions;
-  await waitFor(() => s0.state === 'logged-in' && s1.state === 'logged-in', 10000, 'both paths logged in');
   assert.notEqual(s0.stats.portal, s1.stats.portal);
   const fio = fioVerify(br.uri(), { size: '48M', bs: '64k', iodepth: 16, extra: ['--rate=8m'], t, timeoutMs: 120000 });
   await sleep(1200);
@@ -98,15 +106,8 @@ test('tgtd SIGKILLed and restarted 5 s later under fio verify: zero errors', { s
 });
 
 test('multipath: one portal starts answering with another device; its commands go to the path whose identity matches', { skip: skipUnless('python3'), timeout: 90000 }, async (t) => {
-  const tg = await startTargets(t, { paths: 2 });
-  const br = await startBridge(t, {
-    exports: [{ name: 'd', url: exportUrl(tg.ports[0]), portals: [`127.0.0.1:${tg.ports[1]}`] }],
-    timeouts: FAST,
-    sessions: 2,
-  });
-  const exp = br.manager.exports.get('d')!;
+  const { tg, br, exp } = await startTwoPaths(t);
   const [s0, s1] = exp.sessions;
-  await waitFor(() => s0.state === 'logged-in' && s1.state === 'logged-in', 10000, 'both paths logged in');
   const io = nbdPy(br.uri(), `
 import time
 bad = 0
