@@ -3,6 +3,13 @@ import type { Metrics } from '../metrics';
 import { nbdErrnoOf, errorCodeOf } from '../errors';
 import type { Logger } from '../log';
 
+interface OpMetrics {
+  ok: { inc(v?: number): void };
+  bytes: { inc(v?: number): void };
+  latency: { observe(v: number): void };
+  inFlight: { inc(v?: number): void; dec(v?: number): void };
+}
+
 const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 5: 'EIO', 12: 'ENOMEM', 22: 'EINVAL', 28: 'ENOSPC', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN' };
 
 /**
@@ -26,18 +33,41 @@ export class InstrumentedExport implements Export {
   get blockSizes() { return this.inner.blockSizes; }
   get requestAlignment() { return this.inner.requestAlignment; }
 
-  private async run<T>(op: string, bytes: number, detail: () => object, fn: () => Promise<T>): Promise<T> {
-    const started = process.hrtime.bigint();
+  // prom-client hashes a label object on every call; the children for each
+  // operation are looked up once.
+  private readonly children = new Map<string, OpMetrics>();
+
+  private opMetrics(op: string): OpMetrics | undefined {
+    const m = this.metrics;
+    if (!m) return undefined;
+    let c = this.children.get(op);
+    if (!c) {
+      const l = { export: this.name, op };
+      c = {
+        ok: m.nbdRequests.labels({ ...l, errno: '0' }),
+        bytes: m.nbdBytes.labels(l),
+        latency: m.nbdLatency.labels(l),
+        inFlight: m.nbdInFlight.labels({ export: this.name }),
+      };
+      this.children.set(op, c);
+    }
+    return c;
+  }
+
+  // No closures per request: the caller passes what a failure log needs.
+  private async run<T>(op: string, bytes: number, p: Promise<T>, offset?: bigint, length?: number, more?: object): Promise<T> {
+    const om = this.opMetrics(op);
+    const started = om ? process.hrtime.bigint() : 0n;
     this.inFlight++;
     this.counters.requests++;
-    this.metrics?.nbdInFlight.inc({ export: this.name });
+    om?.inFlight.inc();
     try {
-      const r = await fn();
+      const r = await p;
       if (op === 'read') this.counters.bytesRead += bytes;
-      if (op === 'write') this.counters.bytesWritten += bytes;
-      if (this.metrics) {
-        this.metrics.nbdRequests.inc({ export: this.name, op, errno: '0' });
-        if (bytes > 0) this.metrics.nbdBytes.inc({ export: this.name, op }, bytes);
+      else if (op === 'write') this.counters.bytesWritten += bytes;
+      if (om) {
+        om.ok.inc();
+        if (bytes > 0) om.bytes.inc(bytes);
       }
       return r;
     } catch (err) {
@@ -46,35 +76,38 @@ export class InstrumentedExport implements Export {
       const name = ERRNO_NAMES[errno] ?? String(errno);
       this.metrics?.nbdRequests.inc({ export: this.name, op, errno: String(errno) });
       this.metrics?.nbdErrors.inc({ export: this.name, op, errno: name });
-      this.log.warn({ op, ...detail(), errno: name, code: errorCodeOf(err), err: (err as Error).message }, `NBD ${op} failed`);
+      const where = offset === undefined ? {} : { offset: offset.toString(), length };
+      this.log.warn({ op, ...where, ...more, errno: name, code: errorCodeOf(err), err: (err as Error).message }, `NBD ${op} failed`);
       throw err;
     } finally {
       this.inFlight--;
-      this.metrics?.nbdInFlight.dec({ export: this.name });
-      this.metrics?.nbdLatency.observe({ export: this.name, op }, Number(process.hrtime.bigint() - started) / 1e9);
+      if (om) {
+        om.inFlight.dec();
+        om.latency.observe(Number(process.hrtime.bigint() - started) / 1e9);
+      }
     }
   }
 
   read(offset: bigint, length: number, into?: Buffer): Promise<Buffer> {
-    return this.run('read', length, () => ({ offset: offset.toString(), length }), () => this.inner.read(offset, length, into));
+    return this.run('read', length, this.inner.read(offset, length, into), offset, length);
   }
   write(offset: bigint, data: Buffer, fua: boolean): Promise<void> {
-    return this.run('write', data.length, () => ({ offset: offset.toString(), length: data.length, fua }), () => this.inner.write(offset, data, fua));
+    return this.run('write', data.length, this.inner.write(offset, data, fua), offset, data.length, { fua });
   }
   flush(): Promise<void> {
-    return this.run('flush', 0, () => ({}), () => this.inner.flush());
+    return this.run('flush', 0, this.inner.flush());
   }
   trim(offset: bigint, length: number, fua: boolean): Promise<void> {
-    return this.run('trim', 0, () => ({ offset: offset.toString(), length }), () => this.inner.trim(offset, length, fua));
+    return this.run('trim', 0, this.inner.trim(offset, length, fua), offset, length);
   }
   zero(offset: bigint, length: number, opts: ZeroOptions): Promise<void> {
-    return this.run('write_zeroes', 0, () => ({ offset: offset.toString(), length, ...opts }), () => this.inner.zero(offset, length, opts));
+    return this.run('write_zeroes', 0, this.inner.zero(offset, length, opts), offset, length, opts);
   }
   blockStatus(offset: bigint, length: number): Promise<Extent[]> {
-    return this.run('block_status', 0, () => ({ offset: offset.toString(), length }), () => this.inner.blockStatus(offset, length));
+    return this.run('block_status', 0, this.inner.blockStatus(offset, length), offset, length);
   }
   cache(offset: bigint, length: number): Promise<void> {
-    return this.run('cache', 0, () => ({ offset: offset.toString(), length }), () => this.inner.cache(offset, length));
+    return this.run('cache', 0, this.inner.cache(offset, length), offset, length);
   }
   /** NBD connections currently using this export. */
   clients = 0;

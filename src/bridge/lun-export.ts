@@ -90,13 +90,15 @@ export class LunExport implements Export {
     return offset % this.bsBig === 0n && length % this.bs === 0;
   }
 
-  async read(offset: bigint, length: number, into?: Buffer): Promise<Buffer> {
+  read(offset: bigint, length: number, into?: Buffer): Promise<Buffer> {
+    // The aligned case hands the LUN's promise straight back (it resolves to `into`'s view).
+    if (length > 0 && this.aligned(offset, length)) return this.lun.read(offset, length, into);
+    return this.readUnaligned(offset, length, into);
+  }
+
+  private async readUnaligned(offset: bigint, length: number, into?: Buffer): Promise<Buffer> {
     const dest = into ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     if (length === 0) return dest;
-    if (this.aligned(offset, length)) {
-      await this.lun.read(offset, length, dest);
-      return dest;
-    }
     const start = this.alignDown(offset);
     const end = this.alignUp(offset + BigInt(length));
     const tmp = await this.lun.read(start, Number(end - start));

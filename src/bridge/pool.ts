@@ -109,7 +109,42 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
     return this.members.filter((m) => m.state === 'logged-in');
   }
 
-  async execute(req: ScsiRequest): Promise<ScsiResponse> {
+  execute(req: ScsiRequest): Promise<ScsiResponse> {
+    // Common case: a free slot and a logged-in member; no async frame of our own.
+    if (this.outstanding < this.maxOutstanding) {
+      const member = this.pickNow();
+      if (member) {
+        this.outstanding++;
+        let p: Promise<ScsiResponse>;
+        try {
+          p = member.execute(req);
+        } catch (e) {
+          this.releaseSlot();
+          return Promise.reject(e);
+        }
+        return p.then(this.releaseOk, this.releaseErr);
+      }
+    }
+    return this.executeWaiting(req);
+  }
+
+  private readonly releaseOk = (r: ScsiResponse): ScsiResponse => {
+    this.releaseSlot();
+    return r;
+  };
+
+  private readonly releaseErr = (e: unknown): never => {
+    this.releaseSlot();
+    throw e;
+  };
+
+  private releaseSlot(): void {
+    const next = this.slotWaiters.shift();
+    if (next) next(); // hand our slot straight to the next waiter
+    else this.outstanding--;
+  }
+
+  private async executeWaiting(req: ScsiRequest): Promise<ScsiResponse> {
     if (this.outstanding >= this.maxOutstanding) {
       await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
     } else {
@@ -119,9 +154,7 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
       const member = this.pickNow() ?? (await this.pick()); // no promise when a member is ready
       return await member.execute(req);
     } finally {
-      const next = this.slotWaiters.shift();
-      if (next) next(); // hand our slot straight to the next waiter
-      else this.outstanding--;
+      this.releaseSlot();
     }
   }
 

@@ -203,7 +203,11 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
 
   /** Commands sent or waiting (including those parked during an outage). */
   get inFlight(): number {
-    return (this.engine?.inFlight ?? 0) + this.backlog.filter((t) => !t.settled).length;
+    const sent = this.engine?.inFlight ?? 0;
+    if (this.backlog.length === 0) return sent; // the common case: asked on every command
+    let parked = 0;
+    for (const t of this.backlog) if (!t.settled) parked++;
+    return sent + parked;
   }
 
   get stats(): SessionStats {

@@ -170,7 +170,8 @@ interface Task {
   nextR2TSN: number;
   /** Task-level failure: already rejected; the ITT stays reserved until the target ends the task. */
   failed?: Error;
-  timer?: TimerHandle;
+  /** clock time after which the command has timed out; 0 = no timeout (or already handled). */
+  deadline: number;
   startedAt: number;
 }
 
@@ -263,6 +264,12 @@ export class SessionEngine extends EventEmitter {
   private readonly tasks = new Map<number, Task>();
   private readonly ctl = new Map<number, CtlOp>();
   private queue: Queued[] = [];
+  /** SCSI entries in queue, and tasks in `tasks` that have failed: inFlight without a scan. */
+  private queuedScsi = 0;
+  private failedTasks = 0;
+  /** One timer for every command timeout: armed for the earliest deadline. */
+  private deadlineTimer: TimerHandle | undefined;
+  private deadlineAt = 0;
   private paused = false;
   private nopTimer: TimerHandle | undefined;
   private lastRx: number;
@@ -297,17 +304,12 @@ export class SessionEngine extends EventEmitter {
 
   /** SCSI tasks sent and not finished, plus those waiting for the window. */
   get inFlight(): number {
-    let n = 0;
-    for (const t of this.tasks.values()) if (!t.failed) n++;
-    for (const q of this.queue) if (q.kind === 'scsi') n++;
-    return n;
+    return this.tasks.size - this.failedTasks + this.queuedScsi;
   }
 
   /** SCSI tasks waiting for the CmdSN window. */
   get queued(): number {
-    let n = 0;
-    for (const q of this.queue) if (q.kind === 'scsi') n++;
-    return n;
+    return this.queuedScsi;
   }
 
   get error(): Error | undefined {
@@ -364,7 +366,8 @@ export class SessionEngine extends EventEmitter {
     }
     // Tasks adopted in one call keep their relative order; they are queued
     // after what is already waiting (owner adopts drained tasks first).
-    this.queue.push(...add);
+    for (const q of add) this.queue.push(q);
+    this.queuedScsi += add.length;
     this.dispatch();
   }
 
@@ -408,15 +411,44 @@ export class SessionEngine extends EventEmitter {
       nextDataSN: 0,
       received: 0,
       nextR2TSN: 0,
+      deadline: 0,
       startedAt: this.clock.now(),
     };
     const timeout = req.timeoutMs ?? this.commandTimeoutMs;
-    if (timeout > 0) t.timer = this.clock.setTimeout(() => this.onCommandTimeout(t), timeout);
+    if (timeout > 0) {
+      t.deadline = t.startedAt + timeout;
+      if (this.deadlineTimer === undefined || t.deadline < this.deadlineAt) this.armDeadline(t.deadline);
+    }
     return t;
   }
 
+  // Command timeouts share one timer, armed for the earliest deadline: a
+  // per-command timer would cost a timer insert and removal on every I/O.
+  private armDeadline(at: number): void {
+    if (this.deadlineTimer !== undefined) this.clock.clearTimeout(this.deadlineTimer);
+    this.deadlineAt = at;
+    this.deadlineTimer = this.clock.setTimeout(() => this.onDeadline(), Math.max(0, at - this.clock.now()));
+  }
+
+  private onDeadline(): void {
+    this.deadlineTimer = undefined;
+    if (this.st === 'dead') return;
+    const now = this.clock.now();
+    const expired: Task[] = [];
+    let next = Infinity;
+    const consider = (t: Task): void => {
+      if (t.deadline === 0) return;
+      if (t.deadline <= now) expired.push(t);
+      else if (t.deadline < next) next = t.deadline;
+    };
+    for (const t of this.tasks.values()) consider(t);
+    for (const q of this.queue) if (q.kind === 'scsi') consider(q.task);
+    if (next !== Infinity) this.armDeadline(next);
+    for (const t of expired) this.onCommandTimeout(t);
+  }
+
   private onCommandTimeout(t: Task): void {
-    t.timer = undefined;
+    t.deadline = 0;
     if (t.pending.settled || this.st === 'dead') return;
     const info: CommandTimeoutInfo = {
       itt: t.itt,
@@ -457,6 +489,7 @@ export class SessionEngine extends EventEmitter {
       this.queue.shift();
       out ??= [];
       if (q.kind === 'scsi') {
+        this.queuedScsi--;
         if (q.task.pending.settled) {
           this.clearTaskTimer(q.task);
           continue;
@@ -712,6 +745,8 @@ export class SessionEngine extends EventEmitter {
   private stopTimers(): void {
     if (this.nopTimer !== undefined) this.clock.clearTimeout(this.nopTimer);
     this.nopTimer = undefined;
+    if (this.deadlineTimer !== undefined) this.clock.clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
     for (const t of this.tasks.values()) this.clearTaskTimer(t);
     for (const q of this.queue) if (q.kind === 'scsi') this.clearTaskTimer(q.task);
   }
@@ -728,6 +763,7 @@ export class SessionEngine extends EventEmitter {
       if (!t.pending.settled && !t.failed) out.push(t.pending);
     }
     this.tasks.clear();
+    this.failedTasks = 0;
     for (const q of this.queue) {
       if (q.kind === 'scsi') {
         this.clearTaskTimer(q.task);
@@ -737,6 +773,7 @@ export class SessionEngine extends EventEmitter {
       }
     }
     this.queue = [];
+    this.queuedScsi = 0;
     for (const op of [...this.ctl.values()]) op.reject(connLost('iSCSI connection lost'));
     return out;
   }
@@ -747,8 +784,7 @@ export class SessionEngine extends EventEmitter {
   }
 
   private clearTaskTimer(t: Task): void {
-    if (t.timer !== undefined) this.clock.clearTimeout(t.timer);
-    t.timer = undefined;
+    t.deadline = 0;
   }
 
   // ------------------------------------------------------------ NOP keepalive
@@ -844,18 +880,24 @@ export class SessionEngine extends EventEmitter {
   private failTask(t: Task, err: Error): void {
     if (t.failed) return;
     t.failed = err;
+    if (this.tasks.get(t.itt) === t) this.failedTasks++;
     this.clearTaskTimer(t);
     this.log.warn({ itt: t.itt, err: err.message }, 'SCSI task failed');
     t.pending.reject(err);
     if (!t.sent) {
+      const before = this.queue.length;
       this.queue = this.queue.filter((q) => !(q.kind === 'scsi' && q.task === t));
+      this.queuedScsi -= before - this.queue.length;
       this.maybeIdle();
     }
   }
 
   private removeTask(t: Task): void {
     this.clearTaskTimer(t);
-    if (this.tasks.get(t.itt) === t) this.tasks.delete(t.itt);
+    if (this.tasks.get(t.itt) === t) {
+      this.tasks.delete(t.itt);
+      if (t.failed) this.failedTasks--;
+    }
     this.emit('taskDone');
     this.maybeIdle();
   }

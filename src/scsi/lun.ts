@@ -609,8 +609,10 @@ export class LogicalUnit {
     const bs = this.info.blockSize;
     const chunk = this.maxIoBytes();
     if (length <= chunk) {
-      // One command: no splitting machinery on the common path.
-      await this.readChunk(offset / BigInt(bs), buf);
+      // One command: no splitting machinery (nor an extra promise) on the common path.
+      const lba = offset / BigInt(bs);
+      const c = cdb.readCdb(lba, length / bs);
+      this.checkRead(c, lba, await this.execute(c, { dataInLength: length, dataIn: buf }), buf);
       return buf;
     }
     const ps: Promise<void>[] = [];
@@ -624,7 +626,10 @@ export class LogicalUnit {
 
   private async readChunk(lba: bigint, view: Buffer): Promise<void> {
     const c = cdb.readCdb(lba, view.length / this.info.blockSize);
-    const r = await this.execute(c, { dataInLength: view.length, dataIn: view });
+    this.checkRead(c, lba, await this.execute(c, { dataInLength: view.length, dataIn: view }), view);
+  }
+
+  private checkRead(c: Buffer, lba: bigint, r: ScsiResponse, view: Buffer): void {
     const d = r.data;
     if (!d || d.length < view.length || r.residual > 0) {
       // Never hand back a buffer with bytes the device did not send.
