@@ -10,7 +10,6 @@ import {
 } from '../errors';
 import * as C from './constants';
 import * as codec from './codec';
-import { SlabAllocator } from '../slab';
 import { ByteQueue, effectiveBlockSizes, EffectiveBlockSizes, DEFAULT_MAX_PAYLOAD } from './common';
 
 export interface TransmissionOptions {
@@ -104,9 +103,6 @@ export function validateRequest(h: codec.RequestHeader, ctx: ValidationContext):
   }
   return null;
 }
-
-/** READ replies (header + data) of every connection; see SlabAllocator. */
-const replySlab = new SlabAllocator();
 
 interface Req {
   id: number;
@@ -386,7 +382,7 @@ export class TransmissionEngine {
     }
     // One buffer for header and data; the export reads straight into its data part.
     const prefix = structured ? codec.OFFSET_DATA_PREFIX : C.SIMPLE_REPLY_HEADER_SIZE;
-    const buf = replySlab.alloc(prefix + h.length);
+    const buf = Buffer.allocUnsafe(prefix + h.length);
     const into = buf.subarray(prefix);
     const got = await this.exp.read(h.offset, h.length, into);
     if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) {
