@@ -28,6 +28,7 @@ import {
   TaskMgmtResponsePdu, TextResponsePdu,
 } from './pdu';
 import { snAdd, snDiff, snGt, snLte } from './serial';
+import { TagTable } from '../tag-table';
 import { SEND_TARGETS_REPEATABLE, TextCollector, TextPair, encodeText } from './text';
 
 // ---------------------------------------------------------------- clock
@@ -261,7 +262,7 @@ export class SessionEngine extends EventEmitter {
   private expStatSN: number;
 
   private nextItt: number;
-  private readonly tasks = new Map<number, Task>();
+  private readonly tasks = new TagTable<Task>();
   private readonly ctl = new Map<number, CtlOp>();
   private queue: Queued[] = [];
   /** SCSI entries in queue, and tasks in `tasks` that have failed: inFlight without a scan. */

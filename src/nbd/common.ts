@@ -25,6 +25,15 @@ export function resolveExport(reg: ExportRegistry, name: string): Export | undef
 /** Default cap on a READ reply / WRITE payload: the largest request the Linux kernel sends. */
 export const DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024;
 
+/**
+ * Default bytes a connection holds (WRITE payloads, READ replies, unsent
+ * output) before it stops reading requests. 32 MiB keeps 32 1-MiB writes in
+ * flight, far more than the target needs for full speed, and keeps a daemon
+ * under 200 MiB RSS with a client at queue depth 128 of 1 MiB writes. One
+ * request larger than this still runs (alone).
+ */
+export const DEFAULT_MAX_BUFFERED = 32 * 1024 * 1024;
+
 export interface EffectiveBlockSizes {
   minimum: number;
   preferred: number;

@@ -11,7 +11,7 @@ import { ConfigError } from '../errors';
 import type { Export } from '../bridge/export';
 import { HandshakeEngine, HandshakeResult, TlsMode } from './handshake';
 import { TransmissionEngine } from './transmission';
-import { ExportRegistry, DEFAULT_MAX_PAYLOAD } from './common';
+import { ExportRegistry, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_BUFFERED } from './common';
 import { NBD_DEFAULT_PORT } from './constants';
 
 /** After draining, how long a connection stays open answering ESHUTDOWN before it is closed. */
@@ -43,7 +43,7 @@ export interface NbdServerOptions {
   maxPayload?: number;
   /** Per connection: requests in flight before reading pauses. Default 128. */
   maxInFlight?: number;
-  /** Per connection: bytes held (payloads, replies, unsent output) before reading pauses. Default 64 MiB. */
+  /** Per connection: bytes held (payloads, replies, unsent output) before reading pauses. Default 32 MiB. */
   maxBufferedBytes?: number;
   log?: Logger;
 }
@@ -230,7 +230,7 @@ class Connection {
     this.remote = sock.remoteAddress ? (sock.remoteFamily === 'IPv6' ? `[${sock.remoteAddress}]:${sock.remotePort}` : `${sock.remoteAddress}:${sock.remotePort}`) : 'unix';
     this.log = parentLog.child({ conn: id, remote: this.remote });
     this.closedPromise = new Promise((r) => (this.resolveClosed = r));
-    this.maxBuffered = server.options.maxBufferedBytes ?? 64 * 1024 * 1024;
+    this.maxBuffered = server.options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED;
   }
 
   get inHandshake(): boolean {

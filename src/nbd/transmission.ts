@@ -8,9 +8,10 @@ import type { Export, Extent } from '../bridge/export';
 import {
   nbdErrnoOf, errorCodeOf, RequestError, NBD_EINVAL, NBD_ENOSPC, NBD_EPERM, NBD_ESHUTDOWN,
 } from '../errors';
+import { TagTable } from '../tag-table';
 import * as C from './constants';
 import * as codec from './codec';
-import { ByteQueue, effectiveBlockSizes, EffectiveBlockSizes, DEFAULT_MAX_PAYLOAD } from './common';
+import { ByteQueue, effectiveBlockSizes, EffectiveBlockSizes, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_BUFFERED } from './common';
 
 export interface TransmissionOptions {
   export: Export;
@@ -24,7 +25,7 @@ export interface TransmissionOptions {
   maxDiscard?: number;
   /** Requests executing at once before input is paused. Default 128. */
   maxInFlight?: number;
-  /** Payload and reply bytes held before input is paused. Default 64 MiB. */
+  /** Payload and reply bytes held before input is paused. Default 32 MiB (see DEFAULT_MAX_BUFFERED). */
   maxBufferedBytes?: number;
   log?: Logger;
 }
@@ -126,7 +127,7 @@ export class TransmissionEngine {
   private readonly maxDiscard: number;
   private readonly maxInFlight: number;
   private readonly maxBuffered: number;
-  private readonly inflight = new Map<number, Req>();
+  private readonly inflight = new TagTable<Req>();
   private nextId = 1;
   private buffered = 0;
   private paused = false;
@@ -140,7 +141,7 @@ export class TransmissionEngine {
     this.log = opts.log ?? rootLogger().child({ component: 'nbd-transmission' });
     this.maxDiscard = opts.maxDiscard ?? 64 * 1024 * 1024;
     this.maxInFlight = opts.maxInFlight ?? 128;
-    this.maxBuffered = opts.maxBufferedBytes ?? 64 * 1024 * 1024;
+    this.maxBuffered = opts.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED;
     this.contextIds = [...opts.metaContexts.keys()];
     this.ctx = {
       exp: this.exp,
