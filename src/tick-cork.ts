@@ -8,7 +8,8 @@ import type { Writable } from 'node:stream';
 export class TickCork {
   private corked: Writable | undefined;
 
-  write(s: Writable, bufs: readonly Buffer[]): void {
+  /** `done` runs once the stream is finished with the buffers (written, or failed). */
+  write(s: Writable, bufs: readonly Buffer[], done?: () => void): void {
     if (this.corked !== s) {
       this.flush();
       this.corked = s;
@@ -19,7 +20,14 @@ export class TickCork {
         s.uncork();
       });
     }
-    for (const b of bufs) s.write(b);
+    const last = bufs.length - 1;
+    for (let i = 0; i < last; i++) s.write(bufs[i]);
+    if (last >= 0) {
+      if (done) s.write(bufs[last], () => done());
+      else s.write(bufs[last]);
+    } else {
+      done?.();
+    }
   }
 
   /** Send what is held now (e.g. an ACK that must leave before a TLS upgrade). */

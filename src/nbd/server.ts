@@ -291,11 +291,11 @@ class Connection {
     else this.hs?.push(b);
   };
 
-  private send(bufs: Buffer[]): void {
+  private send(bufs: Buffer[], sent?: () => void): void {
     if (this.closed || this.sock.destroyed) return;
     const s = this.sock;
     for (const b of bufs) this.bytesWritten += b.length;
-    this.cork.write(s, bufs);
+    this.cork.write(s, bufs, sent);
     // Output backpressure: a client that does not read its replies stops being read from.
     if (this.tx && s.writableLength > this.maxBuffered) this.tx.setOutputBlocked(true);
   }
@@ -358,7 +358,7 @@ class Connection {
         log: this.log,
       },
       {
-        send: (bufs) => this.send(bufs),
+        send: (bufs, sent) => this.send(bufs, sent),
         pause: () => this.sock.pause(),
         resume: () => this.sock.resume(),
         close: (reason, soft) => (soft ? this.end(reason) : this.fail(reason)),

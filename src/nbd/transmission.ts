@@ -9,6 +9,7 @@ import {
   nbdErrnoOf, errorCodeOf, RequestError, NBD_EINVAL, NBD_ENOSPC, NBD_EPERM, NBD_ESHUTDOWN,
 } from '../errors';
 import { TagTable } from '../tag-table';
+import { ReplyBufferPool } from './reply-pool';
 import * as C from './constants';
 import * as codec from './codec';
 import { ByteQueue, effectiveBlockSizes, EffectiveBlockSizes, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_BUFFERED } from './common';
@@ -31,8 +32,12 @@ export interface TransmissionOptions {
 }
 
 export interface TransmissionCallbacks {
-  /** Write these buffers, in order, as one batch. */
-  send(bufs: Buffer[]): void;
+  /**
+   * Write these buffers, in order, as one batch. When `sent` is given, call it
+   * once the transport is done with them (written or failed): the buffers
+   * may then be reused.
+   */
+  send(bufs: Buffer[], sent?: () => void): void;
   /** Stop / restart reading from the transport (backpressure). */
   pause(): void;
   resume(): void;
@@ -104,6 +109,9 @@ export function validateRequest(h: codec.RequestHeader, ctx: ValidationContext):
   }
   return null;
 }
+
+/** Large READ replies of every connection (see ReplyBufferPool). */
+const replyPool = new ReplyBufferPool();
 
 interface Req {
   id: number;
@@ -300,14 +308,14 @@ export class TransmissionEngine {
     void this.execute(req, payload);
   }
 
-  private finish(req: Req, bufs: Buffer[]): void {
+  private finish(req: Req, bufs: Buffer[], sent?: () => void): void {
     if (!this.inflight.delete(req.id)) {
       // Our own bookkeeping lost a request: nothing sane can follow.
       this.drop('internal: unknown request id');
       return;
     }
     this.buffered -= req.bytes;
-    if (this.state !== 'closed') this.cb.send(bufs);
+    if (this.state !== 'closed') this.cb.send(bufs, sent);
     if (this.inflight.size === 0 && this.idleWaiters.length) {
       const w = this.idleWaiters;
       this.idleWaiters = [];
@@ -334,7 +342,7 @@ export class TransmissionEngine {
     try {
       switch (h.type) {
         case C.CMD_READ:
-          return this.finish(req, await this.read(h));
+          return await this.read(req);
         case C.CMD_WRITE:
           if (h.length > 0) await exp.write(h.offset, payload!, fua);
           this.counters.bytesWrittenToExport += h.length;
@@ -376,14 +384,18 @@ export class TransmissionEngine {
     }
   }
 
-  private async read(h: codec.RequestHeader): Promise<Buffer[]> {
+  private async read(req: Req): Promise<void> {
+    const { h } = req;
     const structured = this.ctx.structured;
     if (h.length === 0) {
-      return [structured ? codec.encodeStructuredNone(h.cookie) : codec.encodeSimpleReply(0, h.cookie)];
+      this.finish(req, [structured ? codec.encodeStructuredNone(h.cookie) : codec.encodeSimpleReply(0, h.cookie)]);
+      return;
     }
     // One buffer for header and data; the export reads straight into its data part.
     const prefix = structured ? codec.OFFSET_DATA_PREFIX : C.SIMPLE_REPLY_HEADER_SIZE;
-    const buf = Buffer.allocUnsafe(prefix + h.length);
+    // A failed read leaves the buffer to the GC, never to the pool: something
+    // below may still hold it.
+    const { buf, pooled } = replyPool.take(prefix + h.length);
     const into = buf.subarray(prefix);
     const got = await this.exp.read(h.offset, h.length, into);
     if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) {
@@ -394,7 +406,7 @@ export class TransmissionEngine {
     if (structured) codec.writeOffsetDataHeader(buf, 0, C.REPLY_FLAG_DONE, h.cookie, h.offset, h.length);
     else codec.writeSimpleReplyHeader(buf, 0, 0, h.cookie);
     this.counters.bytesReadFromExport += h.length;
-    return [buf];
+    this.finish(req, [buf], pooled ? () => replyPool.give(buf) : undefined);
   }
 
   private async blockStatus(h: codec.RequestHeader): Promise<Buffer[]> {
