@@ -43,7 +43,7 @@ export interface NbdServerOptions {
   maxPayload?: number;
   /** Per connection: requests in flight before reading pauses. Default 128. */
   maxInFlight?: number;
-  /** Per connection: bytes held (payloads, replies, unsent output) before reading pauses. Default 32 MiB. */
+  /** Per connection: bytes held (payloads, replies, unsent output) before reading pauses. Default 16 MiB. */
   maxBufferedBytes?: number;
   log?: Logger;
 }

@@ -26,7 +26,7 @@ export interface TransmissionOptions {
   maxDiscard?: number;
   /** Requests executing at once before input is paused. Default 128. */
   maxInFlight?: number;
-  /** Payload and reply bytes held before input is paused. Default 32 MiB (see DEFAULT_MAX_BUFFERED). */
+  /** Payload and reply bytes held before input is paused. Default 16 MiB (DEFAULT_MAX_BUFFERED). */
   maxBufferedBytes?: number;
   log?: Logger;
 }
