@@ -1,6 +1,6 @@
 // npm run bench: iscsi-nbd against qemu-nbd (qemu's block/iscsi.c over libiscsi) on the
-// same tgtd target, with libiscsi's iscsi-perf as the ceiling. See /work/notes/bench-readme.md
-// (README "Performance") for what is measured and how to read the table.
+// same tgtd target, with libiscsi's iscsi-perf as the ceiling. README "Performance" says
+// what is measured and how to read the table.
 //
 // Per row: both servers are already serving the row's LUN; optionally one unmeasured
 // warm-up run per side; then --pairs A/B pairs of fio runs (A = iscsi-nbd, B = qemu-nbd),
