@@ -73,3 +73,29 @@ test('large READ replies come with a sent() callback; small and failed ones do n
   assert.equal(again.bufs[0].readBigUInt64BE(8), 4n);
   assert.ok(again.bufs[0].subarray(16).every((x) => x === 0x17));
 });
+
+test('a reply buffer is not handed to another read until its sent() ran', async () => {
+  const exp = new MemoryExport({ size: 1 << 22 });
+  exp.poke(0, Buffer.alloc(65536, 0x01));
+  exp.poke(65536, Buffer.alloc(65536, 0x02));
+  const out: Array<{ bufs: Buffer[]; sent?: () => void }> = [];
+  const eng = new TransmissionEngine({
+    export: exp, structuredReplies: true, metaContexts: new Map(), transmissionFlags: transmissionFlagsFor(exp, true),
+  }, { send: (bufs, sent) => out.push({ bufs, sent }), pause: () => undefined, resume: () => undefined, close: () => undefined });
+  eng.push(req(C.CMD_READ, 1, 0, 65536));
+  await settle();
+  await eng.whenIdle();
+  const first = out[0];
+  assert.equal(typeof first.sent, 'function');
+  // Still "on the wire": the next read of the same size needs another buffer.
+  eng.push(req(C.CMD_READ, 2, 65536, 65536));
+  await settle();
+  await eng.whenIdle();
+  assert.notEqual(out[1].bufs[0].buffer, first.bufs[0].buffer);
+  assert.ok(first.bufs[0].subarray(32).every((x) => x === 0x01), 'the unsent reply kept its bytes');
+  first.sent!();
+  eng.push(req(C.CMD_READ, 3, 65536, 65536));
+  await settle();
+  await eng.whenIdle();
+  assert.equal(out[2].bufs[0].buffer, first.bufs[0].buffer, 'reused after sent()');
+});
