@@ -10,7 +10,10 @@
  * bytes are never overwritten while the kernel may still read them.
  *
  * Buffers are kept per exact size (clients use a handful of request sizes),
- * up to maxCachedBytes in all.
+ * up to maxCachedBytes in all. They are not zeroed: a reused buffer holds an
+ * earlier reply, possibly another client's, so a reply may only be sent once
+ * the export has filled every byte of it (Export.read resolves only then; a
+ * short or failed read throws and its buffer is dropped).
  */
 export class ReplyBufferPool {
   private readonly free = new Map<number, Buffer[]>();
