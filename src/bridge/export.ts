@@ -56,6 +56,8 @@ export interface Export {
   /**
    * Read `length` bytes at `offset`. When `into` is given (length >= `length`)
    * the data lands in it and it is returned; otherwise a new buffer is.
+   * Resolve only when all `length` bytes are the export's data: `into` may be
+   * a reused buffer holding an earlier reply (see ReplyBufferPool).
    */
   read(offset: bigint, length: number, into?: Buffer): Promise<Buffer>;
   write(offset: bigint, data: Buffer, fua: boolean): Promise<void>;
