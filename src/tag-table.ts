@@ -12,8 +12,9 @@
  * once and a table that grows is wiped, so nothing dead points at live work.
  *
  * Open addressing with linear probing and backward-shift deletion (no
- * tombstones); tags are mostly sequential, so `tag & mask` spreads them well.
- * values() keeps insertion order, like a Map.
+ * tombstones). Tags are mostly sequential, so the low bits (folded with the
+ * high half, for tags that differ only there) spread them well. values()
+ * keeps insertion order, like a Map.
  */
 export class TagTable<T> {
   private keys: number[];

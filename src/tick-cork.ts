@@ -23,8 +23,7 @@ export class TickCork {
     const last = bufs.length - 1;
     for (let i = 0; i < last; i++) s.write(bufs[i]);
     if (last >= 0) {
-      if (done) s.write(bufs[last], () => done());
-      else s.write(bufs[last]);
+      s.write(bufs[last], done);
     } else {
       done?.();
     }

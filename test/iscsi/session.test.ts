@@ -525,6 +525,57 @@ test('command timeout emits a hook with the task; the owner decides', async () =
   assert.equal(await state(q), 'pending');
 });
 
+test('command timeouts share one timer: each command still times out at its own deadline, finished ones never', async () => {
+  const h = setup({ commandTimeoutMs: 1000 });
+  const infos: CommandTimeoutInfo[] = [];
+  h.e.on('timeout', (i: CommandTimeoutInfo) => infos.push(i));
+  const a = h.e.submit({ lun: 0, cdb: TUR });
+  h.clock.advance(400);
+  const b = h.e.submit({ lun: 0, cdb: TUR });
+  h.clock.advance(200);
+  const c = h.e.submit({ lun: 0, cdb: TUR });
+  const [ca, cb, cc] = h.take().map(cmd);
+  h.e.receive(scsiResp(cb.itt)); // b finishes: its deadline (t=1400) must not fire
+  await b;
+  h.clock.advance(399); // t=999
+  assert.equal(infos.length, 0);
+  h.clock.advance(1); // t=1000: a
+  assert.deepEqual(infos.map((i) => i.itt), [ca.itt]);
+  h.clock.advance(599); // t=1599: b would have been at 1400
+  assert.equal(infos.length, 1);
+  h.clock.advance(1); // t=1600: c
+  assert.deepEqual(infos.map((i) => i.itt), [ca.itt, cc.itt]);
+  assert.equal(await state(a), 'pending');
+  assert.equal(await state(c), 'pending');
+});
+
+test('inFlight/queued stay exact: failed tasks holding their ITT and timed-out queued ones are not counted', async () => {
+  // Window of one: the second command waits in the queue.
+  const h = setup({ cmdSN: 1, expCmdSN: 1, maxCmdSN: 1, commandTimeoutMs: 1000 });
+  const bad = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 512 });
+  const queued = h.e.submit({ lun: 0, cdb: TUR, timeoutMs: 100 });
+  const [cb] = h.take().map(cmd);
+  assert.equal(h.e.inFlight, 2);
+  assert.equal(h.e.queued, 1);
+  // No 'timeout' listener: the engine fails the queued command itself.
+  h.clock.advance(100);
+  const rq = await settle(queued);
+  assert.ok('err' in rq && rq.err.code === 'ETIMEOUT');
+  assert.equal(h.e.queued, 0);
+  assert.equal(h.e.inFlight, 1);
+  // A protocol fault fails the sent one; its ITT stays reserved but it is not in flight any more.
+  h.e.receive(dataIn(cb.itt, { bufferOffset: 256, data: pattern(512), expCmdSN: 1, maxCmdSN: 1 }));
+  assert.ok('err' in (await settle(bad)));
+  assert.equal(h.e.inFlight, 0);
+  let idle = 0;
+  h.e.on('idle', () => idle++);
+  h.e.receive(scsiResp(cb.itt, { expCmdSN: 2, maxCmdSN: 2 })); // the target ends it
+  assert.equal(h.e.inFlight, 0);
+  assert.equal(idle, 1);
+  // The window opened; nothing stale is sent.
+  assert.equal(h.sent.length, 0);
+});
+
 // ------------------------------------------------------------------ logout, text
 
 test('logout: immediate Logout Request, response moves the engine to logged-out', async () => {
