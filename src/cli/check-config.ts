@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import type { CommandModule } from 'yargs';
 import { loadConfig, parseListen } from '../config';
 import { parseIscsiUrl } from '../iscsi/url';
 import { ConfigError } from '../errors';
@@ -65,3 +66,10 @@ export async function run(argv: { file: string }): Promise<void> {
   const n = cfg.exports.length;
   process.stdout.write(`${f}: OK (${n} export${n === 1 ? '' : 's'}${n ? ': ' + cfg.exports.map((e) => e.name).join(', ') : ''})\n`);
 }
+
+export const checkConfigCommand: CommandModule<object, { file: string }> = {
+  command: 'check-config <file>',
+  describe: 'validate a YAML config file',
+  builder: (y) => y.positional('file', { type: 'string', demandOption: true }) as never,
+  handler: (argv) => run(argv),
+};

@@ -1,53 +1,100 @@
-import os from 'node:os';
-import path from 'node:path';
-import { resolveInitiatorName } from '../iscsi/names';
-import { readSecret } from '../config';
-import { ConfigError } from '../errors';
-import type { IscsiUrl } from '../iscsi/url';
+import type { Argv } from 'yargs';
+import { IscsiNbdError } from '../errors';
+import { createLogger, setRootLogger } from '../log';
 
-/** Where we keep our generated initiator name and the demo's data. */
-export function stateDir(): string {
-  if (process.env.ISCSI_NBD_STATE_DIR) return process.env.ISCSI_NBD_STATE_DIR;
-  if (process.getuid?.() === 0) return '/var/lib/iscsi-nbd';
-  return path.join(process.env.XDG_CONFIG_HOME ?? path.join(os.homedir(), '.config'), 'iscsi-nbd');
+// What every command shares: exit codes, the common options, logging setup
+// and the one place an error becomes a message and an exit code.
+
+// Exit codes a script can act on.
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_UNREACHABLE = 3;
+export const EXIT_AUTH = 4;
+export const EXIT_NOT_FOUND = 5;
+export const EXIT_CONFIG = 6;
+
+export function exitCodeFor(err: unknown): number {
+  if (!(err instanceof IscsiNbdError)) return EXIT_FAILURE;
+  switch (err.code) {
+    case 'ECONNECT':
+    case 'ETIMEOUT':
+    case 'ECONNLOST':
+      return EXIT_UNREACHABLE;
+    case 'EAUTH':
+      return EXIT_AUTH;
+    case 'ENOTARGET':
+    case 'ENOLUN':
+      return EXIT_NOT_FOUND;
+    case 'EBADURL':
+    case 'EBADNAME':
+    case 'ECONFIG':
+      return EXIT_CONFIG;
+    default:
+      return EXIT_FAILURE;
+  }
 }
 
-export function initiatorName(explicit?: string): string {
-  return resolveInitiatorName({ explicit, stateFile: path.join(stateDir(), 'initiatorname') }).name;
+export interface LogArgs {
+  'log-level'?: string;
+  'log-format'?: string;
 }
 
-export interface SecretOptions {
-  'chap-secret-file'?: string;
-  'chap-secret-env'?: string;
-  'target-secret-file'?: string;
-  'target-secret-env'?: string;
-}
-
-export interface SessionAuth {
-  user: string;
-  secret: string;
-  targetUser?: string;
-  targetSecret?: string;
+/** Options shared by every command that logs in somewhere. */
+export function withCommonOptions<T>(y: Argv<T>) {
+  return y
+    .option('log-level', { type: 'string', describe: 'trace|debug|info|warn|error|silent (default info; warn for one-shot commands)' })
+    .option('log-format', { choices: ['json', 'pretty', 'auto'] as const, default: 'auto', describe: 'pretty on a terminal by default' })
+    .option('initiator-name', { type: 'string', describe: 'our iSCSI initiator name (else /etc/iscsi/initiatorname.iscsi, else a generated, persisted one)' })
+    .option('chap-secret-file', { type: 'string', describe: 'read the CHAP secret from this file (instead of the URL)' })
+    .option('chap-secret-env', { type: 'string', describe: 'read the CHAP secret from this environment variable', default: 'ISCSI_NBD_CHAP_SECRET' })
+    .option('target-secret-file', { type: 'string', describe: 'mutual CHAP: the secret the target proves, from this file' })
+    .option('target-secret-env', { type: 'string', describe: 'mutual CHAP: the target secret from this environment variable', default: 'ISCSI_NBD_TARGET_SECRET' })
+    .option('digest', { choices: ['none', 'crc32c', 'prefer-crc32c', 'prefer-none'] as const, describe: 'header and data digests (default prefer-none)' });
 }
 
 /**
- * CHAP credentials for a URL: the user from the URL, the secret from the URL,
- * else from a file, else from an environment variable.
+ * Environment variables that stand for options: a flag on the command line
+ * wins over the variable, and both win over the config file. Applied as
+ * yargs middleware before validation, so choices and types are checked.
+ * (Not yargs' .env(): it turns every ISCSI_NBD_* variable into an option,
+ * which strict mode then rejects, ISCSI_NBD_CHAP_SECRET among them.)
  */
-export function authFor(url: IscsiUrl, opts: SecretOptions, override?: { user?: string; secret?: string; targetUser?: string; targetSecret?: string }): SessionAuth | undefined {
-  const user = override?.user ?? url.auth?.user;
-  if (!user) return undefined;
-  const secret =
-    override?.secret ??
-    (url.auth?.password ? url.auth.password : undefined) ??
-    readSecret({ file: opts['chap-secret-file'], env: opts['chap-secret-env'] }, 'the CHAP secret');
-  if (!secret) {
-    throw new ConfigError('ECONFIG', `CHAP user "${user}" given without a secret (put it in the URL as user%secret@, or use --chap-secret-file / $${opts['chap-secret-env'] ?? 'ISCSI_NBD_CHAP_SECRET'})`);
+const ENV_OPTIONS: Record<string, { key: string; kind: 'string' | 'list' | 'number' | 'boolean' }> = {
+  ISCSI_NBD_LOG_LEVEL: { key: 'log-level', kind: 'string' },
+  ISCSI_NBD_LISTEN: { key: 'listen', kind: 'list' },
+  ISCSI_NBD_METRICS: { key: 'metrics', kind: 'string' },
+  ISCSI_NBD_INITIATOR_NAME: { key: 'initiator-name', kind: 'string' },
+  ISCSI_NBD_CONTROL: { key: 'control', kind: 'string' },
+  ISCSI_NBD_SESSIONS: { key: 'sessions', kind: 'number' },
+  ISCSI_NBD_DIGEST: { key: 'digest', kind: 'string' },
+  ISCSI_NBD_READ_ONLY: { key: 'read-only', kind: 'boolean' },
+  ISCSI_NBD_STATE_DIR: { key: 'state-dir', kind: 'string' },
+};
+
+/** Fill the options of this command that the command line left out (these have no yargs default) from the environment. */
+export function applyEnvOptions(argv: Record<string, unknown>, known: (key: string) => boolean, env: NodeJS.ProcessEnv = process.env): void {
+  for (const [name, { key, kind }] of Object.entries(ENV_OPTIONS)) {
+    const raw = env[name];
+    if (raw === undefined || raw === '' || !known(key) || argv[key] !== undefined) continue;
+    const value =
+      kind === 'list' ? raw.split(',').map((s) => s.trim()).filter(Boolean)
+      : kind === 'number' ? Number(raw)
+      : kind === 'boolean' ? /^(1|true|yes|on)$/i.test(raw)
+      : raw;
+    argv[key] = value;
+    argv[key.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase())] = value;
   }
-  const targetUser = override?.targetUser ?? url.auth?.targetUser;
-  const targetSecret =
-    override?.targetSecret ??
-    url.auth?.targetPassword ??
-    (targetUser ? readSecret({ file: opts['target-secret-file'], env: opts['target-secret-env'] }, 'the target CHAP secret') : undefined);
-  return { user, secret, targetUser, targetSecret };
+}
+
+export function setupLogging(argv: LogArgs, fallbackLevel = 'info'): void {
+  const fmt = argv['log-format'] ?? 'auto';
+  setRootLogger(createLogger({ level: argv['log-level'] ?? fallbackLevel, pretty: fmt === 'auto' ? undefined : fmt === 'pretty' }));
+}
+
+export function fail(err: unknown): never {
+  const msg = err instanceof Error ? err.message : String(err);
+  const code = err instanceof IscsiNbdError ? ` [${err.code}]` : '';
+  process.stderr.write(`iscsi-nbd: ${msg}${code}\n`);
+  process.exit(exitCodeFor(err));
 }

@@ -1,12 +1,13 @@
 import fs from 'node:fs';
-import type { Argv } from 'yargs';
+import type { Argv, CommandModule } from 'yargs';
 import { IscsiSession } from '../iscsi/initiator';
 import { parseIscsiUrl } from '../iscsi/url';
 import { LogicalUnit } from '../scsi/lun';
 import { ConfigError, IscsiNbdError, RequestError } from '../errors';
 import { rootLogger } from '../log';
-import { authFor, initiatorName, SecretOptions } from './common';
-import { setupLogging } from './main';
+import { authFor, SecretOptions } from '../credentials';
+import { initiatorName } from '../daemon/paths';
+import { LogArgs, setupLogging, withCommonOptions } from './common';
 import type { DigestPref } from '../config';
 
 // `iscsi-nbd copy SRC DST`: an image file to a LUN, a LUN to an image file (or
@@ -26,7 +27,7 @@ export function options<T>(y: Argv<T>) {
     .option('sparse', { type: 'boolean', default: true, describe: 'turn zero runs into holes / WRITE SAME (--no-sparse writes every byte)' });
 }
 
-export interface CopyArgs extends SecretOptions {
+export interface CopyArgs extends SecretOptions, LogArgs {
   src: string;
   dst: string;
   verify?: boolean;
@@ -36,8 +37,6 @@ export interface CopyArgs extends SecretOptions {
   sparse?: boolean;
   'initiator-name'?: string;
   digest?: DigestPref;
-  'log-level'?: string;
-  'log-format'?: string;
 }
 
 /** A byte range and whether it is known to read back as zeros without reading it. */
@@ -518,8 +517,7 @@ function roundUp(n: number, m: number): number {
 
 export async function run(argv: CopyArgs): Promise<void> {
   // Quiet unless asked: the progress and the summary are the output.
-  const asked = process.env.ISCSI_NBD_LOG_LEVEL || process.argv.some((a) => a === '--log-level' || a.startsWith('--log-level='));
-  setupLogging({ 'log-level': asked ? argv['log-level'] : 'warn', 'log-format': argv['log-format'] });
+  setupLogging(argv, 'warn');
   if (!isUrl(argv.src) && !isUrl(argv.dst)) throw new ConfigError('ECONFIG', 'one of SRC and DST must be an iscsi:// URL (use cp for file to file)');
   const s = await copy(argv);
   const rate = s.seconds > 0 ? s.bytes / s.seconds : 0;
@@ -529,3 +527,10 @@ export async function run(argv: CopyArgs): Promise<void> {
       `${s.verified ? '; verified' : ''}\n`,
   );
 }
+
+export const copyCommand: CommandModule<object, CopyArgs> = {
+  command: 'copy <src> <dst>',
+  describe: 'copy an image file to a LUN or a LUN to an image file over iSCSI (sparse-aware)',
+  builder: (y) => options(withCommonOptions(y)) as unknown as Argv<CopyArgs>,
+  handler: (argv) => run(argv),
+};

@@ -1,15 +1,16 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import type { Argv } from 'yargs';
+import type { Argv, CommandModule } from 'yargs';
 import { FileBackend, parseSize } from '../target/backend';
 import { TargetServer } from '../target/server';
 import { rootLogger } from '../log';
 import { DEFAULT_TIMEOUTS, DaemonConfig, parseListen } from '../config';
 import { ConfigError } from '../errors';
-import { setupLogging } from './main';
-import { startDaemon, installSignals, ServeArgs } from './serve';
-import { notifySystemd } from './notify';
+import { setupLogging, withCommonOptions } from './common';
+import type { ServeArgs } from './serve';
+import { startDaemon, installSignals } from '../daemon/daemon';
+import { notifySystemd } from '../daemon/notify';
 
 export const DEMO_TARGET = 'iqn.2026-11.io.iscsi-nbd:demo';
 
@@ -82,7 +83,7 @@ export async function run(argv: DemoArgs): Promise<void> {
   };
   let daemon;
   try {
-    daemon = await startDaemon(cfg, argv);
+    daemon = await startDaemon(cfg, { secrets: argv });
   } catch (err) {
     await target.close();
     if (err instanceof ConfigError && /in use/.test(err.message)) {
@@ -116,3 +117,10 @@ export async function run(argv: DemoArgs): Promise<void> {
   notifySystemd('READY=1');
   installSignals(daemon);
 }
+
+export const demoCommand: CommandModule<object, DemoArgs> = {
+  command: 'demo',
+  describe: 'run an embedded iSCSI target with a 1 GiB LUN and serve it as NBD export "demo"',
+  builder: (y) => options(withCommonOptions(y)) as unknown as Argv<DemoArgs>,
+  handler: (argv) => run(argv),
+};

@@ -4,17 +4,17 @@ import { parseIscsiUrl, formatHostPort } from '../iscsi/url';
 import { LogicalUnit, deviceTypeName } from '../scsi/lun';
 import { IscsiNbdError } from '../errors';
 import { rootLogger } from '../log';
-import { authFor, initiatorName, SecretOptions } from './common';
-import { exitCodeFor, setupLogging } from './main';
+import type { Argv, CommandModule } from 'yargs';
+import { authFor, SecretOptions } from '../credentials';
+import { initiatorName } from '../daemon/paths';
+import { exitCodeFor, LogArgs, setupLogging, withCommonOptions } from './common';
 import type { DigestPref } from '../config';
 
-export interface DiscoverArgs extends SecretOptions {
+export interface DiscoverArgs extends SecretOptions, LogArgs {
   url: string;
   json: boolean;
   'initiator-name'?: string;
   digest?: DigestPref;
-  'log-level'?: string;
-  'log-format'?: string;
 }
 
 export interface LunReport {
@@ -102,8 +102,7 @@ function human(bytes: bigint): string {
 export async function run(argv: DiscoverArgs): Promise<void> {
   // An interactive command: only warnings unless a level was asked for (the
   // shared option defaults to info, which would bury the answer in log lines).
-  const explicitLevel = Boolean(process.env.ISCSI_NBD_LOG_LEVEL) || process.argv.some((a) => a === '--log-level' || a.startsWith('--log-level='));
-  setupLogging({ 'log-level': explicitLevel ? argv['log-level'] : 'warn', 'log-format': argv['log-format'] });
+  setupLogging(argv, 'warn');
   const url = parseIscsiUrl(argv.url);
   const auth = authFor(url, argv);
   const iname = initiatorName(argv['initiator-name']);
@@ -146,3 +145,13 @@ export async function run(argv: DiscoverArgs): Promise<void> {
     process.exitCode = exitCodeFor(e);
   }
 }
+
+export const discoverCommand: CommandModule<object, DiscoverArgs> = {
+  command: 'discover <url>',
+  describe: 'list the targets, portals and LUNs behind an iSCSI portal',
+  builder: (y) =>
+    withCommonOptions(y)
+      .positional('url', { type: 'string', demandOption: true, describe: 'iscsi://[user[%password]@]host[:port]' })
+      .option('json', { type: 'boolean', default: false }) as unknown as Argv<DiscoverArgs>,
+  handler: (argv) => run(argv),
+};

@@ -1,19 +1,12 @@
-import fs from 'node:fs';
-import type { Argv } from 'yargs';
-import { NbdServer, NbdTlsOptions } from '../nbd/server';
-import { ExportManager } from '../bridge/manager';
-import { DaemonConfig, DEFAULT_TIMEOUTS, loadConfig, parseExportFlag, parseListen, ExportConfig, readSecret } from '../config';
+import type { Argv, CommandModule } from 'yargs';
+import { DaemonConfig, DEFAULT_TIMEOUTS, loadConfig, parseExportFlag } from '../config';
 import { ConfigError } from '../errors';
-import { Metrics, startMetricsServer } from '../metrics';
-import { redactText, rootLogger } from '../log';
-import { authFor, initiatorName, SecretOptions } from './common';
-import { setupLogging } from './main';
-import { notifySystemd } from './notify';
-import { startControlServer, defaultControlPath } from './control';
-import { formatHostPort } from '../iscsi/url';
+import { redactText } from '../log';
+import type { SecretOptions } from '../credentials';
+import { LogArgs, setupLogging, withCommonOptions } from './common';
 
 export function options<T>(y: Argv<T>) {
-  return y
+  return withCommonOptions(y)
     .option('config', { type: 'string', describe: 'YAML config file (flags override it)' })
     .option('listen', { type: 'string', array: true, describe: 'HOST:PORT or unix:/path to serve NBD on (default 127.0.0.1:10809)' })
     .option('export', { type: 'string', array: true, describe: 'NAME=iscsi://[user%pass@]host[:port]/<iqn>/<lun> (repeatable)' })
@@ -31,7 +24,7 @@ export function options<T>(y: Argv<T>) {
     .option('handshake-timeout', { type: 'number', describe: `seconds an NBD client has to negotiate (default ${DEFAULT_TIMEOUTS.handshake})` });
 }
 
-export interface ServeArgs extends SecretOptions {
+export interface ServeArgs extends SecretOptions, LogArgs {
   config?: string;
   listen?: string[];
   export?: string[];
@@ -49,28 +42,17 @@ export interface ServeArgs extends SecretOptions {
   'handshake-timeout'?: number;
   'initiator-name'?: string;
   digest?: DaemonConfig['digest'];
-  'log-level'?: string;
-  'log-format'?: string;
 }
 
-/** The config file, then environment, then flags: the last one wins. */
+/**
+ * The config file, then the arguments (the command line, with the
+ * ISCSI_NBD_* variables already filled in for options it left out).
+ */
 export function buildConfig(argv: ServeArgs): DaemonConfig {
   const base: DaemonConfig = argv.config
     ? loadConfig(argv.config)
     : { listen: [], sessions: 2, digest: 'prefer-none', readOnly: false, tls: { mode: 'off' }, timeouts: { ...DEFAULT_TIMEOUTS }, exports: [] };
-  const env = process.env;
   const cfg: DaemonConfig = { ...base, timeouts: { ...base.timeouts }, tls: { ...base.tls }, exports: [...base.exports] };
-  if (env.ISCSI_NBD_LISTEN) cfg.listen = env.ISCSI_NBD_LISTEN.split(',');
-  if (env.ISCSI_NBD_METRICS) cfg.metrics = env.ISCSI_NBD_METRICS;
-  if (env.ISCSI_NBD_INITIATOR_NAME) cfg.initiatorName = env.ISCSI_NBD_INITIATOR_NAME;
-  if (env.ISCSI_NBD_CONTROL) cfg.control = env.ISCSI_NBD_CONTROL;
-  if (env.ISCSI_NBD_SESSIONS) cfg.sessions = Number(env.ISCSI_NBD_SESSIONS);
-  if (env.ISCSI_NBD_DIGEST) {
-    if (!['none', 'crc32c', 'prefer-crc32c', 'prefer-none'].includes(env.ISCSI_NBD_DIGEST)) throw new ConfigError('ECONFIG', 'ISCSI_NBD_DIGEST must be none, crc32c, prefer-crc32c or prefer-none');
-    cfg.digest = env.ISCSI_NBD_DIGEST as DaemonConfig['digest'];
-  }
-  if (env.ISCSI_NBD_READ_ONLY) cfg.readOnly = /^(1|true|yes|on)$/i.test(env.ISCSI_NBD_READ_ONLY);
-  if (env.ISCSI_NBD_LOG_LEVEL) cfg.logLevel = env.ISCSI_NBD_LOG_LEVEL;
   if (argv.listen?.length) cfg.listen = argv.listen;
   if (cfg.listen.length === 0) cfg.listen = ['127.0.0.1:10809'];
   for (const e of argv.export ?? []) {
@@ -92,7 +74,7 @@ export function buildConfig(argv: ServeArgs): DaemonConfig {
   if (argv['replacement-timeout'] !== undefined) cfg.timeouts.replacement = argv['replacement-timeout'];
   if (argv['command-timeout'] !== undefined) cfg.timeouts.command = argv['command-timeout'];
   if (argv['handshake-timeout'] !== undefined) cfg.timeouts.handshake = argv['handshake-timeout'];
-  if (logLevelGiven()) cfg.logLevel = argv['log-level'];
+  if (argv['log-level']) cfg.logLevel = argv['log-level'];
   for (const [k, v] of Object.entries(cfg.timeouts)) {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError('ECONFIG', `timeout ${k} must be a number of seconds >= 0`);
   }
@@ -103,214 +85,14 @@ export function buildConfig(argv: ServeArgs): DaemonConfig {
   return cfg;
 }
 
-/** The manager's status, with each session's login details added (like iscsiadm -m session -P 3). */
-function statusWithSessions(manager: ExportManager): object[] {
-  return manager.status().map((st) => {
-    const e = manager.exports.get((st as { name: string }).name);
-    const sessions = ((st as { sessions?: object[] }).sessions ?? []).map((ss, i) => {
-      const s = e?.sessions[i];
-      const n = s?.negotiated;
-      if (!s) return ss;
-      return {
-        ...ss,
-        isid: s.isid.toString(16).padStart(12, '0'),
-        tsih: n?.tsih,
-        negotiated: n && {
-          headerDigest: n.headerDigest ? 'CRC32C' : 'None',
-          dataDigest: n.dataDigest ? 'CRC32C' : 'None',
-          maxRecvDataSegmentLength: n.maxRecvDataSegmentLength,
-          maxXmitDataSegmentLength: n.maxXmitDataSegmentLength,
-          firstBurstLength: n.firstBurstLength,
-          maxBurstLength: n.maxBurstLength,
-          immediateData: n.immediateData,
-          initialR2T: n.initialR2T,
-          maxOutstandingR2T: n.maxOutstandingR2T,
-          targetPortalGroupTag: n.targetPortalGroupTag,
-          chap: n.chapAlgorithm ? (n.mutualAuthenticated ? 'mutual' : 'one-way') : 'none',
-        },
-      };
-    });
-    return { ...st, sessions };
-  });
-}
-
-/** --log-level on the command line (the option's default comes from the environment otherwise). */
-function logLevelGiven(): boolean {
-  return process.argv.some((a) => a === '--log-level' || a.startsWith('--log-level='));
-}
-
-function readPem(file: string, what: string): Buffer {
-  try {
-    return fs.readFileSync(file);
-  } catch (err) {
-    throw new ConfigError('ECONFIG', `cannot read ${what} ${file}: ${(err as Error).message}`);
-  }
-}
-
-export interface RunningDaemon {
-  manager: ExportManager;
-  server: NbdServer;
-  stop(reason?: string): Promise<void>;
-  reload(): Promise<void>;
-}
-
-/** Start everything a config describes; used by `serve` and `demo`. */
-export async function startDaemon(cfg: DaemonConfig, argv: ServeArgs, reloadConfig?: () => DaemonConfig): Promise<RunningDaemon> {
-  const log = rootLogger();
-  const metrics = cfg.metrics ? new Metrics() : undefined;
-  const iname = initiatorName(cfg.initiatorName);
-  log.info({ initiatorName: iname }, 'initiator name');
-  const manager = new ExportManager({
-    initiatorName: iname,
-    sessions: cfg.sessions,
-    digest: cfg.digest,
-    readOnly: cfg.readOnly,
-    timeouts: cfg.timeouts,
-    metrics,
-    log,
-    authFor: (url, spec: ExportConfig) =>
-      authFor(url, argv, spec.chap && {
-        user: spec.chap.user,
-        secret: readSecret({ value: spec.chap.secret, file: spec.chap.secretFile, env: spec.chap.secretEnv }, 'the CHAP secret'),
-        targetUser: spec.chap.targetUser,
-        targetSecret: readSecret({ value: spec.chap.targetSecret, file: spec.chap.targetSecretFile, env: spec.chap.targetSecretEnv }, 'the target CHAP secret'),
-      }),
-  });
-  // Every export is checked before we accept a single client.
-  const results = await Promise.allSettled(cfg.exports.map((e) => manager.add(e)));
-  const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed.length > 0) {
-    await manager.closeAll();
-    throw failed[0].reason;
-  }
-
-  let tls: NbdTlsOptions | undefined;
-  if (cfg.tls.mode !== 'off') {
-    tls = {
-      mode: cfg.tls.mode,
-      cert: readPem(cfg.tls.cert!, 'TLS certificate'),
-      key: readPem(cfg.tls.key!, 'TLS key'),
-      ca: cfg.tls.ca ? readPem(cfg.tls.ca, 'TLS CA') : undefined,
-      requestClientCert: cfg.tls.verifyClient,
-    };
-  }
-  const server = new NbdServer({ exports: manager, tls, handshakeTimeoutMs: cfg.timeouts.handshake * 1000, log });
-  for (const l of cfg.listen) {
-    const addr = parseListen(l);
-    try {
-      await server.listen(addr);
-    } catch (err) {
-      await server.close({ drainMs: 0 }).catch(() => undefined);
-      await manager.closeAll();
-      const e = err as NodeJS.ErrnoException;
-      const where = 'path' in addr ? addr.path : formatHostPort(addr.host, addr.port);
-      if (e.code === 'EADDRINUSE') throw new ConfigError('ECONFIG', `cannot listen on ${where}: the address is in use (another iscsi-nbd or nbd-server?). Pick another with --listen HOST:PORT`);
-      throw new ConfigError('ECONFIG', `cannot listen on ${where}: ${e.message}`);
-    }
-  }
-  for (const a of server.addresses()) log.info({ address: typeof a === 'string' ? a : formatHostPort(a.address, a.port) }, 'serving NBD');
-
-  metrics?.setSource(() =>
-    [...manager.exports.values()].map((e) => ({
-      name: e.name,
-      queued: e.pool?.queued ?? 0,
-      sessions: e.sessions.map((ss, index) => {
-        const st = ss.stats;
-        return { index, state: ss.state, portal: st.portal, target: e.url.target ?? '', window: st.window, cmdSn: st.cmdSn, maxCmdSn: st.maxCmdSn, digestErrors: st.digestErrors, inFlight: ss.inFlight };
-      }),
-    })),
-  );
-  const metricsSrv = cfg.metrics
-    ? await (async () => {
-        const m = parseListen(cfg.metrics!, 9810);
-        if ('path' in m) throw new ConfigError('ECONFIG', '--metrics wants HOST:PORT');
-        return startMetricsServer({ host: m.host, port: m.port, metrics: metrics!, ready: () => manager.ready(), readyDetail: () => manager.status().map((s) => ({ name: (s as { name: string }).name, state: (s as { state: string }).state })) });
-      })()
-    : undefined;
-
-  let stopping: Promise<void> | undefined;
-  const daemon: RunningDaemon = {
-    manager,
-    server,
-    stop(reason = 'stop') {
-      if (!stopping) {
-        stopping = (async () => {
-          log.info({ reason }, 'stopping: draining NBD clients, flushing and logging out');
-          await server.close({ drainMs: 30_000 });
-          await manager.closeAll();
-          control?.close();
-          metricsSrv?.close();
-          log.info('stopped');
-        })();
-      }
-      return stopping;
-    },
-    reload() {
-      // One reload at a time: a second SIGHUP waits for the first.
-      reloading = reloading.then(() => doReload()).catch((err) => log.error({ err: (err as Error).message }, 'reload failed'));
-      return reloading;
-    },
-  };
-  let reloading: Promise<void> = Promise.resolve();
-  const doReload = async (): Promise<void> => {
-    if (!reloadConfig) return;
-    let next: DaemonConfig;
-    try {
-      next = reloadConfig();
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'reload refused: the config file is not valid; keeping the running exports');
-      return;
-    }
-    const want = new Map(next.exports.map((e) => [e.name, e]));
-    const gone: string[] = [];
-    for (const [name, e] of manager.exports) {
-      const spec = want.get(name);
-      if (!spec || JSON.stringify(spec) !== JSON.stringify(e.spec)) gone.push(name);
-    }
-    const added = [...want.keys()].filter((n) => !manager.exports.has(n) || gone.includes(n));
-    log.info({ remove: gone, add: added, keep: [...manager.exports.keys()].filter((n) => !gone.includes(n)) }, 'reload: plan');
-    // Removed and changed exports: their clients drain, then their sessions log out.
-    await Promise.all(
-      gone.map(async (name) => {
-        log.info({ export: name }, want.has(name) ? 'reload: export changed, re-opening' : 'reload: export removed, draining');
-        await server.drainExport(name);
-        await manager.remove(name);
-        await metrics?.forgetExport(name);
-        log.info({ export: name }, 'reload: export closed');
-      }),
-    );
-    await Promise.all(
-      added.map(async (name) => {
-        try {
-          await manager.add(want.get(name)!);
-          log.info({ export: name }, 'reload: export added');
-        } catch (err) {
-          log.error({ export: name, err: (err as Error).message }, 'reload: export could not be opened');
-        }
-      }),
-    );
-    log.info({ exports: [...manager.exports.keys()] }, 'reload: done');
-  };
-  const control = await startControlServer(cfg.control ?? defaultControlPath(), () => ({
-    pid: process.pid,
-    initiatorName: iname,
-    listen: server.addresses().map((a) => (typeof a === 'string' ? a : formatHostPort(a.address, a.port))),
-    exports: statusWithSessions(manager),
-    clients: server.connections(),
-  })).catch((err) => {
-    log.warn({ err: (err as Error).message }, 'control socket not available; `iscsi-nbd status` will not reach this daemon');
-    return undefined;
-  });
-  return daemon;
-}
-
 export async function run(argv: ServeArgs): Promise<void> {
-  setupLogging(argv);
   const cfg = buildConfig(argv);
   // The config file's logLevel applies unless --log-level or $ISCSI_NBD_LOG_LEVEL said otherwise.
-  if (cfg.logLevel && cfg.logLevel !== argv['log-level']) setupLogging({ ...argv, 'log-level': cfg.logLevel });
+  setupLogging({ ...argv, 'log-level': cfg.logLevel });
   hideSecretsFromPs();
-  const daemon = await startDaemon(cfg, argv, argv.config ? () => buildConfig(argv) : undefined);
+  const { startDaemon, installSignals } = await import('../daemon/daemon');
+  const { notifySystemd } = await import('../daemon/notify');
+  const daemon = await startDaemon(cfg, { secrets: argv, reloadConfig: argv.config ? () => buildConfig(argv) : undefined });
   notifySystemd('READY=1\nSTATUS=serving ' + cfg.exports.map((e) => e.name).join(', '));
   installSignals(daemon);
 }
@@ -330,23 +112,9 @@ function hideSecretsFromPs(): void {
   }
 }
 
-export function installSignals(daemon: RunningDaemon): void {
-  const log = rootLogger();
-  const stop = (sig: string) => {
-    notifySystemd('STOPPING=1');
-    daemon.stop(sig).then(
-      () => process.exit(0),
-      (err) => {
-        log.error({ err: (err as Error).message }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
-  process.on('SIGHUP', () => {
-    log.info('SIGHUP: reloading exports');
-    notifySystemd('RELOADING=1');
-    daemon.reload().finally(() => notifySystemd('READY=1'));
-  });
-}
+export const serveCommand: CommandModule<object, ServeArgs> = {
+  command: 'serve',
+  describe: 'serve iSCSI LUNs to NBD clients',
+  builder: (y) => options(y) as unknown as Argv<ServeArgs>,
+  handler: (argv) => run(argv),
+};

@@ -1,31 +1,13 @@
-import type { Argv } from 'yargs';
-import { defaultControlPath, readControl } from './control';
+import type { Argv, CommandModule } from 'yargs';
+import { readControl } from '../daemon/control';
+import { defaultControlPath } from '../daemon/paths';
+import type { DaemonStatus } from '../daemon/status';
 
 export function options<T>(y: Argv<T>) {
   return y
     .option('control', { type: 'string', describe: 'the daemon\'s control socket (default: the one `serve` uses)' })
     .option('json', { type: 'boolean', default: false, describe: 'print the raw JSON document' });
 }
-
-interface Negotiated {
-  headerDigest: string; dataDigest: string; maxRecvDataSegmentLength: number; maxXmitDataSegmentLength: number;
-  firstBurstLength: number; maxBurstLength: number; immediateData: boolean; initialR2T: boolean; maxOutstandingR2T: number;
-  targetPortalGroupTag?: number; chap: string;
-}
-interface SessionStatus {
-  index: number; state: string; inFlight: number; portal?: string; reconnects?: number; digestErrors?: number;
-  cmdSn?: number; expStatSn?: number; maxCmdSn?: number; window?: number; isid?: string; tsih?: number; negotiated?: Negotiated;
-  /** Why the session refuses its target (the LUN identity changed). */
-  refused?: string;
-}
-interface ExportStatus {
-  name: string; state: string; url: string; target: string; lun: number; size: string | null; blockSize: number | null;
-  vendor: string | null; product: string | null; flags: Record<string, boolean> | null; clients: number; inFlight: number; queued: number;
-  movedCommands?: number;
-  counters: { requests: number; errors: number; bytesRead: number; bytesWritten: number } | null; sessions: SessionStatus[];
-}
-interface ClientStatus { id: number; remote: string; state: string; exportName?: string; tls: boolean; structuredReplies?: boolean; inFlight: number; requests: number; errors: number; bytesRead: number; bytesWritten: number }
-interface DaemonStatus { pid: number; initiatorName: string; listen: string[]; exports: ExportStatus[]; clients: ClientStatus[] }
 
 export function render(s: DaemonStatus): string {
   const out: string[] = [];
@@ -72,3 +54,10 @@ export async function run(argv: { control?: string; json: boolean }): Promise<vo
   const s = (await readControl(argv.control ?? defaultControlPath())) as DaemonStatus;
   process.stdout.write(argv.json ? JSON.stringify(s, null, 2) + '\n' : render(s));
 }
+
+export const statusCommand: CommandModule<object, { control?: string; json: boolean }> = {
+  command: 'status',
+  describe: "show the running daemon's exports, NBD clients and iSCSI sessions",
+  builder: (y) => options(y) as unknown as Argv<{ control?: string; json: boolean }>,
+  handler: (argv) => run(argv),
+};

@@ -1,12 +1,12 @@
 // `iscsi-nbd target`: run the embedded iSCSI target alone.
 
-import type { Argv } from 'yargs';
+import type { Argv, CommandModule } from 'yargs';
 import { ConfigError } from '../errors';
 import { rootLogger } from '../log';
 import { FileBackend, LunBackend, MemoryBackend, parseSize } from '../target/backend';
 import type { ChapConfig } from '../target/engine';
 import { TargetServer } from '../target/server';
-import { setupLogging } from './main';
+import { setupLogging, withCommonOptions } from './common';
 
 export const DEFAULT_TARGET_NAME = 'iqn.2026-11.io.iscsi-nbd:target';
 
@@ -125,3 +125,10 @@ export async function run(argv: TargetArgs): Promise<void> {
   });
   await server.close();
 }
+
+export const targetCommand: CommandModule<object, TargetArgs> = {
+  command: 'target',
+  describe: 'run the embedded iSCSI target alone',
+  builder: (y) => options(withCommonOptions(y)) as unknown as Argv<TargetArgs>,
+  handler: (argv) => run(argv),
+};

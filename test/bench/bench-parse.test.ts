@@ -2,6 +2,7 @@
 // iscsi-perf 0.1 (libiscsi 1.19) and /proc output. No processes, no timing.
 
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -10,8 +11,9 @@ import { iscsiPerfArgv, parseIscsiPerf } from '../../scripts/bench/ceiling';
 import { fioArgs, parseFioJson } from '../../scripts/bench/fio';
 import { parseStatTicks, parseStatusKiB, sampleProc } from '../../scripts/bench/procstat';
 import { evaluateGoals, formatMarkdown, formatTable, pairRatios, summarizeSide } from '../../scripts/bench/report';
-import { ROWS, selectRows } from '../../scripts/bench/rows';
-import { bridgeAvailability, serverArgv } from '../../scripts/bench/servers';
+import { ROWS, rowLabel, selectRows } from '../../scripts/bench/rows';
+import { bridgeAvailability, MAX_SOCKET_PATH, nbdUri, NbdServer, serverArgv, waitForUnixSocket } from '../../scripts/bench/servers';
+import net from 'node:net';
 import { median } from '../../scripts/bench/stats';
 import type { BenchReport, RowResult, RunRecord } from '../../scripts/bench/types';
 
@@ -122,7 +124,7 @@ function rowFor(id: string, ratio: number | null, p99Ratio: number | null, rss: 
     peakRssMiB: rss,
   });
   return {
-    id, title: def.title, lun: def.lun, rw: def.rw, bs: def.bs, iodepth: def.iodepth, conns: def.conns,
+    id, title: def.title, lun: def.lun, transport: def.transport, rw: def.rw, bs: def.bs, iodepth: def.iodepth, conns: def.conns,
     ours: side('iscsi-nbd', oursAvailable), qemu: side('qemu-nbd', true),
     ratio, ratioPairs: [], p99Ratio, p99RatioPairs: [],
     ceiling: { available: false, reason: 'reads only', mibps: null, iops: null, argv: [] },
@@ -168,26 +170,133 @@ test('tables: every row once in Markdown, three lines per read row in text', () 
   const report: BenchReport = {
     schema: 'iscsi-nbd-bench/1', startedAt: '2026-11-24T12:00:00.000Z', finishedAt: null, complete: true,
     machine: { hostname: 'h', cpuModel: 'cpu', cpus: 2, memGiB: 4, kernel: 'k', os: 'os', node: 'v20', versions: {}, gitCommit: null, gitDirty: null },
-    config: { pairs: 3, runtimeSec: 10, rampSec: 2, smoke: false, sessions: null, tmpfsLunMiB: 1024, ceiling: true, only: null, rows: ROWS.map((r) => r.id) },
+    config: { pairs: 3, runtimeSec: 10, rampSec: 2, smoke: false, sessions: null, tmpfsLunMiB: 1024, ceiling: true, only: null, transport: null, rows: ROWS.map((r) => r.id) },
     commands: {}, target: { portal: '127.0.0.1:1', tmpfsUrl: '', nullUrl: '', tmpfsBacking: '', blockSize: 512 },
     rows, misses: [], errors: [],
   };
   const md = formatMarkdown(report).split('\n');
   assert.equal(md.filter((l) => /^\| (seq|rand) /.test(l)).length, ROWS.length);
   const text = formatTable(report);
-  assert.equal(text.split('\n').filter((l) => /\biscsi-nbd\b/.test(l) && !l.includes('vs')).length, ROWS.length);
+  assert.equal(text.split('\n').filter((l) => /^(seq|rand) .*\biscsi-nbd\b/.test(l)).length, ROWS.length);
+
+  // The transport shows: "(unix)" after the workload in both tables, TCP rows as before.
+  const unixIds = ROWS.filter((d) => d.transport === 'unix');
+  assert.ok(unixIds.length > 0);
+  assert.equal(md.filter((l) => /^\| (seq|rand) [^|]* \(unix\) \| (tmpfs|null) \|/.test(l)).length, unixIds.length);
+  assert.equal(md.filter((l) => l.startsWith('| rand read 4K QD32 (unix) | null | ')).length, 1, 'unix null QD32 row in Markdown');
+  assert.equal(md.filter((l) => l.startsWith('| rand read 4K QD32 | null | ')).length, 1, 'its TCP twin keeps the plain title');
+  assert.ok(md.some((l) => /Rows marked \(unix\) use NBD over an AF_UNIX socket/.test(l)), 'Markdown explains (unix)');
+  const textLines = text.split('\n');
+  assert.ok(textLines.some((l) => /^rand write 4K QD1 \(unix\)\s+tmpfs\s+iscsi-nbd\b/.test(l)), 'unix row in the text table');
+  assert.ok(textLines.some((l) => /^rand write 4K QD32\s+tmpfs\s+iscsi-nbd\b/.test(l)), 'TCP row in the text table');
+  assert.equal(textLines.filter((l) => /^\S.*\(unix\)\s+(tmpfs|null)\s+iscsi-nbd/.test(l)).length, unixIds.length);
+  assert.ok(textLines.some((l) => l.startsWith('"(unix)" rows: NBD over an AF_UNIX socket')));
+
+  // The JSON carries the transport of every row.
+  const json = JSON.parse(JSON.stringify(report)) as BenchReport;
+  assert.deepEqual(json.rows.map((r) => r.transport), ROWS.map((d) => d.transport));
+
+  // A TCP-only report looks exactly as before: no legend, no "(unix)".
+  const tcpOnly: BenchReport = { ...report, rows: rows.filter((r) => r.transport === 'tcp') };
+  assert.ok(!formatTable(tcpOnly).includes('unix'));
+  assert.ok(!formatMarkdown(tcpOnly).includes('unix'));
+
+  // A miss names the transport too.
+  const miss = rowFor('randread-4k-qd1-unix', 0.8, 1.5, 10);
+  evaluateGoals(ROWS.find((d) => d.id === 'randread-4k-qd1-unix')!, miss);
+  assert.ok(miss.misses.length >= 2);
+  assert.ok(miss.misses.every((m) => m.includes('randread-4k-qd1-unix (rand read 4K QD1 (unix), tmpfs LUN)')), miss.misses.join('\n'));
 });
 
 test('rows: filters and server command lines', () => {
-  assert.deepEqual(selectRows('4k-qd1').map((r) => r.id), ['randread-4k-qd1', 'randread-4k-qd1-null']);
-  assert.deepEqual(selectRows('seqread-1m-qd8,seqwrite-1m-qd128').map((r) => r.id), ['seqread-1m-qd8', 'seqwrite-1m-qd128']);
+  assert.deepEqual(selectRows('randread-4k-qd1', 'tcp').map((r) => r.id), ['randread-4k-qd1', 'randread-4k-qd1-null']);
+  assert.deepEqual(selectRows('4k-qd1').map((r) => r.id), ['randread-4k-qd1', 'randread-4k-qd1-null',
+    'randread-4k-qd1-unix', 'randread-4k-qd1-null-unix', 'randwrite-4k-qd1-unix', 'randwrite-4k-qd1-null-unix']);
+  assert.deepEqual(selectRows('seqread-1m-qd8,seqwrite-1m-qd128', 'tcp').map((r) => r.id), ['seqread-1m-qd8', 'seqwrite-1m-qd128']);
   assert.throws(() => selectRows('nope'), /matches no row/);
+  assert.throws(() => selectRows('4x32', 'unix'), /matches no row/);
   assert.equal(new Set(ROWS.map((r) => r.id)).size, ROWS.length);
   const ours = serverArgv({ side: 'iscsi-nbd', iscsiUrl: 'iscsi://h/iqn.x/1', repoRoot: '/r', sessions: 2 }, 5000);
   assert.deepEqual(ours.slice(1), ['/r/bin/iscsi-nbd.js', 'serve', '--listen', '127.0.0.1:5000', '--export', 'bench=iscsi://h/iqn.x/1',
     '--log-level', 'warn', '--sessions', '2']);
   const qemu = serverArgv({ side: 'qemu-nbd', iscsiUrl: 'iscsi://h/iqn.x/1', repoRoot: '/r' }, 5000);
   assert.deepEqual(qemu.slice(1), ['-f', 'raw', '--cache=none', '-e', '32', '-t', '-p', '5000', '-b', '127.0.0.1', '-x', 'bench', 'iscsi://h/iqn.x/1']);
+  // The TCP spec written out in full builds the same command and URI.
+  assert.deepEqual(serverArgv({ side: 'qemu-nbd', iscsiUrl: 'iscsi://h/iqn.x/1', repoRoot: '/r', transport: 'tcp' }, 5000), qemu);
+  assert.equal(nbdUri({ side: 'qemu-nbd', iscsiUrl: 'iscsi://h/iqn.x/1', repoRoot: '/r' }, 5000), 'nbd://127.0.0.1:5000/bench');
+});
+
+test('unix rows: the map workloads on both LUNs, TCP rows untouched', () => {
+  const tcp = selectRows(undefined, 'tcp');
+  const unix = selectRows(undefined, 'unix');
+  assert.equal(tcp.length + unix.length, ROWS.length);
+  assert.deepEqual(selectRows('unix').map((r) => r.id), unix.map((r) => r.id), '--rows unix picks exactly the unix rows');
+  // Every TCP row comes first (servers switch transport once), and none says "unix".
+  assert.equal(ROWS.findIndex((r) => r.transport === 'unix'), tcp.length);
+  assert.ok(tcp.every((r) => !r.id.includes('unix') && rowLabel(r) === r.title));
+  assert.deepEqual(tcp.map((r) => r.id), ['seqread-1m-qd8', 'seqwrite-1m-qd8', 'randread-4k-qd32', 'randread-4k-qd32-null',
+    'randwrite-4k-qd32', 'randwrite-4k-qd32-null', 'randread-4k-qd1', 'randread-4k-qd1-null', 'randread-4k-4x32',
+    'randread-4k-4x32-null', 'seqwrite-1m-qd128']);
+  // 4K random read/write at QD32 and QD1 and 1M sequential read/write, each on tmpfs and null.
+  const want = [['read', 1 << 20, 8], ['write', 1 << 20, 8], ['randread', 4096, 32], ['randwrite', 4096, 32], ['randread', 4096, 1], ['randwrite', 4096, 1]] as const;
+  for (const [rw, bs, qd] of want) {
+    for (const lun of ['tmpfs', 'null'] as const) {
+      const r = unix.filter((d) => d.rw === rw && d.bs === bs && d.iodepth === qd && d.lun === lun);
+      assert.equal(r.length, 1, `${rw} ${bs} QD${qd} ${lun}`);
+      assert.equal(r[0].conns, 1);
+      assert.ok(r[0].id.endsWith('-unix'), r[0].id);
+      assert.equal(rowLabel(r[0]), `${r[0].title} (unix)`);
+      // A unix row with a TCP twin has the TCP row's id and title, so the two compare directly.
+      const twin = tcp.find((d) => d.id === r[0].id.replace(/-unix$/, ''));
+      if (twin) assert.deepEqual({ ...twin, id: r[0].id, transport: 'unix' }, r[0]);
+    }
+  }
+  assert.equal(unix.length, want.length * 2);
+  // QD1 rows carry the latency goal, 4K rows the stretch goal, as over TCP.
+  assert.ok(unix.filter((d) => d.iodepth === 1).every((d) => d.latencyGoal === true));
+  assert.ok(unix.filter((d) => d.bs === 4096).every((d) => d.stretch === 1.25));
+});
+
+test('unix rows: serve --listen unix:PATH, qemu-nbd -k PATH, fio on nbd+unix://', () => {
+  const sock = '/tmp/iscsi-nbd-bench-Ab12/nbd-qemu-nbd-null.sock';
+  const base = { iscsiUrl: 'iscsi://127.0.0.1:3261/iqn.x:t/2', repoRoot: '/r', transport: 'unix' as const, socketPath: sock };
+  const ours = serverArgv({ ...base, side: 'iscsi-nbd', sessions: 2 }, 'PORT');
+  assert.deepEqual(ours.slice(1), ['/r/bin/iscsi-nbd.js', 'serve', '--listen', `unix:${sock}`, '--export', 'bench=iscsi://127.0.0.1:3261/iqn.x:t/2',
+    '--log-level', 'warn', '--sessions', '2']);
+  const qemu = serverArgv({ ...base, side: 'qemu-nbd' }, 'PORT');
+  assert.equal(qemu[0], process.env.QEMU_NBD_BIN ?? 'qemu-nbd');
+  assert.deepEqual(qemu.slice(1), ['-f', 'raw', '--cache=none', '-e', '32', '-t', '-k', sock, '-x', 'bench', 'iscsi://127.0.0.1:3261/iqn.x:t/2']);
+  assert.ok(!qemu.includes('-p') && !qemu.includes('-b') && !qemu.includes('PORT'), 'no TCP options with -k');
+
+  const uri = nbdUri({ ...base, side: 'qemu-nbd' }, 'PORT');
+  assert.equal(uri, `nbd+unix:///bench?socket=${sock}`);
+  assert.equal(nbdUri({ ...base, side: 'iscsi-nbd' }, 0), uri, 'both sides are reached the same way');
+  // Characters that mean something in a URI are escaped ('/' is kept).
+  assert.equal(nbdUri({ ...base, side: 'qemu-nbd', socketPath: '/tmp/a b&c/s.sock' }, 0), 'nbd+unix:///bench?socket=/tmp/a%20b%26c/s.sock');
+  const fio = fioArgs(uri, { rw: 'randwrite', bs: 4096, iodepth: 1, numjobs: 1, runtimeSec: 2 }, '/tmp/o.json');
+  assert.ok(fio.includes('--ioengine=nbd'));
+  assert.ok(fio.includes(`--uri=nbd+unix:///bench?socket=${sock}`), fio.join(' '));
+  assert.ok(fio.includes('--iodepth=1') && fio.includes('--rw=randwrite'));
+
+  assert.throws(() => serverArgv({ ...base, socketPath: undefined, side: 'qemu-nbd' }, 'PORT'), /needs a socketPath/);
+});
+
+test('unix rows: waiting for a socket; socket paths checked before spawning', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-sock-'));
+  try {
+    const sock = path.join(dir, 's.sock');
+    await assert.rejects(waitForUnixSocket(sock, 100), /nothing listening/);
+    const srv = net.createServer((c) => c.destroy());
+    await new Promise<void>((r) => srv.listen(sock, r));
+    await waitForUnixSocket(sock, 1000);
+    await new Promise<void>((r) => srv.close(() => r()));
+    // A long socket path is refused before anything is spawned.
+    const long = path.join(dir, 'x'.repeat(MAX_SOCKET_PATH));
+    await assert.rejects(NbdServer.start({ side: 'qemu-nbd', iscsiUrl: 'iscsi://h/iqn.x/1', repoRoot: '/r', transport: 'unix', socketPath: long }), /longer than 107 bytes/);
+    await assert.rejects(NbdServer.start({ side: 'qemu-nbd', iscsiUrl: 'iscsi://h/iqn.x/1', repoRoot: '/r', transport: 'unix', socketPath: 'rel.sock' }), /not absolute/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('bridgeAvailability: missing serve build is reported, not thrown', () => {
@@ -206,3 +315,40 @@ test('bridgeAvailability: missing serve build is reported, not thrown', () => {
     fs.rmSync(root, { recursive: true, force: true });
   }
 });
+
+const qemuNbd = process.env.QEMU_NBD_BIN ?? 'qemu-nbd';
+const haveQemuNbd = spawnSync(qemuNbd, ['--version'], { stdio: 'ignore' }).status === 0;
+
+test('unix rows: qemu-nbd -k on a plain file starts over a stale socket file, answers nbd+unix://, and stop() removes the socket',
+  { skip: haveQemuNbd ? false : 'qemu-nbd not installed', timeout: 30000 }, async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-sock-'));
+    try {
+      const img = path.join(dir, 'disk.img');
+      fs.writeFileSync(img, Buffer.alloc(1 << 20));
+      const sock = path.join(dir, 'nbd-qemu-nbd-tmpfs.sock');
+      fs.writeFileSync(sock, 'stale'); // left behind by a killed run
+      let srv: NbdServer;
+      try {
+        // iscsiUrl is only the last argument, so a file path serves a file.
+        srv = await NbdServer.start({ side: 'qemu-nbd', iscsiUrl: img, repoRoot: '/r', transport: 'unix', socketPath: sock });
+      } catch (err) {
+        // --cache=none needs O_DIRECT, which tmpfs lacks.
+        if (/Invalid argument|O_DIRECT/i.test((err as Error).message)) return t.skip(`no O_DIRECT in ${os.tmpdir()}`);
+        throw err;
+      }
+      try {
+        assert.equal(srv.uri, `nbd+unix:///bench?socket=${sock}`);
+        assert.equal(srv.socketPath, sock);
+        assert.equal(srv.port, 0);
+        assert.ok(srv.argv.includes('-k') && !srv.argv.includes('-p'));
+        assert.ok(fs.statSync(sock).isSocket(), 'the stale file was replaced by the listening socket');
+        assert.equal(srv.exited, null);
+      } finally {
+        await srv.stop();
+      }
+      assert.notEqual(srv.exited, null, 'qemu-nbd is stopped');
+      assert.equal(fs.existsSync(sock), false, 'socket file removed');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });

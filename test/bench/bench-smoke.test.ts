@@ -1,5 +1,5 @@
-// Smoke run of the benchmark (npm run bench -- --smoke): every row, one A/B pair of 2 s
-// runs, so the bench cannot rot. It checks that the JSON report is complete and has
+// Smoke run of the benchmark (npm run bench -- --smoke): every row (TCP and AF_UNIX), one
+// A/B pair of 2 s runs, so the bench cannot rot. It checks that the JSON report is complete and has
 // numbers for both sides; it asserts nothing about speed.
 // Skipped only outside CI while the bridge's serve command is not built yet.
 
@@ -9,14 +9,15 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ROWS, hasCeiling } from '../../scripts/bench/rows';
+import { ROWS, hasCeiling, rowLabel } from '../../scripts/bench/rows';
 import { bridgeAvailability } from '../../scripts/bench/servers';
 import type { BenchReport, SideSummary } from '../../scripts/bench/types';
 
 // dist/test/bench/ -> repository root
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const BENCH = path.join(REPO_ROOT, 'dist', 'scripts', 'bench.js');
-const TIMEOUT_MS = 5 * 60 * 1000;
+// 23 rows (11 TCP, 12 unix) on a shared 2-CPU machine.
+const TIMEOUT_MS = 10 * 60 * 1000;
 
 const avail = bridgeAvailability(REPO_ROOT);
 const skip = !process.env.CI && !avail.ok ? `iscsi-nbd serve not built yet: ${avail.reason}` : false;
@@ -72,6 +73,18 @@ test('bench --smoke produces a complete JSON report for both sides', { skip, tim
   assert.equal(report.config.smoke, true);
   assert.deepEqual(report.rows.map((row) => row.id), ROWS.map((row) => row.id), 'every row, in order');
   for (const row of report.rows) {
+    const def = ROWS.find((d) => d.id === row.id)!;
+    assert.equal(row.transport, def.transport, `${row.id}: transport in the JSON`);
+    // Both sides were driven over the row's transport.
+    for (const run of [...row.ours.runs, ...row.qemu.runs]) {
+      const uri = run.fioArgv.find((a) => a.startsWith('--uri='));
+      if (def.transport === 'unix') assert.match(uri ?? '', /^--uri=nbd\+unix:\/\/\/bench\?socket=\/\S+\.sock$/, `${row.id} ${run.side}`);
+      else assert.match(uri ?? '', /^--uri=nbd:\/\/127\.0\.0\.1:\d+\/bench$/, `${row.id} ${run.side}`);
+    }
+    if (def.transport === 'unix') {
+      assert.ok(row.qemu.argv?.includes('-k'), `${row.id}: qemu-nbd -k`);
+      assert.ok(row.ours.argv?.some((a) => a.startsWith('unix:')), `${row.id}: serve --listen unix:`);
+    }
     assertSide(row.ours, `${row.id} iscsi-nbd`);
     assertSide(row.qemu, `${row.id} qemu-nbd`);
     assert.equal(row.ratioPairs.length, 1, `${row.id}: one A/B pair`);
@@ -93,7 +106,13 @@ test('bench --smoke produces a complete JSON report for both sides', { skip, tim
 
   // The text table and the Markdown table were written.
   assert.match(r.out, /workload\s+lun\s+side\s+MiB\/s/);
-  for (const row of report.rows) assert.ok(r.out.includes(row.title), `table lists ${row.title}`);
+  for (const row of report.rows) assert.ok(r.out.includes(rowLabel(row)), `table lists ${rowLabel(row)}`);
   const mdText = fs.readFileSync(md, 'utf8');
   assert.equal(mdText.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| Workload')).length, ROWS.length);
+  assert.equal(mdText.split('\n').filter((l) => / \(unix\) \| (tmpfs|null) \|/.test(l)).length, ROWS.filter((d) => d.transport === 'unix').length);
+  // The socket files and the rest of the bench's temp dir are gone.
+  for (const row of report.rows.filter((x) => x.transport === 'unix')) {
+    const sock = /socket=(\S+)$/.exec(row.qemu.runs[0].fioArgv.find((a) => a.startsWith('--uri='))!)![1];
+    assert.equal(fs.existsSync(path.dirname(sock)), false, `${path.dirname(sock)} removed`);
+  }
 });

@@ -1,0 +1,54 @@
+import type { ExportFlags } from './export';
+
+// The shape of one export's status, as the daemon reports it.
+
+export interface NegotiatedStatus {
+  headerDigest: 'CRC32C' | 'None';
+  dataDigest: 'CRC32C' | 'None';
+  maxRecvDataSegmentLength: number;
+  maxXmitDataSegmentLength: number;
+  firstBurstLength: number;
+  maxBurstLength: number;
+  immediateData: boolean;
+  initialR2T: boolean;
+  maxOutstandingR2T: number;
+  targetPortalGroupTag?: number;
+  chap: 'none' | 'one-way' | 'mutual';
+}
+
+export interface SessionStatus {
+  index: number;
+  state: string;
+  inFlight: number;
+  portal?: string;
+  reconnects?: number;
+  digestErrors?: number;
+  cmdSn?: number;
+  expStatSn?: number;
+  maxCmdSn?: number;
+  window?: number;
+  isid?: string;
+  tsih?: number;
+  negotiated?: NegotiatedStatus;
+  /** Why the session refuses its target (the LUN identity changed). */
+  refused?: string;
+}
+
+export interface ExportStatus {
+  name: string;
+  state: string;
+  url: string;
+  target: string;
+  lun: number;
+  size: string | null;
+  blockSize: number | null;
+  vendor: string | null;
+  product: string | null;
+  flags: ExportFlags | null;
+  clients: number;
+  inFlight: number;
+  queued: number;
+  movedCommands?: number;
+  counters: { requests: number; errors: number; bytesRead: number; bytesWritten: number } | null;
+  sessions: SessionStatus[];
+}

@@ -1,0 +1,88 @@
+import type { BridgedExport, ExportManager } from '../bridge/manager';
+import type { NbdConnectionInfo } from '../nbd/server';
+import type { ExportStatus, SessionStatus } from '../bridge/status';
+
+export type { ExportStatus, SessionStatus, NegotiatedStatus } from '../bridge/status';
+
+// The daemon's status document: what `iscsi-nbd status` prints, what the
+// control socket answers and what /readyz details. One typed shape.
+
+export interface ClientStatus {
+  id: number;
+  remote: string;
+  state: string;
+  exportName?: string;
+  tls: boolean;
+  structuredReplies?: boolean;
+  inFlight: number;
+  requests: number;
+  errors: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+/** A kernel NBD device this daemon serves (`iscsi-nbd map`). */
+export interface MappingStatus {
+  device: string;
+  index: number;
+  url: string;
+  export: string;
+  identity: string;
+  blockSize: number;
+  size: string;
+  connections: number;
+  readOnly: boolean;
+  state: string;
+  /** Why it is not attached, when it is not. */
+  error?: string;
+}
+
+export interface DaemonStatus {
+  pid: number;
+  initiatorName: string;
+  stateDir?: string;
+  listen: string[];
+  exports: ExportStatus[];
+  clients: ClientStatus[];
+  mappings?: MappingStatus[];
+}
+
+/** One export, with each session's login details (like iscsiadm -m session -P 3). */
+export function exportStatus(e: BridgedExport): ExportStatus {
+  const st = e.status();
+  const sessions = st.sessions.map((ss, i): SessionStatus => {
+    const s = e.sessions[i];
+    const n = s?.negotiated;
+    if (!s) return ss;
+    return {
+      ...ss,
+      isid: s.isid.toString(16).padStart(12, '0'),
+      tsih: n?.tsih,
+      negotiated: n && {
+        headerDigest: n.headerDigest ? 'CRC32C' : 'None',
+        dataDigest: n.dataDigest ? 'CRC32C' : 'None',
+        maxRecvDataSegmentLength: n.maxRecvDataSegmentLength,
+        maxXmitDataSegmentLength: n.maxXmitDataSegmentLength,
+        firstBurstLength: n.firstBurstLength,
+        maxBurstLength: n.maxBurstLength,
+        immediateData: n.immediateData,
+        initialR2T: n.initialR2T,
+        maxOutstandingR2T: n.maxOutstandingR2T,
+        targetPortalGroupTag: n.targetPortalGroupTag,
+        chap: n.chapAlgorithm ? (n.mutualAuthenticated ? 'mutual' : 'one-way') : 'none',
+      },
+    };
+  });
+  return { ...st, sessions };
+}
+
+export function exportsStatus(manager: ExportManager): ExportStatus[] {
+  return [...manager.exports.values()].map(exportStatus);
+}
+
+export function clientStatus(c: NbdConnectionInfo): ClientStatus {
+  return {
+    id: c.id, remote: c.remote, state: c.state, exportName: c.exportName, tls: c.tls, structuredReplies: c.structuredReplies,
+    inFlight: c.inFlight, requests: c.requests, errors: c.errors, bytesRead: c.bytesRead, bytesWritten: c.bytesWritten,
+  };
+}
