@@ -6,6 +6,8 @@
 // warm-up run per side; then --pairs A/B pairs of fio runs (A = iscsi-nbd, B = qemu-nbd),
 // each sampling the server's CPU time and peak RSS from /proc; then iscsi-perf.
 // Ratios are medians of per-pair ratios, because these machines are noisy.
+// Rows run over loopback TCP, then the "(unix)" rows over AF_UNIX sockets in the bench's
+// private temp dir (servers of the other transport are stopped at the switch).
 
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -18,8 +20,8 @@ import { killAll } from './bench/exec';
 import { FIO_BIN, fioArgs, runFio, type FioJob } from './bench/fio';
 import { resetPeakRss, sampleProc } from './bench/procstat';
 import { evaluateGoals, formatMarkdown, formatTable, pairRatios, summarizeSide } from './bench/report';
-import { hasCeiling, ROWS, selectRows, type LunKind, type RowDef } from './bench/rows';
-import { bridgeAvailability, NbdServer, serverArgv, serverEnv, type ServerSpec, type SideName } from './bench/servers';
+import { hasCeiling, ROWS, rowLabel, selectRows, TRANSPORTS, type LunKind, type RowDef, type Transport } from './bench/rows';
+import { bridgeAvailability, NbdServer, nbdUri, serverArgv, serverEnv, type ServerSpec, type SideName } from './bench/servers';
 import { median } from './bench/stats';
 import type { BenchConfig, BenchReport, CeilingSummary, MachineInfo, RowResult, RunRecord } from './bench/types';
 
@@ -35,6 +37,7 @@ const BLOCK_SIZE = 512;
 const USAGE = `usage: node dist/scripts/bench.js [options]   (npm run bench -- [options])
 
   --rows LIST      comma-separated row ids or substrings (default: all; --list shows them)
+  --transport T    only rows over T: tcp (loopback) or unix (AF_UNIX, the "-unix" rows)
   --pairs N        A/B pairs per row (default 3)
   --runtime S      seconds per fio run (default 10)
   --ramp S         unmeasured warm-up run per side before each row, seconds (default 2)
@@ -69,6 +72,7 @@ function parseOptions(argv: string[]): Options | null {
     args: argv,
     options: {
       rows: { type: 'string' },
+      transport: { type: 'string' },
       pairs: { type: 'string' },
       runtime: { type: 'string' },
       ramp: { type: 'string' },
@@ -91,14 +95,18 @@ function parseOptions(argv: string[]): Options | null {
     return null;
   }
   if (values.list) {
-    for (const r of ROWS) process.stdout.write(`${r.id.padEnd(24)} ${r.title} (${r.lun} LUN)\n`);
+    for (const r of ROWS) process.stdout.write(`${r.id.padEnd(28)} ${r.transport.padEnd(5)} ${r.title} (${r.lun} LUN)\n`);
     return null;
   }
   const smoke = values.smoke === true;
   if (values.only !== undefined && values.only !== 'iscsi-nbd' && values.only !== 'qemu-nbd') {
     throw new Error(`--only takes iscsi-nbd or qemu-nbd, got ${values.only}`);
   }
-  const rows = selectRows(values.rows).map((r) => r.id);
+  if (values.transport !== undefined && !(TRANSPORTS as readonly string[]).includes(values.transport)) {
+    throw new Error(`--transport takes ${TRANSPORTS.join(' or ')}, got ${values.transport}`);
+  }
+  const transport = (values.transport as Transport | undefined) ?? null;
+  const rows = selectRows(values.rows, transport).map((r) => r.id);
   const runtimeSec = positiveInt('runtime', values.runtime, smoke ? 2 : 10);
   return {
     pairs: positiveInt('pairs', values.pairs, smoke ? 1 : 3),
@@ -114,6 +122,7 @@ function parseOptions(argv: string[]): Options | null {
     strict: values.strict === true,
     ceilingSec: smoke ? 1 : runtimeSec,
     only: (values.only as SideName | undefined) ?? null,
+    transport,
   };
 }
 
@@ -163,29 +172,42 @@ function machineInfo(): MachineInfo {
   };
 }
 
-/** Servers kept for the whole run, one per (side, LUN); restarted if one exits. */
+type SpecFor = (side: SideName, lun: LunKind, transport: Transport) => ServerSpec;
+
+function poolKey(side: SideName, lun: LunKind, transport: Transport): string {
+  return `${side}/${lun}/${transport}`;
+}
+
+/** Servers kept while rows use their transport, one per (side, LUN, transport); restarted if one exits. */
 class ServerPool {
   private readonly servers = new Map<string, NbdServer>();
   readonly restarts = new Map<string, number>();
   readonly unavailable = new Map<SideName, string>();
   private closed = false;
 
-  constructor(private readonly specFor: (side: SideName, lun: LunKind) => ServerSpec) {}
+  constructor(readonly specFor: SpecFor) {}
+
+  /** Stop the servers of every other transport (rows are grouped by transport). */
+  async keepOnly(transport: Transport): Promise<void> {
+    const drop = [...this.servers].filter(([, s]) => s.transport !== transport);
+    for (const [key] of drop) this.servers.delete(key);
+    await Promise.all(drop.map(([, s]) => s.stop()));
+  }
 
   /** A running server, or an error message. */
-  async get(side: SideName, lun: LunKind): Promise<NbdServer | string> {
+  async get(side: SideName, lun: LunKind, transport: Transport): Promise<NbdServer | string> {
     if (this.closed) return 'the bench is stopping';
     const down = this.unavailable.get(side);
     if (down) return down;
-    const key = `${side}/${lun}`;
+    const key = poolKey(side, lun, transport);
     const cur = this.servers.get(key);
     if (cur && !cur.exited) return cur;
     if (cur) {
       this.restarts.set(key, (this.restarts.get(key) ?? 0) + 1);
-      process.stderr.write(`bench: ${side} on the ${lun} LUN ${cur.exited}; starting it again. Last output:\n${cur.log.trim().split('\n').slice(-10).join('\n')}\n`);
+      process.stderr.write(`bench: ${side} (${transport}) on the ${lun} LUN ${cur.exited}; starting it again. Last output:\n${cur.log.trim().split('\n').slice(-10).join('\n')}\n`);
     }
     try {
-      const srv = await NbdServer.start(this.specFor(side, lun));
+      const srv = await NbdServer.start(this.specFor(side, lun, transport));
       if (this.closed) {
         await srv.stop();
         return 'the bench is stopping';
@@ -214,7 +236,7 @@ async function measure(pool: ServerPool, side: SideName, def: RowDef, job: FioJo
     side, pair, ok: false, mibps: null, iops: null, p50Us: null, p99Us: null, meanUs: null, bytes: null, runtimeMs: null,
     serverCpuSec: null, serverPeakRssMiB: null, peakRssScope: 'run', cpuSecPerGiB: null, targetCpuSec: null, fioCpuPct: null, fioArgv: [],
   };
-  const srv = await pool.get(side, def.lun);
+  const srv = await pool.get(side, def.lun, def.transport);
   if (typeof srv === 'string') return { ...base, error: srv };
   base.fioArgv = [FIO_BIN, ...fioArgs(srv.uri, job, 'OUT.json')];
   const scoped = resetPeakRss(srv.pid);
@@ -256,16 +278,24 @@ function fmtRun(r: RunRecord): string {
     `CPU ${r.serverCpuSec?.toFixed(2) ?? '?'} s, peak RSS ${r.serverPeakRssMiB?.toFixed(1) ?? '?'} MiB`;
 }
 
-async function runRow(def: RowDef, opts: Options, pool: ServerPool, tgtd: Tgtd, sides: SideName[], errors: string[]): Promise<RowResult> {
+/** iscsi-perf results by job, so a "(unix)" row reuses the run of its TCP twin: the ceiling does not involve NBD. */
+type CeilingCache = Map<string, { rowId: string; summary: CeilingSummary }>;
+
+function ceilingKey(j: CeilingJob): string {
+  return JSON.stringify([j.iscsiUrl, j.bs, j.iodepth, j.random, j.sessions, j.seconds]);
+}
+
+async function runRow(def: RowDef, opts: Options, pool: ServerPool, tgtd: Tgtd, sides: SideName[], errors: string[], ceilings: CeilingCache): Promise<RowResult> {
   const lunNo = def.lun === 'tmpfs' ? LUN_TMPFS : LUN_NULL;
   const iscsiUrl = tgtd.url(1, lunNo);
   const job: FioJob = { rw: def.rw, bs: def.bs, iodepth: def.iodepth, numjobs: def.conns, runtimeSec: opts.runtimeSec };
   const log = (s: string): void => { process.stderr.write(`  ${s}\n`); };
-  process.stderr.write(`bench: ${def.id} (${def.title}, ${def.lun} LUN)\n`);
+  process.stderr.write(`bench: ${def.id} (${rowLabel(def)}, ${def.lun} LUN)\n`);
+  await pool.keepOnly(def.transport);
 
   if (opts.rampSec > 0) {
     for (const side of sides) {
-      const srv = await pool.get(side, def.lun);
+      const srv = await pool.get(side, def.lun, def.transport);
       if (typeof srv === 'string') continue;
       const w = await runFio(srv.uri, { ...job, runtimeSec: opts.rampSec });
       if (!w.ok) log(`${side} warm-up failed: ${w.error}`);
@@ -288,28 +318,35 @@ async function runRow(def: RowDef, opts: Options, pool: ServerPool, tgtd: Tgtd, 
   } else if (hasCeiling(def)) {
     const cj: CeilingJob = { iscsiUrl, blockSize: BLOCK_SIZE, bs: def.bs, iodepth: def.iodepth, random: def.rw === 'randread',
       sessions: def.conns, seconds: opts.ceilingSec, initiatorPrefix: PERF_INITIATOR };
-    const c = await runCeiling(cj);
-    if (c.ok) {
-      ceiling = { available: true, mibps: c.bwBytes! / MiB, iops: c.iops!, argv: c.argv };
-      log(`iscsi-perf: ${ceiling.mibps!.toFixed(1)} MiB/s, ${c.iops} IOPS`);
+    const earlier = ceilings.get(ceilingKey(cj));
+    if (earlier) {
+      ceiling = { ...earlier.summary, reusedFrom: earlier.rowId };
+      if (ceiling.available) log(`iscsi-perf (from ${earlier.rowId}): ${ceiling.mibps!.toFixed(1)} MiB/s, ${ceiling.iops} IOPS`);
     } else {
-      ceiling = { available: false, reason: c.error, mibps: null, iops: null, argv: c.argv };
-      log(`iscsi-perf FAILED: ${c.error}`);
-      errors.push(`${def.id}: iscsi-perf: ${c.error}`);
+      const c = await runCeiling(cj);
+      if (c.ok) {
+        ceiling = { available: true, mibps: c.bwBytes! / MiB, iops: c.iops!, argv: c.argv };
+        log(`iscsi-perf: ${ceiling.mibps!.toFixed(1)} MiB/s, ${c.iops} IOPS`);
+        ceilings.set(ceilingKey(cj), { rowId: def.id, summary: ceiling });
+      } else {
+        ceiling = { available: false, reason: c.error, mibps: null, iops: null, argv: c.argv };
+        log(`iscsi-perf FAILED: ${c.error}`);
+        errors.push(`${def.id}: iscsi-perf: ${c.error}`);
+      }
     }
   }
 
   const sideSummary = (side: SideName) => {
     const reason = pool.unavailable.get(side);
-    const spec: ServerSpec = { side, iscsiUrl, repoRoot: REPO_ROOT, sessions: opts.sessions ?? undefined };
-    return summarizeSide(side, reason === undefined, runs[side], pool.restarts.get(`${side}/${def.lun}`) ?? 0, reason, serverArgv(spec, 'PORT'));
+    const spec = pool.specFor(side, def.lun, def.transport);
+    return summarizeSide(side, reason === undefined, runs[side], pool.restarts.get(poolKey(side, def.lun, def.transport)) ?? 0, reason, serverArgv(spec, 'PORT'));
   };
   const ours = sideSummary('iscsi-nbd');
   const qemu = sideSummary('qemu-nbd');
   const ratioPairs = pairRatios(ours.runs, qemu.runs, 'mibps');
   const p99RatioPairs = pairRatios(ours.runs, qemu.runs, 'p99Us');
   const row: RowResult = {
-    id: def.id, title: def.title, lun: def.lun, rw: def.rw, bs: def.bs, iodepth: def.iodepth, conns: def.conns,
+    id: def.id, title: def.title, lun: def.lun, transport: def.transport, rw: def.rw, bs: def.bs, iodepth: def.iodepth, conns: def.conns,
     ours, qemu,
     ratio: median(ratioPairs), ratioPairs,
     p99Ratio: median(p99RatioPairs), p99RatioPairs,
@@ -345,7 +382,7 @@ async function main(): Promise<number> {
 
   // tmpfs backing file: filled with data so reads touch real pages, not the zero page of a hole.
   const backing = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), `iscsi-nbd-bench-${process.pid}.img`);
-  // Private scratch dir (iscsi-nbd control sockets).
+  // Private scratch dir (iscsi-nbd control sockets, the unix rows' NBD sockets); removed at the end.
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'iscsi-nbd-bench-'));
   let tgtd: Tgtd | undefined;
   let pool: ServerPool | undefined;
@@ -372,7 +409,7 @@ async function main(): Promise<number> {
     finishedAt: null,
     complete: false,
     machine: machineInfo(),
-    config: { pairs: o.pairs, runtimeSec: o.runtimeSec, rampSec: o.rampSec, smoke: o.smoke, sessions: o.sessions, tmpfsLunMiB: o.tmpfsLunMiB, ceiling: o.ceiling, only: o.only, rows: o.rows },
+    config: { pairs: o.pairs, runtimeSec: o.runtimeSec, rampSec: o.rampSec, smoke: o.smoke, sessions: o.sessions, tmpfsLunMiB: o.tmpfsLunMiB, ceiling: o.ceiling, only: o.only, transport: o.transport, rows: o.rows },
     commands: {},
     target: { portal: '', tmpfsUrl: '', nullUrl: '', tmpfsBacking: backing, blockSize: BLOCK_SIZE },
     rows: [],
@@ -393,9 +430,11 @@ async function main(): Promise<number> {
     });
     const t = tgtd;
     report.target = { portal: t.portal, tmpfsUrl: t.url(1, LUN_TMPFS), nullUrl: t.url(1, LUN_NULL), tmpfsBacking: backing, blockSize: BLOCK_SIZE };
-    const specFor = (side: SideName, lun: LunKind): ServerSpec => ({
+    const specFor: SpecFor = (side, lun, transport) => ({
       side, iscsiUrl: t.url(1, lun === 'tmpfs' ? LUN_TMPFS : LUN_NULL), repoRoot: REPO_ROOT, sessions: o.sessions ?? undefined,
-      controlPath: path.join(runDir, `control-${lun}.sock`),
+      controlPath: path.join(runDir, `control-${lun}-${transport}.sock`),
+      transport,
+      socketPath: transport === 'unix' ? path.join(runDir, `nbd-${side}-${lun}.sock`) : undefined,
     });
     pool = new ServerPool(specFor);
     const avail = bridgeAvailability(REPO_ROOT);
@@ -408,16 +447,21 @@ async function main(): Promise<number> {
     }
     const sides = (['iscsi-nbd', 'qemu-nbd'] as SideName[]).filter((side) => !pool!.unavailable.has(side));
     const exampleJob: FioJob = { rw: 'randread', bs: 4096, iodepth: 32, numjobs: 1, runtimeSec: o.runtimeSec };
+    const oursCmd = (transport: Transport): string => [...Object.entries(serverEnv(specFor('iscsi-nbd', 'tmpfs', transport))).map(([k, v]) => `${k}=${v}`),
+      ...serverArgv(specFor('iscsi-nbd', 'tmpfs', transport), 'PORT')].join(' ');
     report.commands = {
-      'iscsi-nbd': [...Object.entries(serverEnv(specFor('iscsi-nbd', 'tmpfs'))).map(([k, v]) => `${k}=${v}`),
-        ...serverArgv(specFor('iscsi-nbd', 'tmpfs'), 'PORT')].join(' '),
-      'qemu-nbd': serverArgv(specFor('qemu-nbd', 'tmpfs'), 'PORT').join(' '),
-      fio: [FIO_BIN, ...fioArgs('nbd://127.0.0.1:PORT/bench', exampleJob, 'OUT.json')].join(' '),
+      'iscsi-nbd': oursCmd('tcp'),
+      'qemu-nbd': serverArgv(specFor('qemu-nbd', 'tmpfs', 'tcp'), 'PORT').join(' '),
+      fio: [FIO_BIN, ...fioArgs(nbdUri(specFor('iscsi-nbd', 'tmpfs', 'tcp'), 'PORT'), exampleJob, 'OUT.json')].join(' '),
+      'iscsi-nbd (unix)': oursCmd('unix'),
+      'qemu-nbd (unix)': serverArgv(specFor('qemu-nbd', 'tmpfs', 'unix'), 'PORT').join(' '),
+      'fio (unix)': [FIO_BIN, ...fioArgs(nbdUri(specFor('qemu-nbd', 'tmpfs', 'unix'), 'PORT'), exampleJob, 'OUT.json')].join(' '),
       'iscsi-perf': iscsiPerfArgv({ iscsiUrl: t.url(1, LUN_TMPFS), blockSize: BLOCK_SIZE, bs: 4096, iodepth: 32, random: true, sessions: 1, seconds: o.ceilingSec, initiatorPrefix: PERF_INITIATOR }, 0).join(' '),
     };
 
+    const ceilings: CeilingCache = new Map();
     for (const def of defs) {
-      const row = await runRow(def, o, pool, t, sides, errors);
+      const row = await runRow(def, o, pool, t, sides, errors, ceilings);
       report.rows.push(row);
       report.misses.push(...row.misses);
       writeJson(o.jsonPath, report); // partial results survive a crash

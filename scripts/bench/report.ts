@@ -1,7 +1,7 @@
 // Summaries, goals and the two renderings of the results: a text table for the terminal
 // and a Markdown table for the README.
 
-import { RATIO_GOAL, type RowDef } from './rows';
+import { RATIO_GOAL, rowLabel, type RowDef } from './rows';
 import { max, median, sum } from './stats';
 import type { BenchReport, CeilingSummary, GoalResult, RowResult, RunRecord, SideSummary } from './types';
 import type { SideName } from './servers';
@@ -68,7 +68,7 @@ export function evaluateGoals(def: RowDef, row: RowResult): void {
     if (g.met === true) continue;
     // A missed ratio already says the stretch ratio is missed too.
     if (g.stretch && baseRatioMissed) continue;
-    const label = `${row.id} (${row.title}, ${row.lun} LUN)`;
+    const label = `${row.id} (${rowLabel(row)}, ${row.lun} LUN)`;
     let why: string;
     if (g.met === null) {
       why = !row.ours.available ? `iscsi-nbd not available: ${row.ours.reason ?? 'unknown'}`
@@ -120,10 +120,13 @@ export function formatTable(report: BenchReport): string {
   out.push(`iscsi-nbd (A) vs qemu-nbd (B) over tgtd on ${report.target.portal}; fio nbd engine; ` +
     `${c.pairs} A/B pair(s) x ${c.runtimeSec} s${c.rampSec ? `, ${c.rampSec} s warm-up` : ''}${c.smoke ? ' [SMOKE: numbers are not meaningful]' : ''}`);
   out.push('values are medians over pairs; ratio = median of per-pair A/B MiB/s ratios; "of ceil" = A / iscsi-perf');
+  if (report.rows.some((r) => r.transport === 'unix')) {
+    out.push('"(unix)" rows: NBD over an AF_UNIX socket (serve --listen unix:PATH vs qemu-nbd -k PATH); the others over loopback TCP');
+  }
   out.push(line(head));
   out.push(line(widths.map((w) => '-'.repeat(w))));
   for (const r of report.rows) {
-    out.push(line([r.title, r.lun, 'iscsi-nbd', ...sideCells(r.ours), fmtRatio(r.ratio), pct(r.fractionOfCeiling)]));
+    out.push(line([rowLabel(r), r.lun, 'iscsi-nbd', ...sideCells(r.ours), fmtRatio(r.ratio), pct(r.fractionOfCeiling)]));
     out.push(line(['', '', 'qemu-nbd', ...sideCells(r.qemu), '', pct(r.qemuFractionOfCeiling)]));
     if (r.ceiling.available || r.ceiling.reason !== 'reads only') {
       out.push(line(['', '', 'iscsi-perf', ...ceilingCells(r.ceiling), '', '']));
@@ -132,7 +135,7 @@ export function formatTable(report: BenchReport): string {
   return out.join('\n');
 }
 
-/** The README table: one line per row. */
+/** The README table: one line per row; AF_UNIX rows say "(unix)" after the workload. */
 export function formatMarkdown(report: BenchReport): string {
   const out: string[] = [];
   out.push('| Workload | LUN | MiB/s | IOPS | p50 / p99 µs | qemu-nbd MiB/s | qemu-nbd p50 / p99 µs | Ratio | Of ceiling | Peak RSS MiB (ours / qemu) | CPU s/GiB (ours / qemu) |');
@@ -142,13 +145,18 @@ export function formatMarkdown(report: BenchReport): string {
     const q = r.qemu;
     const ok = (s: SideSummary): boolean => s.available && s.okRuns > 0;
     const miss = r.misses.some((m) => !m.startsWith('MISS (stretch)'));
-    out.push(`| ${r.title} | ${r.lun} | ${ok(o) ? f(o.mibps) : 'n/a'} | ${ok(o) ? f(o.iops, 0) : 'n/a'} | ` +
+    out.push(`| ${rowLabel(r)} | ${r.lun} | ${ok(o) ? f(o.mibps) : 'n/a'} | ${ok(o) ? f(o.iops, 0) : 'n/a'} | ` +
       `${ok(o) ? `${f(o.p50Us, 0)} / ${f(o.p99Us, 0)}` : 'n/a'} | ${ok(q) ? f(q.mibps) : 'n/a'} | ` +
       `${ok(q) ? `${f(q.p50Us, 0)} / ${f(q.p99Us, 0)}` : 'n/a'} | ${fmtRatio(r.ratio)}${miss ? ' ✗' : ''} | ` +
       `${r.ceiling.available ? pct(r.fractionOfCeiling) : 'n/a'} | ${f(o.peakRssMiB, 0)} / ${f(q.peakRssMiB, 0)} | ` +
       `${f(o.cpuSecPerGiB, 2)} / ${f(q.cpuSecPerGiB, 2)} |`);
   }
   const m = report.machine;
+  if (report.rows.some((r) => r.transport === 'unix')) {
+    out.push('');
+    out.push('Rows marked (unix) use NBD over an AF_UNIX socket (`serve --listen unix:PATH` against `qemu-nbd -k PATH`, ' +
+      'fio on `nbd+unix:///bench?socket=PATH`), the transport of `iscsi-nbd map`; the others use loopback TCP.');
+  }
   out.push('');
   out.push(`Machine: ${m.cpuModel}, ${m.cpus} CPUs, ${m.memGiB} GiB RAM, Linux ${m.kernel}, ${m.os}, Node ${m.node}; ` +
     `fio ${m.versions.fio ?? '?'}, qemu-nbd ${m.versions['qemu-nbd'] ?? '?'}, tgt ${m.versions.tgt ?? '?'}, libiscsi ${m.versions.libiscsi ?? '?'}. ` +

@@ -1,6 +1,10 @@
 // The two NBD servers under test, each a child process serving one iSCSI LUN as export "bench":
 //   A: node bin/iscsi-nbd.js serve --listen 127.0.0.1:PORT --export bench=URL [--sessions N] --log-level warn
 //   B: qemu-nbd -f raw --cache=none -e 32 -t -p PORT -b 127.0.0.1 -x bench URL
+// or, for the AF_UNIX rows, the same with the listen address swapped:
+//   A: ... serve --listen unix:PATH ...        B: qemu-nbd ... -t -k PATH -x bench URL
+// and clients use nbd+unix:///bench?socket=PATH. The socket files live in the bench's
+// private temp dir; a stale one is removed before a server starts and after it stops.
 // qemu-nbd notes: -t keeps it running after the last client leaves; -e 32 allows 32
 // clients at once (fio's 4-connection rows need 8 briefly, see fio.ts). Its NBD server
 // works on at most 16 requests per connection (MAX_NBD_REQUESTS in nbd/server.c), so
@@ -8,9 +12,11 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { freePort, waitForPort } from '../../test/helpers/ports';
 import { describeFailure, killGroup, runProcess, sleep, track } from './exec';
+import type { Transport } from './rows';
 
 export const QEMU_NBD_BIN = process.env.QEMU_NBD_BIN ?? 'qemu-nbd';
 export const NBDINFO_BIN = process.env.NBDINFO_BIN ?? 'nbdinfo';
@@ -18,6 +24,8 @@ export const EXPORT_NAME = 'bench';
 
 const START_TIMEOUT_MS = 20000;
 const LOG_LIMIT = 64 * 1024;
+/** sun_path is 108 bytes on Linux, NUL included. */
+export const MAX_SOCKET_PATH = 107;
 
 export type SideName = 'iscsi-nbd' | 'qemu-nbd';
 
@@ -31,6 +39,24 @@ export interface ServerSpec {
   sessions?: number;
   /** iscsi-nbd's control socket (ISCSI_NBD_CONTROL), so the bench never touches /run/iscsi-nbd. */
   controlPath?: string;
+  /** NBD over loopback TCP (default) or an AF_UNIX socket at socketPath. */
+  transport?: Transport;
+  /** The NBD socket for transport 'unix'. */
+  socketPath?: string;
+}
+
+function unixPath(spec: ServerSpec): string {
+  if (!spec.socketPath) throw new Error(`${spec.side}: transport unix needs a socketPath`);
+  return spec.socketPath;
+}
+
+/** The NBD URI (libnbd syntax, as fio's nbd engine and nbdinfo take it) of a server. */
+export function nbdUri(spec: ServerSpec, port: number | string): string {
+  if ((spec.transport ?? 'tcp') === 'unix') {
+    // libnbd unescapes query values; keep '/' readable.
+    return `nbd+unix:///${EXPORT_NAME}?socket=${encodeURIComponent(unixPath(spec)).replace(/%2F/g, '/')}`;
+  }
+  return `nbd://127.0.0.1:${port}/${EXPORT_NAME}`;
 }
 
 /** Extra environment a server runs with. */
@@ -39,15 +65,17 @@ export function serverEnv(spec: ServerSpec): Record<string, string> {
 }
 
 /** argv (program first) that starts a server on port. */
+/** argv (program first) that starts a server on port (TCP) or on spec.socketPath (unix; port unused). */
 export function serverArgv(spec: ServerSpec, port: number | string): string[] {
+  const unix = (spec.transport ?? 'tcp') === 'unix';
   if (spec.side === 'iscsi-nbd') {
     const argv = [process.execPath, path.join(spec.repoRoot, 'bin', 'iscsi-nbd.js'), 'serve',
-      '--listen', `127.0.0.1:${port}`, '--export', `${EXPORT_NAME}=${spec.iscsiUrl}`, '--log-level', 'warn'];
+      '--listen', unix ? `unix:${unixPath(spec)}` : `127.0.0.1:${port}`, '--export', `${EXPORT_NAME}=${spec.iscsiUrl}`, '--log-level', 'warn'];
     if (spec.sessions !== undefined) argv.push('--sessions', String(spec.sessions));
     return argv;
   }
-  return [QEMU_NBD_BIN, '-f', 'raw', '--cache=none', '-e', '32', '-t', '-p', String(port), '-b', '127.0.0.1',
-    '-x', EXPORT_NAME, spec.iscsiUrl];
+  const where = unix ? ['-k', unixPath(spec)] : ['-p', String(port), '-b', '127.0.0.1'];
+  return [QEMU_NBD_BIN, '-f', 'raw', '--cache=none', '-e', '32', '-t', ...where, '-x', EXPORT_NAME, spec.iscsiUrl];
 }
 
 /** Whether our serve command exists in the build (dist/src/cli/serve.js); reason when not. */
@@ -64,13 +92,14 @@ export class NbdServer {
   private exitInfo: string | null = null;
   private logText = '';
 
+  /** @param port the TCP port, 0 for a unix-socket server */
   private constructor(
     readonly spec: ServerSpec,
     readonly port: number,
     readonly argv: string[],
     private readonly child: ChildProcess,
   ) {
-    this.uri = `nbd://127.0.0.1:${port}/${EXPORT_NAME}`;
+    this.uri = nbdUri(spec, port);
     const append = (b: Buffer): void => {
       this.logText += b.toString();
       if (this.logText.length > LOG_LIMIT) this.logText = this.logText.slice(-LOG_LIMIT);
@@ -83,6 +112,20 @@ export class NbdServer {
 
   get side(): SideName {
     return this.spec.side;
+  }
+
+  get transport(): Transport {
+    return this.spec.transport ?? 'tcp';
+  }
+
+  /** The unix socket path, or null for TCP. */
+  get socketPath(): string | null {
+    return this.transport === 'unix' ? unixPath(this.spec) : null;
+  }
+
+  /** Where it listens, for messages. */
+  get address(): string {
+    return this.socketPath ?? `127.0.0.1:${this.port}`;
   }
 
   get pid(): number {
@@ -101,9 +144,17 @@ export class NbdServer {
 
   /** Start a server on a free port and wait until its export answers an NBD handshake. */
   static async start(spec: ServerSpec): Promise<NbdServer> {
+    const unix = (spec.transport ?? 'tcp') === 'unix';
+    if (unix) {
+      const p = unixPath(spec);
+      if (!path.isAbsolute(p)) throw new Error(`${spec.side}: socket path ${p} is not absolute`);
+      if (Buffer.byteLength(p) > MAX_SOCKET_PATH) throw new Error(`${spec.side}: socket path ${p} is longer than ${MAX_SOCKET_PATH} bytes (set TMPDIR to a shorter dir)`);
+    }
     let lastErr: Error | undefined;
     for (let attempt = 0; attempt < 3; attempt++) {
-      const port = await freePort();
+      // A stale socket file would make iscsi-nbd fail with EADDRINUSE and could pass for "ready".
+      if (unix) fs.rmSync(unixPath(spec), { force: true });
+      const port = unix ? 0 : await freePort();
       const argv = serverArgv(spec, port);
       const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...serverEnv(spec) } });
       track(child);
@@ -114,7 +165,7 @@ export class NbdServer {
       } catch (err) {
         lastErr = err as Error;
         await srv.stop();
-        if (/EADDRINUSE|Address already in use|bind/i.test(srv.log)) continue;
+        if (!unix && /EADDRINUSE|Address already in use|bind/i.test(srv.log)) continue;
         break;
       }
     }
@@ -124,13 +175,16 @@ export class NbdServer {
   private async waitReady(): Promise<void> {
     const deadline = Date.now() + START_TIMEOUT_MS;
     const died = (): Error => new Error(`${this.side} ${this.exitInfo}: ${this.logText.trim().split('\n').slice(-5).join(' | ')}`);
+    const sock = this.socketPath;
     while (Date.now() < deadline) {
       if (this.exitInfo) throw died();
-      const up = await waitForPort(this.port, '127.0.0.1', 200).then(() => true, () => false);
+      const up = sock !== null
+        ? await waitForUnixSocket(sock, 200).then(() => true, () => false)
+        : await waitForPort(this.port, '127.0.0.1', 200).then(() => true, () => false);
       if (up) break;
     }
     if (this.exitInfo) throw died();
-    if (Date.now() >= deadline) throw new Error(`${this.side} did not listen on ${this.port} within ${START_TIMEOUT_MS} ms: ${this.logText.trim()}`);
+    if (Date.now() >= deadline) throw new Error(`${this.side} did not listen on ${this.address} within ${START_TIMEOUT_MS} ms: ${this.logText.trim()}`);
     // Listening is not enough: the export must finish a handshake (the server logs in behind it).
     let last = '';
     while (Date.now() < deadline) {
@@ -144,17 +198,35 @@ export class NbdServer {
     throw new Error(`${this.side} export never answered: ${last}`);
   }
 
-  /** Stop the server (SIGTERM, then SIGKILL of its group after 3 s). Safe to call twice. */
+  /** Stop the server (SIGTERM, then SIGKILL of its group after 3 s) and remove its socket file. Safe to call twice. */
   async stop(): Promise<void> {
-    if (this.exitInfo !== null) return;
-    const gone = new Promise<void>((r) => {
-      if (this.exitInfo !== null) r();
-      this.child.once('exit', () => r());
+    if (this.exitInfo === null) {
+      const gone = new Promise<void>((r) => {
+        if (this.exitInfo !== null) r();
+        this.child.once('exit', () => r());
+      });
+      killGroup(this.child, 'SIGTERM');
+      const t = setTimeout(() => killGroup(this.child), 3000);
+      await Promise.race([gone, sleep(6000)]);
+      clearTimeout(t);
+      killGroup(this.child);
+    }
+    const sock = this.socketPath;
+    if (sock !== null) fs.rmSync(sock, { force: true });
+  }
+}
+
+/** Resolve once something accepts connections on the unix socket, or reject after timeoutMs. */
+export async function waitForUnixSocket(socketPath: string, timeoutMs = 10000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect({ path: socketPath });
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => { s.destroy(); resolve(false); });
     });
-    killGroup(this.child, 'SIGTERM');
-    const t = setTimeout(() => killGroup(this.child), 3000);
-    await Promise.race([gone, sleep(6000)]);
-    clearTimeout(t);
-    killGroup(this.child);
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listening on ${socketPath} after ${timeoutMs} ms`);
+    await sleep(50);
   }
 }

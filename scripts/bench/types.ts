@@ -1,7 +1,7 @@
 // Shapes of the benchmark's JSON output (bench-results.json). Units are in the names:
 // MiB/s, microseconds, MiB, seconds. null means "not measured".
 
-import type { RowDef } from './rows';
+import type { RowDef, Transport } from './rows';
 import type { SideName } from './servers';
 
 export interface RunRecord {
@@ -59,6 +59,8 @@ export interface CeilingSummary {
   mibps: number | null;
   iops: number | null;
   argv: string[][];
+  /** Id of the earlier row whose iscsi-perf run this reuses (same LUN and job; the NBD transport does not matter to it). */
+  reusedFrom?: string;
 }
 
 export interface GoalResult {
@@ -71,8 +73,8 @@ export interface GoalResult {
   stretch: boolean;
 }
 
-/** A row as defined in rows.ts, plus what the run measured. */
-export interface RowResult extends Pick<RowDef, 'id' | 'title' | 'lun' | 'rw' | 'bs' | 'iodepth' | 'conns'> {
+/** A row as defined in rows.ts, plus what the run measured. transport: 'tcp' (loopback) or 'unix' (AF_UNIX). */
+export interface RowResult extends Pick<RowDef, 'id' | 'title' | 'lun' | 'transport' | 'rw' | 'bs' | 'iodepth' | 'conns'> {
   ours: SideSummary;
   qemu: SideSummary;
   /** Median over A/B pairs of ours MiB/s / qemu-nbd MiB/s. */
@@ -112,6 +114,8 @@ export interface BenchConfig {
   ceiling: boolean;
   /** --only: the one side measured, or null for both. */
   only: SideName | null;
+  /** --transport: only rows over this transport, or null for all. */
+  transport: Transport | null;
   rows: string[];
 }
 
