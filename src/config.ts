@@ -55,6 +55,20 @@ export interface TimeoutsConfig {
   nopTimeout: number;
   /** Seconds an NBD client has to finish its handshake. */
   handshake: number;
+  /** Mapped devices: the kernel's request timeout (a request unanswered this long is re-sent on a new socket). */
+  io: number;
+  /** Mapped devices: how long the kernel holds I/O while no socket is alive (a daemon restart must fit in it). */
+  reattach: number;
+}
+
+/** A kernel device the daemon maps at start (config `devices:`). */
+export interface DeviceConfig {
+  /** iscsi:// URL, or the name of an export in this config. */
+  url: string;
+  /** /dev/nbdN to use; else the kernel picks one. */
+  device?: string;
+  connections?: number;
+  readOnly?: boolean;
 }
 
 export interface DaemonConfig {
@@ -69,6 +83,11 @@ export interface DaemonConfig {
   logLevel?: string;
   timeouts: TimeoutsConfig;
   exports: ExportConfig[];
+  /** Where mappings (and the generated initiator name) are kept. */
+  stateDir?: string;
+  /** Kernel connections per mapped device (default 1). */
+  connections?: number;
+  devices: DeviceConfig[];
 }
 
 export const DEFAULT_TIMEOUTS: TimeoutsConfig = {
@@ -79,6 +98,8 @@ export const DEFAULT_TIMEOUTS: TimeoutsConfig = {
   nopInterval: 5,
   nopTimeout: 10,
   handshake: 10,
+  io: 30,
+  reattach: 120,
 };
 
 const digestEnum = ['none', 'crc32c', 'prefer-crc32c', 'prefer-none'];
@@ -115,6 +136,22 @@ export const CONFIG_SCHEMA = {
     logLevel: { enum: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] },
     metrics: { type: 'string', minLength: 1 },
     control: { type: 'string', minLength: 1 },
+    stateDir: { type: 'string', minLength: 1 },
+    connections: { type: 'integer', minimum: 1, maximum: 16 },
+    devices: {
+      type: 'array',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['url'],
+        properties: {
+          url: { type: 'string', minLength: 1 },
+          device: { type: 'string', pattern: '^(/dev/nbd|nbd)?[0-9]+$' },
+          connections: { type: 'integer', minimum: 1, maximum: 16 },
+          readOnly: { type: 'boolean' },
+        },
+      },
+    },
     tls: {
       type: 'object',
       additionalProperties: false,
@@ -241,6 +278,9 @@ function normalise(raw: Record<string, unknown>): DaemonConfig {
     logLevel: raw.logLevel as string | undefined,
     timeouts: { ...DEFAULT_TIMEOUTS, ...((raw.timeouts as Partial<TimeoutsConfig> | undefined) ?? {}) },
     exports: exportsList,
+    stateDir: raw.stateDir as string | undefined,
+    connections: raw.connections as number | undefined,
+    devices: (raw.devices as DeviceConfig[] | undefined) ?? [],
   };
 }
 

@@ -79,6 +79,7 @@ export async function run(argv: DemoArgs): Promise<void> {
     control: argv.control,
     initiatorName: argv['initiator-name'],
     timeouts: { ...DEFAULT_TIMEOUTS },
+    devices: [],
     exports: [{ name: 'demo', url: `iscsi://${portal.host}:${portal.port}/${DEMO_TARGET}/0`, description: `iscsi-nbd demo LUN (${file})` }],
   };
   let daemon;

@@ -51,7 +51,7 @@ export interface ServeArgs extends SecretOptions, LogArgs {
 export function buildConfig(argv: ServeArgs): DaemonConfig {
   const base: DaemonConfig = argv.config
     ? loadConfig(argv.config)
-    : { listen: [], sessions: 2, digest: 'prefer-none', readOnly: false, tls: { mode: 'off' }, timeouts: { ...DEFAULT_TIMEOUTS }, exports: [] };
+    : { listen: [], sessions: 2, digest: 'prefer-none', readOnly: false, tls: { mode: 'off' }, timeouts: { ...DEFAULT_TIMEOUTS }, exports: [], devices: [] };
   const cfg: DaemonConfig = { ...base, timeouts: { ...base.timeouts }, tls: { ...base.tls }, exports: [...base.exports] };
   if (argv.listen?.length) cfg.listen = argv.listen;
   if (cfg.listen.length === 0) cfg.listen = ['127.0.0.1:10809'];

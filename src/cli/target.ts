@@ -3,7 +3,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { ConfigError } from '../errors';
 import { rootLogger } from '../log';
-import { FileBackend, LunBackend, MemoryBackend, parseSize } from '../target/backend';
+import { FileBackend, LunBackend, MemoryBackend, parseSize, SIZE_FORMS } from '../target/backend';
 import type { ChapConfig } from '../target/engine';
 import { TargetServer } from '../target/server';
 import { setupLogging, withCommonOptions } from './common';
@@ -56,20 +56,45 @@ function splitCred(s: string, what: string): { user: string; secret: string } {
   return { user: s.slice(0, i), secret };
 }
 
-function looksLikeSize(s: string): boolean {
-  return /^\d+(?:\.\d+)?\s*[kmgtp]?(i?b)?$/i.test(s);
+/**
+ * A --lun argument: a size (a memory LUN), a mistyped size, or a file. Anything
+ * shaped like a number with a unit ("12Q", "10Gb" is fine, "3X" is not) is a
+ * size: a typo must not become a new 1 GiB file named "12Q".
+ */
+export function lunSpecKind(spec: string): 'size' | 'file' {
+  if (/^\d+(?:\.\d+)?\s*[A-Za-z]*$/.test(spec.trim())) return 'size';
+  return 'file';
+}
+
+function lunSize(spec: string, i: number): number {
+  try {
+    return parseSize(spec);
+  } catch (e) {
+    throw new ConfigError(
+      'ECONFIG',
+      `bad size "${spec}" in --lun (LUN ${i}): use ${SIZE_FORMS} for a memory LUN, or a path for a file LUN (./${spec} for a file named like that)`,
+      { cause: e },
+    );
+  }
 }
 
 export async function openLuns(a: Pick<TargetArgs, 'lun' | 'size' | 'block-size' | 'read-only'>): Promise<LunBackend[]> {
   const specs = a.lun && a.lun.length > 0 ? a.lun : ['1G'];
   const bs = a['block-size'];
+  // --size is checked even when no file LUN needs it: a typo is a typo.
+  let fileSize: number;
+  try {
+    fileSize = parseSize(a.size);
+  } catch (e) {
+    throw new ConfigError('ECONFIG', `bad --size "${a.size}": use ${SIZE_FORMS}`, { cause: e });
+  }
   const out: LunBackend[] = [];
   try {
     for (const [i, spec] of specs.entries()) {
-      if (looksLikeSize(spec)) {
-        out.push(new MemoryBackend({ size: roundDown(parseSize(spec), bs), blockSize: bs, readOnly: a['read-only'], identitySeed: `memory-lun:${i}` }));
+      if (lunSpecKind(spec) === 'size') {
+        out.push(new MemoryBackend({ size: roundDown(lunSize(spec, i), bs), blockSize: bs, readOnly: a['read-only'], identitySeed: `memory-lun:${i}` }));
       } else {
-        out.push(await FileBackend.open({ path: spec, size: roundDown(parseSize(a.size), bs), blockSize: bs, readOnly: a['read-only'] }));
+        out.push(await FileBackend.open({ path: spec, size: roundDown(fileSize, bs), blockSize: bs, readOnly: a['read-only'] }));
       }
     }
   } catch (e) {

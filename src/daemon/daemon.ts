@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { NbdServer, NbdTlsOptions } from '../nbd/server';
-import { ExportManager } from '../bridge/manager';
+import { ExportManager, ManagerOptions } from '../bridge/manager';
 import { DaemonConfig, parseListen, readSecret } from '../config';
 import { ConfigError } from '../errors';
 import { Metrics, startMetricsServer } from '../metrics';
@@ -9,7 +9,11 @@ import { authFor, SecretOptions } from '../credentials';
 import { formatHostPort } from '../iscsi/url';
 import { notifySystemd } from './notify';
 import { startControlServer, ControlHandler } from './control';
-import { defaultControlPath, initiatorName } from './paths';
+import { defaultControlPath, defaultStateDir, initiatorName } from './paths';
+import { DeviceManager, KernelNbd, MapRequest } from './devices';
+import { MappingStore } from './mapping-store';
+import { claimStateDir, releaseStateDir } from './owner';
+import { parseDevice } from '../nbd/netlink/kernel';
 import { planReload } from './reload';
 import { clientStatus, DaemonStatus, exportsStatus } from './status';
 
@@ -22,11 +26,14 @@ export interface DaemonOptions {
   secrets?: SecretOptions;
   /** Re-read the configuration on reload (SIGHUP); absent: reload does nothing. */
   reloadConfig?: () => DaemonConfig;
+  /** The kernel's NBD devices (tests pass a fake); default: netlink. */
+  kernel?: () => Promise<KernelNbd>;
 }
 
 export interface RunningDaemon {
   manager: ExportManager;
   server: NbdServer;
+  devices: DeviceManager;
   initiatorName: string;
   status(): DaemonStatus;
   stop(reason?: string): Promise<void>;
@@ -56,10 +63,11 @@ function tlsOptions(cfg: DaemonConfig): NbdTlsOptions | undefined {
 export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): Promise<RunningDaemon> {
   const log = rootLogger();
   const metrics = cfg.metrics ? new Metrics() : undefined;
-  const iname = initiatorName(cfg.initiatorName);
+  const stateDir = cfg.stateDir ?? defaultStateDir();
+  const iname = initiatorName(cfg.initiatorName, stateDir);
   log.info({ initiatorName: iname }, 'initiator name');
   const secrets = opts.secrets ?? {};
-  const manager = new ExportManager({
+  const managerOptions: ManagerOptions = {
     initiatorName: iname,
     sessions: cfg.sessions,
     digest: cfg.digest,
@@ -74,7 +82,8 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
         targetUser: spec.chap.targetUser,
         targetSecret: readSecret({ value: spec.chap.targetSecret, file: spec.chap.targetSecretFile, env: spec.chap.targetSecretEnv }, 'the target CHAP secret'),
       }),
-  });
+  };
+  const manager = new ExportManager(managerOptions);
   const results = await Promise.allSettled(cfg.exports.map((e) => manager.add(e)));
   const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed.length > 0) {
@@ -97,6 +106,33 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     }
   }
   for (const a of server.addresses()) log.info({ address: typeof a === 'string' ? a : formatHostPort(a.address, a.port) }, 'serving NBD');
+
+  // Mapped devices: their LUNs are not NBD exports anyone may connect to; the
+  // kernel reaches them only through the socketpairs handed to it.
+  const control = cfg.control ?? defaultControlPath();
+  const mapped = new ExportManager({ ...managerOptions, log: log.child({ component: 'devices' }) });
+  const kernelServer = new NbdServer({ exports: mapped, log: log.child({ component: 'devices' }) });
+  const store = new MappingStore(stateDir);
+  const devices = new DeviceManager({
+    kernel: opts.kernel ?? (async () => (await import('./kernel')).openKernel()),
+    store,
+    exports: mapped,
+    server: kernelServer,
+    defaults: { connections: cfg.connections ?? 1, ioTimeout: cfg.timeouts.io, reattachTimeout: cfg.timeouts.reattach },
+    configExport: (name) => cfg.exports.find((e) => e.name === name),
+    log: log.child({ component: 'devices' }),
+  });
+  let owner = false;
+  const own = (): void => {
+    if (owner) return;
+    claimStateDir(stateDir, control);
+    owner = true;
+  };
+  if (store.load().records.length > 0 || cfg.devices.length > 0) {
+    own();
+    await devices.restore();
+    await devices.ensure(cfg.devices.map((d) => ({ url: d.url, device: d.device === undefined ? undefined : parseDevice(d.device), connections: d.connections, readOnly: d.readOnly })));
+  }
 
   metrics?.setSource(() =>
     [...manager.exports.values()].map((e) => ({
@@ -122,7 +158,14 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     listen: server.addresses().map((a) => (typeof a === 'string' ? a : formatHostPort(a.address, a.port))),
     exports: exportsStatus(manager),
     clients: server.connections().map(clientStatus),
+    stateDir,
+    mappings: devices.list(),
   });
+  const sameStateDir = (req: Record<string, unknown>): void => {
+    if (typeof req.stateDir === 'string' && req.stateDir !== stateDir) {
+      throw new ConfigError('ECONFIG', `the daemon at ${control} keeps its mappings in ${stateDir}, not ${req.stateDir} (give --control for the other daemon)`);
+    }
+  };
 
   const doReload = async (): Promise<void> => {
     if (!opts.reloadConfig) return;
@@ -161,23 +204,43 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
 
   let reloading: Promise<void> = Promise.resolve();
   let stopping: Promise<void> | undefined;
-  const handlers: Record<string, ControlHandler> = { status };
-  const control = await startControlServer(cfg.control ?? defaultControlPath(), handlers).catch((err) => {
+  const handlers: Record<string, ControlHandler> = {
+    status,
+    map: async (req) => {
+      sameStateDir(req);
+      own();
+      return devices.map(req as unknown as MapRequest);
+    },
+    unmap: async (req) => {
+      sameStateDir(req);
+      await devices.unmap(parseDevice(String(req.device)), req.force === true);
+      return { device: `/dev/nbd${parseDevice(String(req.device))}` };
+    },
+    'list-mapped': (req) => {
+      sameStateDir(req);
+      return { mappings: devices.list(), problems: devices.storeProblems.map((p) => p.message) };
+    },
+  };
+  const controlSrv = await startControlServer(control, handlers).catch((err) => {
     log.warn({ err: (err as Error).message }, 'control socket not available; `iscsi-nbd status` will not reach this daemon');
     return undefined;
   });
   return {
     manager,
     server,
+    devices,
     initiatorName: iname,
     status,
     stop(reason = 'stop') {
       if (!stopping) {
         stopping = (async () => {
-          log.info({ reason }, 'stopping: draining NBD clients, flushing and logging out');
-          await server.close({ drainMs: 30_000 });
-          await manager.closeAll();
-          control?.close();
+          log.info({ reason }, 'stopping: draining NBD clients, flushing and logging out; mapped devices stay for the next daemon');
+          // Mapped devices first: answer what the kernel sent, read nothing more.
+          await devices.handOver();
+          await Promise.all([server.close({ drainMs: 30_000 }), kernelServer.close({ drainMs: 0 })]);
+          await Promise.all([manager.closeAll(), mapped.closeAll()]);
+          if (owner) releaseStateDir(stateDir);
+          controlSrv?.close();
           metricsSrv?.close();
           log.info('stopped');
         })();

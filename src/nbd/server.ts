@@ -11,7 +11,7 @@ import { ConfigError } from '../errors';
 import type { Export } from '../bridge/export';
 import { HandshakeEngine, HandshakeResult, TlsMode } from './handshake';
 import { TransmissionEngine } from './transmission';
-import { ExportRegistry, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_BUFFERED } from './common';
+import { ExportRegistry, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_BUFFERED, transmissionFlagsFor } from './common';
 import { NBD_DEFAULT_PORT } from './constants';
 
 /** After draining, how long a connection stays open answering ESHUTDOWN before it is closed. */
@@ -46,6 +46,20 @@ export interface NbdServerOptions {
   /** Per connection: bytes held (payloads, replies, unsent output) before reading pauses. Default 16 MiB. */
   maxBufferedBytes?: number;
   log?: Logger;
+}
+
+/** A connection served without a handshake (see NbdServer.adopt). */
+export interface AdoptedConnection {
+  id: number;
+  /** Resolves with the reason once the socket is closed, by either side. */
+  closed: Promise<string>;
+  /**
+   * Stop reading new requests, answer every request already read, then close:
+   * what the kernel has not handed us yet stays queued in the kernel for the
+   * next daemon, and nothing gets ESHUTDOWN. Resolves once the socket is closed.
+   */
+  handOver(timeoutMs: number): Promise<void>;
+  info(): NbdConnectionInfo;
 }
 
 export type NbdListenAddress = { host?: string; port?: number } | { path: string };
@@ -153,6 +167,27 @@ export class NbdServer extends EventEmitter {
     await Promise.all(victims.map((c) => c.shutdown(drainMs)));
   }
 
+  /**
+   * Serve a socket that is already in the transmission phase: the kernel's
+   * end of a socketpair handed over with netlink NBD_CMD_CONNECT/RECONFIGURE
+   * skips the handshake. Simple replies only, as the kernel wants.
+   */
+  adopt(sock: net.Socket, exportName: string, exp: Export, label = 'kernel'): AdoptedConnection {
+    const c = new Connection(this, this.nextId++, sock, label, this.log);
+    this.conns.set(c.id, c);
+    this.emit('connection', c.info());
+    c.startTransmission({
+      export: exp,
+      exportName,
+      structuredReplies: false,
+      metaContexts: new Map(),
+      transmissionFlags: transmissionFlagsFor(exp, false),
+      blockSizeRequested: false,
+      leftover: Buffer.alloc(0),
+    });
+    return { id: c.id, closed: c.whenClosed(), handOver: (ms) => c.handOver(ms), info: () => c.info() };
+  }
+
   // ---- internals used by Connection ----
 
   /** @internal */ unregister(c: Connection, reason: string): void {
@@ -216,6 +251,9 @@ class Connection {
   private closed = false;
   private closedPromise: Promise<void>;
   private resolveClosed!: () => void;
+  private closeReason = '';
+  /** Handing over: reading stays paused whatever the engine asks. */
+  private holding = false;
   private readonly maxBuffered: number;
 
   constructor(
@@ -256,13 +294,47 @@ class Connection {
     };
   }
 
+  private listen(): void {
+    this.raw.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
+    this.raw.on('close', () => this.onClose('socket closed'));
+    this.raw.on('data', this.onData);
+  }
+
+  whenClosed(): Promise<string> {
+    return this.closedPromise.then(() => this.closeReason);
+  }
+
+  /** A socket that starts in the transmission phase (no handshake, no TLS). */
+  startTransmission(r: HandshakeResult): void {
+    this.log.debug('NBD connection adopted in transmission phase');
+    this.listen();
+    this.onNegotiated(r);
+  }
+
+  async handOver(timeoutMs: number): Promise<void> {
+    if (this.closed) return;
+    this.holding = true;
+    this.sock.pause();
+    const deadline = Date.now() + timeoutMs;
+    // Requests already read are answered, including whole ones the engine
+    // still had queued (a tick lets it start them); a partial one is left to
+    // the kernel, which re-sends it on the next socket.
+    while (this.tx && !this.closed && Date.now() < deadline) {
+      await Promise.race([this.tx.whenIdle(), this.closedPromise, new Promise((r) => setTimeout(r, 50))]);
+      await new Promise((r) => setImmediate(r));
+      if (this.tx.inFlight === 0) break;
+    }
+    this.cork.flush();
+    while (this.sock.writableLength > 0 && Date.now() < deadline && !this.closed) await new Promise((r) => setTimeout(r, 10));
+    this.fail('handed over');
+    await this.closedPromise;
+  }
+
   start(): void {
     const o = this.server.options;
     this.log.debug('NBD connection accepted');
     this.raw.setNoDelay(true);
-    this.raw.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
-    this.raw.on('close', () => this.onClose('socket closed'));
-    this.raw.on('data', this.onData);
+    this.listen();
     this.timer = setTimeout(() => this.fail('handshake timeout'), o.handshakeTimeoutMs ?? 10_000);
     this.timer.unref?.();
     this.hs = new HandshakeEngine(
@@ -360,7 +432,9 @@ class Connection {
       {
         send: (bufs, sent) => this.send(bufs, sent),
         pause: () => this.sock.pause(),
-        resume: () => this.sock.resume(),
+        resume: () => {
+          if (!this.holding) this.sock.resume();
+        },
         close: (reason, soft) => (soft ? this.end(reason) : this.fail(reason)),
       },
     );
@@ -398,6 +472,7 @@ class Connection {
   private onClose(reason: string): void {
     if (this.closed) return;
     this.closed = true;
+    this.closeReason = reason;
     if (this.timer) clearTimeout(this.timer);
     this.tx?.closed();
     if (this.exp) {

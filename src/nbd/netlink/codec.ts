@@ -333,14 +333,6 @@ export interface NlAck {
   missingAttrNest?: number;
 }
 
-export function isAck(msg: NlMessage): boolean {
-  return msg.type === NLMSG_ERROR;
-}
-
-export function isDone(msg: NlMessage): boolean {
-  return msg.type === NLMSG_DONE;
-}
-
 // Layout read (payload of NLMSG_ERROR, struct nlmsgerr): error i32 (negative errno, or 0
 // for an ACK), the request's nlmsghdr (16 bytes), then the rest of the request unless
 // NLM_F_CAPPED is set or error is 0, then, when NLM_F_ACK_TLVS is set, nlattrs
@@ -358,7 +350,7 @@ export function parseAck(msg: NlMessage): NlAck {
     seq: c.u32('echoed nlmsg_seq'),
     pid: c.u32('echoed nlmsg_pid'),
   };
-  const ack: NlAck = { errno: -error, seq: msg.seq, request };
+  const ack: NlAck = { errno: error === 0 ? 0 : -error, seq: msg.seq, request };
   if (error !== 0 && (msg.flags & NLM_F_CAPPED) === 0) {
     if (reqLen < NLMSG_HDRLEN) throw new NetlinkMessageError(`echoed nlmsg_len ${reqLen} is below 16`);
     c.bytes(reqLen - NLMSG_HDRLEN, 'echoed request');

@@ -65,8 +65,8 @@ export interface MulticastWatch {
 }
 
 const MODPROBE_HINT =
-  'the kernel has no nbd module loaded: run `modprobe nbd` (as root). ' +
-  '(`modinfo nbd` tells whether this kernel has the module at all.)';
+  'the kernel has no nbd module loaded: run `modprobe nbd` (as root); ' +
+  '`modinfo nbd` shows whether this kernel has the module at all';
 
 function commandName(cmd: number): string {
   return NBD_CMD_NAMES[cmd] ?? `command ${cmd}`;
