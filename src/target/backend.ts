@@ -63,13 +63,23 @@ function checkGeometry(size: number, blockSize: number): void {
   }
 }
 
-/** Parse "1G", "512M", "4096", "10GiB" into bytes. */
+/** The sizes parseSize accepts, for messages. */
+export const SIZE_FORMS = 'a number of bytes (4096), or a number with K, M, G or T, optionally followed by iB or B (512M, 1.5G, 2GiB, 10gb; any case, all powers of 1024)';
+
+/**
+ * Parse a size into bytes: "4096" (or "4096B") is bytes; "512M", "1.5G",
+ * "2GiB", "10gb" are multiples of 1024: K, M, G, T in either case,
+ * optionally followed by "iB" or "B" (any case). Anything else (an unknown
+ * unit such as "12Q", a fraction of a byte, zero) is refused.
+ */
 export function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?$/i.exec(s.trim());
-  if (!m) throw new ConfigError('ECONFIG', `bad size "${s}" (use e.g. 1G, 512M, 1048576)`);
-  const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50 }[m[2].toLowerCase()]!;
+  const m = /^(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?b)?|(b)?)$/i.exec(s.trim());
+  if (!m) throw new ConfigError('ECONFIG', `bad size "${s}": use ${SIZE_FORMS}`);
+  const unit = (m[2] ?? '').toLowerCase();
+  const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[unit]!;
+  if (unit === '' && m[1].includes('.')) throw new ConfigError('ECONFIG', `bad size "${s}": a number of bytes must be whole (or use ${SIZE_FORMS})`);
   const n = Math.round(Number(m[1]) * mult);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new ConfigError('ECONFIG', `bad size "${s}"`);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new ConfigError('ECONFIG', `bad size "${s}": it must be more than 0 and at most 2^53 bytes`);
   return n;
 }
 
