@@ -7,6 +7,7 @@ import { targetCommand } from './target';
 import { statusCommand } from './status';
 import { copyCommand } from './copy';
 import { checkConfigCommand } from './check-config';
+import { mapCommand, unmapCommand, listMappedCommand } from './map';
 
 // The command line: each command is a yargs CommandModule in its own file;
 // this file only lists them and turns a failure into an exit code.
@@ -28,8 +29,11 @@ export async function main(args: string[]): Promise<void> {
     .command(statusCommand)
     .command(copyCommand)
     .command(checkConfigCommand)
+    .command(mapCommand)
+    .command(unmapCommand)
+    .command(listMappedCommand)
     .middleware(envMiddleware as never, true)
-    .demandCommand(1, 'name a command: discover, serve, demo, target, status, copy, check-config')
+    .demandCommand(1, 'name a command: discover, serve, map, unmap, list-mapped, demo, target, status, copy, check-config')
     .strict()
     .recommendCommands()
     .help()

@@ -21,7 +21,10 @@ export function options<T>(y: Argv<T>) {
     .option('control', { type: 'string', describe: 'unix socket for `iscsi-nbd status` (default in the runtime dir)' })
     .option('replacement-timeout', { type: 'number', describe: `seconds an iSCSI outage may last before I/O fails (default ${DEFAULT_TIMEOUTS.replacement})` })
     .option('command-timeout', { type: 'number', describe: `seconds before a SCSI command is aborted (default ${DEFAULT_TIMEOUTS.command})` })
-    .option('handshake-timeout', { type: 'number', describe: `seconds an NBD client has to negotiate (default ${DEFAULT_TIMEOUTS.handshake})` });
+    .option('handshake-timeout', { type: 'number', describe: `seconds an NBD client has to negotiate (default ${DEFAULT_TIMEOUTS.handshake})` })
+    .option('state-dir', { type: 'string', describe: 'where mapped devices are recorded (default /var/lib/iscsi-nbd as root)' })
+    .option('io-timeout', { type: 'number', describe: `mapped devices: seconds before the kernel re-sends an unanswered request (default ${DEFAULT_TIMEOUTS.io})` })
+    .option('reattach-timeout', { type: 'number', describe: `mapped devices: seconds the kernel holds I/O for a restarting daemon (default ${DEFAULT_TIMEOUTS.reattach})` });
 }
 
 export interface ServeArgs extends SecretOptions, LogArgs {
@@ -40,6 +43,9 @@ export interface ServeArgs extends SecretOptions, LogArgs {
   'replacement-timeout'?: number;
   'command-timeout'?: number;
   'handshake-timeout'?: number;
+  'state-dir'?: string;
+  'io-timeout'?: number;
+  'reattach-timeout'?: number;
   'initiator-name'?: string;
   digest?: DaemonConfig['digest'];
 }
@@ -53,13 +59,17 @@ export function buildConfig(argv: ServeArgs): DaemonConfig {
     ? loadConfig(argv.config)
     : { listen: [], sessions: 2, digest: 'prefer-none', readOnly: false, tls: { mode: 'off' }, timeouts: { ...DEFAULT_TIMEOUTS }, exports: [], devices: [] };
   const cfg: DaemonConfig = { ...base, timeouts: { ...base.timeouts }, tls: { ...base.tls }, exports: [...base.exports] };
-  if (argv.listen?.length) cfg.listen = argv.listen;
-  if (cfg.listen.length === 0) cfg.listen = ['127.0.0.1:10809'];
   for (const e of argv.export ?? []) {
     const spec = parseExportFlag(e);
     cfg.exports = cfg.exports.filter((x) => x.name !== spec.name);
     cfg.exports.push(spec);
   }
+  if (argv.listen?.length) cfg.listen = argv.listen;
+  // With no exports there is nothing to serve over TCP: the daemon only serves mapped devices.
+  if (cfg.listen.length === 0 && cfg.exports.length > 0) cfg.listen = ['127.0.0.1:10809'];
+  if (argv['state-dir']) cfg.stateDir = argv['state-dir'];
+  if (argv['io-timeout'] !== undefined) cfg.timeouts.io = argv['io-timeout'];
+  if (argv['reattach-timeout'] !== undefined) cfg.timeouts.reattach = argv['reattach-timeout'];
   if (argv.sessions !== undefined) cfg.sessions = argv.sessions;
   if (argv['read-only'] !== undefined) cfg.readOnly = argv['read-only'];
   if (argv.tls) cfg.tls.mode = argv.tls;
@@ -78,7 +88,6 @@ export function buildConfig(argv: ServeArgs): DaemonConfig {
   for (const [k, v] of Object.entries(cfg.timeouts)) {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError('ECONFIG', `timeout ${k} must be a number of seconds >= 0`);
   }
-  if (cfg.exports.length === 0) throw new ConfigError('ECONFIG', 'no exports: give --export NAME=iscsi://host/<iqn>/<lun> or a config file with exports');
   if (!Number.isInteger(cfg.sessions) || cfg.sessions < 1 || cfg.sessions > 64) throw new ConfigError('ECONFIG', '--sessions must be 1..64');
   if (cfg.tls.mode !== 'off' && (!cfg.tls.cert || !cfg.tls.key)) throw new ConfigError('ECONFIG', `--tls ${cfg.tls.mode} needs --tls-cert and --tls-key`);
   if (cfg.tls.verifyClient && !cfg.tls.ca) throw new ConfigError('ECONFIG', '--tls-verify-client needs --tls-ca');
@@ -93,7 +102,8 @@ export async function run(argv: ServeArgs): Promise<void> {
   const { startDaemon, installSignals } = await import('../daemon/daemon');
   const { notifySystemd } = await import('../daemon/notify');
   const daemon = await startDaemon(cfg, { secrets: argv, reloadConfig: argv.config ? () => buildConfig(argv) : undefined });
-  notifySystemd('READY=1\nSTATUS=serving ' + cfg.exports.map((e) => e.name).join(', '));
+  const what = [...cfg.exports.map((e) => e.name), ...daemon.devices.list().map((m) => m.device)];
+  notifySystemd('READY=1\nSTATUS=serving ' + (what.join(', ') || 'no exports yet; waiting for iscsi-nbd map'));
   installSignals(daemon);
 }
 

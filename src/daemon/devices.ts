@@ -44,6 +44,8 @@ export interface MapRequest {
   device?: number;
   connections?: number;
   readOnly?: boolean;
+  ioTimeout?: number;
+  reattachTimeout?: number;
 }
 
 export interface DeviceManagerOptions {
@@ -205,8 +207,12 @@ export class DeviceManager {
 
   /** `iscsi-nbd map`: open the LUN, configure a kernel device for it, wait until it answers. */
   async map(req: MapRequest): Promise<MappingStatus> {
-    const d = this.opts.defaults;
-    const connections = req.connections ?? d.connections;
+    const d = {
+      ioTimeout: req.ioTimeout ?? this.opts.defaults.ioTimeout,
+      reattachTimeout: req.reattachTimeout ?? this.opts.defaults.reattachTimeout,
+    };
+    for (const [k, v] of Object.entries(d)) if (!Number.isFinite(v) || v < 0 || v > 86400) throw new ConfigError('ECONFIG', `${k} must be 0..86400 seconds`);
+    const connections = req.connections ?? this.opts.defaults.connections;
     if (!Number.isInteger(connections) || connections < 1 || connections > 16) throw new ConfigError('ECONFIG', '--connections must be 1..16');
     const kernel = await this.kernel();
     if (req.device !== undefined) {

@@ -1,0 +1,184 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Argv, CommandModule } from 'yargs';
+import { callControl, NoDaemonError } from '../daemon/control';
+import { defaultControlPath, defaultStateDir } from '../daemon/paths';
+import { readOwner, isDaemonAlive } from '../daemon/owner';
+import type { MappingStatus } from '../daemon/status';
+import { MappingStore } from '../daemon/mapping-store';
+import { ConfigError, IscsiNbdError } from '../errors';
+import { redactText } from '../log';
+import { LogArgs, withCommonOptions } from './common';
+
+// `map`, `unmap`, `list-mapped`: the CLI side of devices the daemon owns.
+// They talk to the daemon that owns the state dir over its control socket;
+// `map` starts that daemon in the background when none runs.
+
+interface DeviceArgs extends LogArgs {
+  'state-dir'?: string;
+  control?: string;
+}
+
+interface MapArgs extends DeviceArgs {
+  url: string;
+  device?: string;
+  connections?: number;
+  'read-only'?: boolean;
+  config?: string;
+  'initiator-name'?: string;
+  'io-timeout'?: number;
+  'reattach-timeout'?: number;
+  'daemon-wait'?: number;
+}
+
+/** The map request can take as long as a login and a first read through a slow target. */
+const MAP_TIMEOUT_MS = 180_000;
+
+function stateDirOf(argv: DeviceArgs): string {
+  return path.resolve(argv['state-dir'] ?? defaultStateDir());
+}
+
+/** The owner's control socket when one runs, else the one asked for or the default. */
+function controlOf(argv: DeviceArgs, stateDir: string): string {
+  if (argv.control) return argv.control;
+  const o = readOwner(stateDir);
+  if (o && isDaemonAlive(o.pid)) return o.control;
+  return defaultControlPath();
+}
+
+/** Start `iscsi-nbd serve` for this state dir, detached, logging to a file there; wait for its control socket. */
+async function startDaemon(argv: MapArgs, stateDir: string, control: string): Promise<void> {
+  fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const logFile = path.join(stateDir, 'daemon.log');
+  const out = fs.openSync(logFile, 'a', 0o600);
+  const bin = path.resolve(__dirname, '../../../bin/iscsi-nbd.js');
+  const args = [bin, 'serve', '--state-dir', stateDir, '--control', control, '--log-format', 'json'];
+  if (argv.config) args.push('--config', argv.config);
+  if (argv['initiator-name']) args.push('--initiator-name', argv['initiator-name']);
+  if (argv['log-level']) args.push('--log-level', argv['log-level']);
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out] });
+  fs.closeSync(out);
+  let exited: number | null | undefined;
+  child.once('exit', (code) => (exited = code));
+  child.unref();
+  const deadline = Date.now() + (argv['daemon-wait'] ?? 60) * 1000;
+  while (Date.now() < deadline) {
+    if (exited !== undefined) {
+      throw new IscsiNbdError('EIO', `the daemon exited (code ${exited}) before it was ready; see ${logFile}`);
+    }
+    try {
+      await callControl(control, { op: 'status' }, 2000);
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  throw new IscsiNbdError('ETIMEOUT', `the daemon did not answer on ${control} within ${argv['daemon-wait'] ?? 60} s; see ${logFile}`);
+}
+
+export async function runMap(argv: MapArgs): Promise<void> {
+  const stateDir = stateDirOf(argv);
+  const control = controlOf(argv, stateDir);
+  const req = {
+    op: 'map', stateDir, url: argv.url, connections: argv.connections, readOnly: argv['read-only'],
+    device: argv.device === undefined ? undefined : parseDeviceArg(argv.device),
+    ioTimeout: argv['io-timeout'], reattachTimeout: argv['reattach-timeout'],
+  };
+  let st: MappingStatus;
+  try {
+    st = await callControl<MappingStatus>(control, req, MAP_TIMEOUT_MS);
+  } catch (err) {
+    if (!(err instanceof NoDaemonError)) throw err;
+    await startDaemon(argv, stateDir, control);
+    st = await callControl<MappingStatus>(control, req, MAP_TIMEOUT_MS);
+  }
+  process.stdout.write(`${st.device}\n`);
+}
+
+function parseDeviceArg(s: string): number {
+  const m = /^(?:\/dev\/nbd|nbd)?(\d+)$/.exec(s.trim());
+  if (!m) throw new ConfigError('ECONFIG', `"${s}" is not an NBD device: expected /dev/nbdN`);
+  return Number(m[1]);
+}
+
+export async function runUnmap(argv: DeviceArgs & { device: string; force?: boolean }): Promise<void> {
+  const stateDir = stateDirOf(argv);
+  const index = parseDeviceArg(argv.device);
+  try {
+    await callControl(controlOf(argv, stateDir), { op: 'unmap', stateDir, device: index, force: argv.force === true }, MAP_TIMEOUT_MS);
+  } catch (err) {
+    if (err instanceof NoDaemonError) {
+      throw new IscsiNbdError('EIO', `no daemon serves ${stateDir}: start it (iscsi-nbd serve --state-dir ${stateDir}), then unmap; the device keeps its I/O waiting for it`);
+    }
+    throw err;
+  }
+}
+
+export function renderMappings(list: MappingStatus[]): string {
+  if (list.length === 0) return '';
+  const rows = [['DEVICE', 'STATE', 'BLOCK', 'SIZE', 'CONNS', 'IDENTITY', 'URL']];
+  for (const m of list) rows.push([m.device, m.state, String(m.blockSize), m.size, String(m.connections), m.identity, m.url + (m.readOnly ? ' (ro)' : '')]);
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i]))).join('  ')).join('\n') + '\n';
+}
+
+export async function runListMapped(argv: DeviceArgs & { json?: boolean }): Promise<void> {
+  const stateDir = stateDirOf(argv);
+  let list: MappingStatus[];
+  let problems: string[] = [];
+  try {
+    const r = await callControl<{ mappings: MappingStatus[]; problems: string[] }>(controlOf(argv, stateDir), { op: 'list-mapped', stateDir });
+    list = r.mappings;
+    problems = r.problems;
+  } catch (err) {
+    if (!(err instanceof NoDaemonError)) throw err;
+    // No daemon: the records say what is mapped; their devices wait for one.
+    const loaded = new MappingStore(stateDir).load();
+    problems = loaded.problems.map((p) => p.message);
+    list = loaded.records.map((r) => ({
+      device: `/dev/nbd${r.index}`, index: r.index, url: redactText(r.url), export: r.exportName ?? '',
+      identity: r.identity, blockSize: r.blockSize, size: r.size, connections: r.connections, readOnly: r.readOnly, state: 'no daemon',
+    }));
+  }
+  process.stdout.write(argv.json ? JSON.stringify(list, null, 2) + '\n' : renderMappings(list));
+  for (const p of problems) process.stderr.write(`iscsi-nbd: ${p}\n`);
+}
+
+const deviceOptions = <T>(y: Argv<T>) =>
+  y
+    .option('state-dir', { type: 'string', describe: 'the daemon\'s state dir (default /var/lib/iscsi-nbd as root)' })
+    .option('control', { type: 'string', describe: 'the daemon\'s control socket (default: the state dir\'s daemon, else the standard one)' });
+
+export const mapCommand: CommandModule<object, MapArgs> = {
+  command: 'map <url>',
+  describe: 'attach a LUN as /dev/nbdN, served by the daemon (started in the background if needed)',
+  builder: (y) =>
+    deviceOptions(withCommonOptions(y))
+      .positional('url', { type: 'string', demandOption: true, describe: 'iscsi://[user%pass@]host[:port]/<iqn>/<lun>, or an export name from the config' })
+      .option('device', { type: 'string', describe: '/dev/nbdN to use (default: the kernel picks a free one)' })
+      .option('connections', { type: 'number', describe: 'kernel connections to the daemon (default 1)' })
+      .option('read-only', { type: 'boolean', describe: 'map read-only' })
+      .option('config', { type: 'string', describe: 'config file for a daemon that map starts' })
+      .option('io-timeout', { type: 'number', describe: 'seconds before the kernel re-sends an unanswered request' })
+      .option('reattach-timeout', { type: 'number', describe: 'seconds the kernel holds I/O while the daemon restarts' })
+      .option('daemon-wait', { type: 'number', describe: 'seconds to wait for a daemon map starts (default 60)' }) as unknown as Argv<MapArgs>,
+  handler: (argv) => runMap(argv),
+};
+
+export const unmapCommand: CommandModule<object, DeviceArgs & { device: string; force?: boolean }> = {
+  command: 'unmap <device>',
+  describe: 'flush and detach a mapped /dev/nbdN and forget it',
+  builder: (y) =>
+    deviceOptions(withCommonOptions(y))
+      .positional('device', { type: 'string', demandOption: true, describe: '/dev/nbdN' })
+      .option('force', { type: 'boolean', describe: 'detach even if it is mounted (the filesystem loses what it has not written)' }) as never,
+  handler: (argv) => runUnmap(argv),
+};
+
+export const listMappedCommand: CommandModule<object, DeviceArgs & { json?: boolean }> = {
+  command: 'list-mapped',
+  describe: 'list the mapped devices: device, state, block size, size, connections, LUN identity, URL',
+  builder: (y) => deviceOptions(y).option('json', { type: 'boolean', default: false }) as never,
+  handler: (argv) => runListMapped(argv),
+};

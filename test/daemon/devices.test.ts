@@ -1,0 +1,318 @@
+// The device manager against a real tgtd, with a fake kernel that behaves as
+// drivers/block/nbd.c does at its netlink and socket edges: it takes the
+// socketpair ends it is given, speaks NBD transmission (simple replies) over
+// them, keeps a device's backend identifier, and on RECONFIGURE replaces only
+// dead sockets (dropping the new one silently when none is dead). The real
+// kernel is exercised in the VM test (test/e2e/map.test.ts).
+
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import { spawn } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
+import { startDaemon, type RunningDaemon } from '../../src/daemon/daemon';
+import type { KernelNbd } from '../../src/daemon/devices';
+import { createSocketPair, closeFd } from '../../src/nbd/netlink/kernel';
+import { DEFAULT_TIMEOUTS, type DaemonConfig } from '../../src/config';
+import { setRootLogger, createLogger } from '../../src/log';
+import { callControl } from '../../src/daemon/control';
+import { req } from '../nbd/util';
+
+const CMD_READ = 0;
+const CMD_WRITE = 1;
+const CMD_DISC = 2;
+
+/** A kernel-side NBD connection: sends requests, matches replies by cookie. */
+class KernelSock {
+  private buf = Buffer.alloc(0);
+  private next = 1n;
+  private readonly waiting = new Map<bigint, { len: number; resolve: (r: { error: number; data: Buffer }) => void }>();
+  readonly closed: Promise<void>;
+
+  constructor(readonly sock: net.Socket) {
+    sock.on('data', (c: Buffer) => this.onData(c));
+    sock.on('error', () => undefined);
+    this.closed = new Promise((r) =>
+      sock.once('close', () => {
+        // Unanswered requests stay with the kernel, which re-sends them on a new socket.
+        for (const w of this.waiting.values()) w.resolve({ error: -1, data: Buffer.alloc(0) });
+        this.waiting.clear();
+        r();
+      }),
+    );
+  }
+
+  get dead(): boolean {
+    return this.sock.destroyed;
+  }
+
+  private onData(c: Buffer): void {
+    this.buf = Buffer.concat([this.buf, c]);
+    for (;;) {
+      if (this.buf.length < 16) return;
+      assert.equal(this.buf.readUInt32BE(0), 0x67446698, 'simple reply magic');
+      const error = this.buf.readUInt32BE(4);
+      const cookie = this.buf.readBigUInt64BE(8);
+      const w = this.waiting.get(cookie);
+      assert.ok(w, `reply for unknown cookie ${cookie}`);
+      const len = error ? 0 : w.len;
+      if (this.buf.length < 16 + len) return;
+      const data = Buffer.from(this.buf.subarray(16, 16 + len));
+      this.buf = this.buf.subarray(16 + len);
+      this.waiting.delete(cookie);
+      w.resolve({ error, data });
+    }
+  }
+
+  io(type: number, offset: number, length: number, payload?: Buffer): Promise<{ error: number; data: Buffer }> {
+    const cookie = this.next++;
+    return new Promise((resolve) => {
+      this.waiting.set(cookie, { len: type === CMD_READ ? length : 0, resolve });
+      this.sock.write(req(type, cookie, offset, length, 0, payload));
+    });
+  }
+}
+
+interface FakeDevice {
+  backendId: string;
+  sizeBytes: bigint;
+  blockSize: number;
+  socks: KernelSock[];
+}
+
+class FakeKernel implements KernelNbd {
+  readonly devices = new Map<number, FakeDevice>();
+  private readonly owned = new Set<number>();
+  reconfigures = 0;
+  dropped = 0;
+
+  private wrap(fd: number): KernelSock {
+    this.owned.add(fd);
+    return new KernelSock(new net.Socket({ fd, readable: true, writable: true }));
+  }
+
+  async connect(c: Parameters<KernelNbd['connect']>[0]): Promise<number> {
+    let index = c.index ?? 0;
+    if (c.index === undefined) while (this.devices.has(index)) index++;
+    else if (this.devices.has(index)) throw new Error('EBUSY');
+    this.devices.set(index, { backendId: c.backendId, sizeBytes: c.sizeBytes, blockSize: c.blockSize, socks: c.fds.map((fd) => this.wrap(fd)) });
+    return index;
+  }
+
+  async reconfigure(c: Parameters<KernelNbd['reconfigure']>[0]): Promise<void> {
+    const d = this.devices.get(c.index);
+    if (!d) throw new Error('EINVAL: not a netlink-made running device');
+    if (d.backendId !== c.backendId) throw new Error('EINVAL: backend differs');
+    this.reconfigures++;
+    for (const fd of c.fds) {
+      const slot = d.socks.findIndex((s) => s.dead);
+      const s = this.wrap(fd);
+      if (slot < 0) {
+        this.dropped++;
+        s.sock.destroy(); // the kernel drops it: our end reads EOF
+      } else d.socks[slot] = s;
+    }
+  }
+
+  async disconnect(index: number): Promise<void> {
+    const d = this.devices.get(index);
+    if (!d) return;
+    for (const s of d.socks) if (!s.dead) s.sock.end(req(CMD_DISC, 0n, 0, 0));
+    await Promise.all(d.socks.map((s) => Promise.race([s.closed, new Promise((r) => setTimeout(r, 2000))])));
+    for (const s of d.socks) s.sock.destroy();
+    this.devices.delete(index);
+  }
+
+  async configured(index: number): Promise<boolean> {
+    return this.devices.has(index);
+  }
+
+  backend(index: number): string | undefined {
+    return this.devices.get(index)?.backendId;
+  }
+
+  async probe(index: number, blockSize: number): Promise<void> {
+    const r = await this.sock(index).io(CMD_READ, 0, blockSize);
+    assert.equal(r.error, 0);
+  }
+
+  sock(index: number, slot = 0): KernelSock {
+    return this.devices.get(index)!.socks[slot];
+  }
+
+  socketPair(): { ours: number; kernel: number } {
+    return createSocketPair();
+  }
+
+  closeFd(fd: number): void {
+    if (!this.owned.has(fd)) closeFd(fd); // the fake keeps the ends it wrapped, as the kernel keeps its reference
+  }
+
+  close(): void {}
+}
+
+let tgtd: Tgtd;
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'devices-test-'));
+const BS = 4096;
+
+before(async () => {
+  setRootLogger(createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }));
+  tgtd = await startTgtdWithLuns({ targets: [{ luns: [{ size: 32 << 20, blockSize: BS }, { size: 16 << 20, blockSize: BS }] }] });
+});
+
+after(async () => {
+  await tgtd?.stop();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+function config(name: string): DaemonConfig {
+  return {
+    listen: [], sessions: 1, digest: 'prefer-none', readOnly: false, tls: { mode: 'off' },
+    timeouts: { ...DEFAULT_TIMEOUTS, replacement: 20 }, exports: [], devices: [],
+    stateDir: path.join(tmp, name), control: path.join(tmp, `${name}.sock`), initiatorName: 'iqn.2026-11.test.iscsi-nbd:devices',
+  };
+}
+
+async function daemon(cfg: DaemonConfig, kernel: FakeKernel): Promise<RunningDaemon> {
+  return startDaemon(cfg, { kernel: async () => kernel });
+}
+
+test('map, I/O, kernel drops a socket and gets a new one, hand-over on stop, reattach by the next daemon, unmap', { timeout: 120_000 }, async () => {
+  const kernel = new FakeKernel();
+  const cfg = config('a');
+  let d = await daemon(cfg, kernel);
+  try {
+    const st = await callControl<{ device: string; index: number; blockSize: number; identity: string; state: string }>(cfg.control!, { op: 'map', url: tgtd.url(1, 1), stateDir: cfg.stateDir });
+    assert.equal(st.device, '/dev/nbd0');
+    assert.equal(st.blockSize, BS, 'the LUN block size, with nothing given');
+    assert.equal(st.state, 'attached');
+    const dev = kernel.devices.get(0)!;
+    assert.equal(dev.blockSize, BS);
+    assert.equal(dev.sizeBytes, 32n << 20n);
+    assert.match(dev.backendId, /^iscsi-nbd:/);
+    assert.ok(fs.existsSync(path.join(cfg.stateDir!, 'mappings', 'nbd0.json')));
+
+    const data = crypto.randomBytes(64 * 1024);
+    assert.equal((await kernel.sock(0).io(CMD_WRITE, 1 << 20, data.length, data)).error, 0);
+    assert.deepEqual((await kernel.sock(0).io(CMD_READ, 1 << 20, data.length)).data, data);
+
+    // Mapping the same LUN again is refused, naming the device.
+    await assert.rejects(callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), stateDir: cfg.stateDir }), /mapped already.*\/dev\/nbd0/);
+    // A device that is taken is refused and nothing else is touched.
+    await assert.rejects(callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 2), device: 0, stateDir: cfg.stateDir }), /nbd0 is mapped already/);
+
+    // The kernel marks the socket dead (a request timed out): the daemon hands it a new one.
+    kernel.sock(0).sock.destroy();
+    const deadline = Date.now() + 10_000;
+    while ((kernel.sock(0).dead || kernel.reconfigures === 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(kernel.reconfigures, 1);
+    assert.deepEqual((await kernel.sock(0).io(CMD_READ, 1 << 20, data.length)).data, data, 'I/O works on the replacement socket');
+
+    // A graceful stop answers what it read (a request still in the socket
+    // buffer stays with the kernel) and closes the socket without detaching the device.
+    const inflight = kernel.sock(0).io(CMD_READ, 1 << 20, data.length);
+    await new Promise((r) => setTimeout(r, 20));
+    await d.stop('test');
+    const answered = await inflight;
+    assert.equal(answered.error, 0, 'a request sent well before the stop is answered, not failed');
+    assert.deepEqual(answered.data, data);
+    assert.ok(kernel.sock(0).dead);
+    assert.ok(kernel.devices.has(0), 'the device stays configured');
+
+    // The next daemon reattaches it (same backend, same LUN identity).
+    d = await daemon(cfg, kernel);
+    assert.equal(kernel.reconfigures, 2);
+    assert.ok(!kernel.sock(0).dead);
+    assert.deepEqual((await kernel.sock(0).io(CMD_READ, 1 << 20, data.length)).data, data);
+    const listed = await callControl<{ mappings: { device: string; state: string }[] }>(cfg.control!, { op: 'list-mapped' });
+    assert.deepEqual(listed.mappings.map((m) => [m.device, m.state]), [['/dev/nbd0', 'attached']]);
+
+    // unmap: disconnects, forgets; the next daemon does not map it again.
+    await callControl(cfg.control!, { op: 'unmap', device: '/dev/nbd0' });
+    assert.ok(!kernel.devices.has(0));
+    assert.ok(!fs.existsSync(path.join(cfg.stateDir!, 'mappings', 'nbd0.json')));
+    await d.stop('test');
+    const reconfigures = kernel.reconfigures;
+    d = await daemon(cfg, kernel);
+    assert.equal(kernel.reconfigures, reconfigures);
+    assert.deepEqual(d.devices.list(), []);
+  } finally {
+    await d.stop('test');
+  }
+});
+
+test('a LUN that changed identity is never reattached; a device gone since is forgotten', { timeout: 120_000 }, async () => {
+  const kernel = new FakeKernel();
+  const cfg = config('b');
+  let d = await daemon(cfg, kernel);
+  try {
+    await callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 2), stateDir: cfg.stateDir });
+    await callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), stateDir: cfg.stateDir });
+    await d.stop('test');
+    // Swap LUN 2 for another device while no daemon runs.
+    await tgtd.deleteLun(1, 2);
+    await tgtd.addLun(1, 2, { size: 16 << 20, blockSize: BS });
+    // tgtd derives the identity from tid/lun: give the new disk a serial of its own, as a real array would.
+    await tgtd.tgtadm(['--op', 'update', '--mode', 'logicalunit', '--tid', '1', '--lun', '2', '--params', 'scsi_sn=swapped0002']);
+    // And nbd1 went away (detached by hand).
+    await kernel.disconnect(1);
+    const before = kernel.reconfigures;
+    d = await daemon(cfg, kernel);
+    const st = d.devices.list();
+    assert.deepEqual(st.map((m) => [m.device, m.state]), [['/dev/nbd0', 'refused']]);
+    assert.match(st[0].error!, /another device now: mapped \S+, found \S+/);
+    assert.equal(kernel.reconfigures, before, 'no socket was handed to the kernel for the changed LUN');
+    assert.ok(fs.existsSync(path.join(cfg.stateDir!, 'mappings', 'nbd0.json')), 'the refused mapping is kept for unmap');
+    assert.ok(!fs.existsSync(path.join(cfg.stateDir!, 'mappings', 'nbd1.json')), 'the vanished device is forgotten');
+  } finally {
+    await d.stop('test');
+  }
+});
+
+test('an older connection the kernel kept alive makes the reattach refuse loudly, not half-attach', { timeout: 120_000 }, async () => {
+  const kernel = new FakeKernel();
+  const cfg = config('c');
+  let d = await daemon(cfg, kernel);
+  try {
+    await callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), stateDir: cfg.stateDir });
+    await d.stop('test');
+    // Another process still holds a live socket to nbd0.
+    const [a, b] = [createSocketPair(), undefined];
+    void b;
+    const live = new KernelSock(new net.Socket({ fd: a.kernel, readable: true, writable: true }));
+    kernel.devices.get(0)!.socks[0] = live;
+    d = await daemon(cfg, kernel);
+    const st = d.devices.list();
+    assert.equal(st[0].state, 'refused');
+    assert.match(st[0].error!, /kept an older connection/);
+    assert.equal(kernel.dropped, 1);
+    live.sock.destroy();
+    closeFd(a.ours);
+  } finally {
+    await d.stop('test');
+  }
+});
+
+test('a second daemon on the same state dir is refused while the first runs', { timeout: 60_000 }, async () => {
+  const kernel = new FakeKernel();
+  const cfg = config('d');
+  const d = await daemon(cfg, kernel);
+  try {
+    await callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), stateDir: cfg.stateDir });
+    // The owner file names a live iscsi-nbd process: the state dir is taken.
+    const holder = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)', 'iscsi-nbd-holder'], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      fs.writeFileSync(path.join(cfg.stateDir!, 'daemon.json'), JSON.stringify({ pid: holder.pid, control: 'x', startedAt: '' }));
+      await assert.rejects(daemon({ ...cfg, control: path.join(tmp, 'd2.sock') }, kernel), new RegExp(`state dir .* belongs to iscsi-nbd pid ${holder.pid}.*still runs`));
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  } finally {
+    await d.stop('test');
+  }
+});
