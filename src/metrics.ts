@@ -1,8 +1,11 @@
+import fs from 'node:fs';
 import http from 'node:http';
+import path from 'node:path';
 import client from 'prom-client';
 import type { ScsiRequest, ScsiResponse, ScsiTransport } from './scsi/transport';
 import { SAM_STAT_CHECK_CONDITION } from './scsi/transport';
 import { parseSense, senseKeyName } from './scsi/sense';
+import { NBD_EINVAL, NBD_EIO, NBD_ENOMEM, NBD_ENOSPC, NBD_ENOTSUP, NBD_EOVERFLOW, NBD_EPERM, NBD_ESHUTDOWN } from './errors';
 
 /** What a scrape reads from the running daemon (gauges that are sampled, not pushed). */
 export interface SessionSample {
@@ -24,17 +27,85 @@ export interface ExportSample {
 
 export const SESSION_STATES = ['idle', 'connecting', 'logged-in', 'recovering', 'failed', 'closing', 'closed'] as const;
 
-// Prometheus metrics. Every series is prefixed iscsi_nbd_. Labels never carry
-// secrets: exports are named by their export name, sessions by portal and
-// target IQN only.
+/** The `op` label of the NBD families, one per NBD command the bridge runs. */
+export const NBD_OPS = ['read', 'write', 'flush', 'trim', 'write_zeroes', 'block_status', 'cache'] as const;
+export type NbdOp = (typeof NBD_OPS)[number];
+
+/** The `errno` label: the name of every errno the NBD table in errors.ts can return. */
+export const NBD_ERRNO_NAMES: Readonly<Record<number, string>> = {
+  [NBD_EPERM]: 'EPERM',
+  [NBD_EIO]: 'EIO',
+  [NBD_ENOMEM]: 'ENOMEM',
+  [NBD_EINVAL]: 'EINVAL',
+  [NBD_ENOSPC]: 'ENOSPC',
+  [NBD_EOVERFLOW]: 'EOVERFLOW',
+  [NBD_ENOTSUP]: 'ENOTSUP',
+  [NBD_ESHUTDOWN]: 'ESHUTDOWN',
+};
+
+/** The errno label value for an NBD errno: always a name, never a number. */
+export function errnoLabel(errno: number): string {
+  return NBD_ERRNO_NAMES[errno] ?? `ERRNO_${errno}`;
+}
+
+/** The sense_key label value: the SPC name with underscores ("UNIT_ATTENTION"), NO_SENSE_DATA without sense. */
+export function senseKeyLabel(senseKey: number | undefined): string {
+  if (senseKey === undefined) return 'NO_SENSE_DATA';
+  return senseKeyName(senseKey).replace(/[^A-Za-z0-9]+/g, '_').replace(/^_+|_+$/g, '');
+}
+
+/** Every sense_key label value there is (each export starts with all of them at 0). */
+export const SENSE_KEY_LABELS: readonly string[] = [...Array.from({ length: 16 }, (_, k) => senseKeyLabel(k)), senseKeyLabel(undefined)];
+
+/** The `state` label of iscsi_nbd_device_state. */
+export const DEVICE_STATES = ['attaching', 'attached', 'reattaching', 'refused', 'handing-over', 'unmapping', 'detached'] as const;
+
+/** prom-client default metrics that are gauges named *_total (promtool rejects them); nodejs_active_{handles,requests,resources}{type} carry the same numbers. */
+const DROPPED_DEFAULT_METRICS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
+let version: string | undefined;
+/** The version in package.json (dist/src/metrics.js -> ../../package.json), read once; "unknown" if unreadable. */
+export function packageVersion(): string {
+  if (version === undefined) {
+    try {
+      const v = (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version?: unknown }).version;
+      version = typeof v === 'string' && v !== '' ? v : 'unknown';
+    } catch {
+      version = 'unknown';
+    }
+  }
+  return version;
+}
+
+/** What forgetExport needs of a prom-client metric (labelNames is public on prom-client's Metric, though not in its types). */
+interface LabelledMetric {
+  name: string;
+  labelNames?: readonly string[];
+  get(): Promise<{ values: Array<{ labels: Record<string, string | number> }> }> | { values: Array<{ labels: Record<string, string | number> }> };
+  remove(labels: Record<string, string | number>): void;
+}
+
+// Prometheus metrics. Our own families are prefixed iscsi_nbd_; prom-client's
+// process and runtime metrics keep their standard process_* / nodejs_* names.
+// Labels never carry secrets: exports are named by their export name, sessions
+// by portal and target IQN only. Label values never contain spaces; errno
+// labels are names. Counters of a known label set exist at 0 from the moment
+// the export is added (addExport), so rate() sees the first increase.
 
 export class Metrics {
   readonly registry = new client.Registry();
 
+  readonly buildInfo = new client.Gauge({
+    name: 'iscsi_nbd_build_info',
+    help: 'Always 1; the labels say which iscsi-nbd version runs on which Node.js',
+    labelNames: ['version', 'node_version'] as const,
+    registers: [this.registry],
+  });
+
   readonly nbdRequests = new client.Counter({
     name: 'iscsi_nbd_nbd_requests_total',
-    help: 'NBD requests completed, by export, operation and result errno (0 = success)',
-    labelNames: ['export', 'op', 'errno'] as const,
+    help: 'NBD requests completed (successfully or not), by export and operation',
+    labelNames: ['export', 'op'] as const,
     registers: [this.registry],
   });
   readonly nbdBytes = new client.Counter({
@@ -101,7 +172,7 @@ export class Metrics {
   })();
   readonly nbdConnections = new client.Gauge({
     name: 'iscsi_nbd_nbd_connections',
-    help: 'Open NBD client connections, by export ("" while still negotiating)',
+    help: 'Open NBD client connections, by export',
     labelNames: ['export'] as const,
     registers: [this.registry],
   });
@@ -139,12 +210,19 @@ export class Metrics {
       },
     });
   })();
-  readonly sessionReconnects = new client.Counter({
-    name: 'iscsi_nbd_iscsi_reconnects_total',
-    help: 'Times an iSCSI session was re-established after losing its connection',
-    labelNames: ['export', 'session', 'portal'] as const,
-    registers: [this.registry],
-  });
+  readonly sessionReconnects: client.Counter<'export' | 'session' | 'portal'> = (() => {
+    const self = this;
+    return new client.Counter({
+      name: 'iscsi_nbd_iscsi_reconnects_total',
+      help: 'Times an iSCSI session was re-established after losing its connection',
+      labelNames: ['export', 'session', 'portal'] as const,
+      registers: [this.registry],
+      collect() {
+        // Pushed by the session's 'reconnected' event; every known session shows 0 until then.
+        for (const e of self.sample()) for (const ss of e.sessions) this.inc({ export: e.name, session: String(ss.index), portal: ss.portal }, 0);
+      },
+    });
+  })();
   readonly sessionWindow: client.Gauge<'export' | 'session' | 'portal'> = (() => {
     const self = this;
     return new client.Gauge({
@@ -176,13 +254,56 @@ export class Metrics {
   })();
   readonly senseKeys = new client.Counter({
     name: 'iscsi_nbd_scsi_sense_total',
-    help: 'SCSI CHECK CONDITIONs seen, by export and sense key name',
+    help: 'SCSI CHECK CONDITIONs seen, by export and sense key name (UNIT_ATTENTION, ..., NO_SENSE_DATA)',
     labelNames: ['export', 'sense_key'] as const,
     registers: [this.registry],
   });
 
+  readonly reloads = new client.Counter({
+    name: 'iscsi_nbd_reload_total',
+    help: 'Configuration reloads (SIGHUP or control socket), by result (success or failure)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly lastReloadTime = new client.Gauge({
+    name: 'iscsi_nbd_last_reload_timestamp_seconds',
+    help: 'Unix time of the last configuration reload, successful or not (the start counts as the first load)',
+    registers: [this.registry],
+  });
+  readonly lastReloadSuccess = new client.Gauge({
+    name: 'iscsi_nbd_last_reload_success',
+    help: '1 when the last configuration reload succeeded (or none was tried since the start), 0 when it failed',
+    registers: [this.registry],
+  });
+
+  readonly deviceState = new client.Gauge({
+    name: 'iscsi_nbd_device_state',
+    help: 'State of a mapped /dev/nbdN: 1 for the current state, 0 for the others',
+    labelNames: ['device', 'state'] as const,
+    registers: [this.registry],
+  });
+  readonly deviceReattaches = new client.Counter({
+    name: 'iscsi_nbd_device_reattach_total',
+    help: 'Times a mapped device was reattached to the kernel after its connection was lost',
+    labelNames: ['device'] as const,
+    registers: [this.registry],
+  });
+
+  /** Exports whose label sets were created at 0 (addExport); forgetExport forgets them again. */
+  private readonly known = new Set<string>();
+  private devices = new Set<string>();
+
   constructor(collectProcess = true) {
-    if (collectProcess) client.collectDefaultMetrics({ register: this.registry, prefix: 'iscsi_nbd_' });
+    if (collectProcess) {
+      // Standard names (no prefix) so stock process and Node.js dashboards work.
+      client.collectDefaultMetrics({ register: this.registry });
+      for (const n of DROPPED_DEFAULT_METRICS) this.registry.removeSingleMetric(n);
+    }
+    this.buildInfo.set({ version: packageVersion(), node_version: process.version }, 1);
+    for (const result of ['success', 'failure']) this.reloads.inc({ result }, 0);
+    // The configuration was loaded once when the daemon started.
+    this.lastReloadTime.set(Date.now() / 1000);
+    this.lastReloadSuccess.set(1);
   }
 
   /** Where scrapes read session gauges (state, CmdSN window, digest errors, in flight, queued) from. */
@@ -190,13 +311,30 @@ export class Metrics {
     this.source = fn;
   }
 
-  /** Forget the pushed series of an export that was removed (counters restart if it comes back). */
+  /**
+   * Create every series of a new export with a known label set at 0 (requests
+   * and latency by op, errors by op and errno, bytes, sense keys, in flight,
+   * connections). InstrumentedExport calls it; calling it again is harmless.
+   */
+  addExport(name: string): void {
+    if (this.known.has(name)) return;
+    this.known.add(name);
+    for (const op of NBD_OPS) {
+      this.nbdRequests.inc({ export: name, op }, 0);
+      this.nbdLatency.zero({ export: name, op });
+      for (const errno of Object.values(NBD_ERRNO_NAMES)) this.nbdErrors.inc({ export: name, op, errno }, 0);
+    }
+    for (const op of ['read', 'write']) this.nbdBytes.inc({ export: name, op }, 0);
+    for (const sk of SENSE_KEY_LABELS) this.senseKeys.inc({ export: name, sense_key: sk }, 0);
+    this.nbdInFlight.inc({ export: name }, 0);
+    this.nbdConnections.inc({ export: name }, 0);
+  }
+
+  /** Delete every series with this export label, in every family (counters restart if it comes back). */
   async forgetExport(name: string): Promise<void> {
-    const pushed = [this.nbdRequests, this.nbdBytes, this.nbdErrors, this.nbdLatency, this.nbdInFlight, this.nbdConnections, this.sessionReconnects, this.senseKeys] as unknown as Array<{
-      get(): Promise<{ values: Array<{ labels: Record<string, string | number> }> }> | { values: Array<{ labels: Record<string, string | number> }> };
-      remove(labels: Record<string, string | number>): void;
-    }>;
-    for (const m of pushed) {
+    this.known.delete(name);
+    for (const m of this.registry.getMetricsAsArray() as unknown as LabelledMetric[]) {
+      if (!m.labelNames?.includes('export')) continue;
       try {
         const { values } = await m.get();
         const seen = new Set<string>();
@@ -213,6 +351,35 @@ export class Metrics {
         // best effort: a stale series is harmless
       }
     }
+  }
+
+  /** A configuration reload finished: counts it and sets the last-reload gauges. */
+  recordReload(ok: boolean): void {
+    this.reloads.inc({ result: ok ? 'success' : 'failure' });
+    this.lastReloadTime.set(Date.now() / 1000);
+    this.lastReloadSuccess.set(ok ? 1 : 0);
+  }
+
+  /**
+   * The mapped devices now: iscsi_nbd_device_state is one-hot over
+   * DEVICE_STATES for each listed device; devices no longer listed lose
+   * their series (state and reattach count).
+   */
+  setDevices(list: { device: string; state: string }[]): void {
+    const now = new Set(list.map((d) => d.device));
+    for (const d of this.devices) if (!now.has(d)) this.deviceReattaches.remove({ device: d });
+    this.devices = now;
+    this.deviceState.reset();
+    for (const { device, state } of list) {
+      for (const st of DEVICE_STATES) this.deviceState.set({ device, state: st }, st === state ? 1 : 0);
+      if (!(DEVICE_STATES as readonly string[]).includes(state)) this.deviceState.set({ device, state }, 1);
+      this.deviceReattaches.inc({ device }, 0);
+    }
+  }
+
+  /** A mapped device was reattached (its kernel connection re-established). */
+  recordReattach(device: string): void {
+    this.deviceReattaches.inc({ device });
   }
 
   text(): Promise<string> {
@@ -234,7 +401,7 @@ export function countSense<T extends ScsiTransport>(inner: T, metrics: Metrics |
       const r = await inner.execute(req);
       if (r.status === SAM_STAT_CHECK_CONDITION) {
         const sd = parseSense(r.sense);
-        metrics.senseKeys.inc({ export: exportName, sense_key: sd ? senseKeyName(sd.senseKey) : 'NO SENSE DATA' });
+        metrics.senseKeys.inc({ export: exportName, sense_key: senseKeyLabel(sd?.senseKey) });
       }
       return r;
     },

@@ -1,16 +1,14 @@
 import type { Export, Extent, ZeroOptions } from './export';
-import type { Metrics } from '../metrics';
+import { errnoLabel, type Metrics, type NbdOp } from '../metrics';
 import { nbdErrnoOf, errorCodeOf } from '../errors';
 import type { Logger } from '../log';
 
 interface OpMetrics {
-  ok: { inc(v?: number): void };
+  requests: { inc(v?: number): void };
   bytes: { inc(v?: number): void };
   latency: { observe(v: number): void };
   inFlight: { inc(v?: number): void; dec(v?: number): void };
 }
-
-const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 5: 'EIO', 12: 'ENOMEM', 22: 'EINVAL', 28: 'ENOSPC', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN' };
 
 /**
  * Wraps an Export to count requests, bytes, errors and latency per operation,
@@ -24,7 +22,10 @@ export class InstrumentedExport implements Export {
     private readonly inner: Export,
     private readonly metrics: Metrics | undefined,
     private readonly log: Logger,
-  ) {}
+  ) {
+    // Every series with a known label set starts at 0, so rate() sees the first request or error.
+    metrics?.addExport(inner.name);
+  }
 
   get name() { return this.inner.name; }
   get description() { return this.inner.description; }
@@ -37,14 +38,14 @@ export class InstrumentedExport implements Export {
   // operation are looked up once.
   private readonly children = new Map<string, OpMetrics>();
 
-  private opMetrics(op: string): OpMetrics | undefined {
+  private opMetrics(op: NbdOp): OpMetrics | undefined {
     const m = this.metrics;
     if (!m) return undefined;
     let c = this.children.get(op);
     if (!c) {
       const l = { export: this.name, op };
       c = {
-        ok: m.nbdRequests.labels({ ...l, errno: '0' }),
+        requests: m.nbdRequests.labels(l),
         bytes: m.nbdBytes.labels(l),
         latency: m.nbdLatency.labels(l),
         inFlight: m.nbdInFlight.labels({ export: this.name }),
@@ -55,7 +56,7 @@ export class InstrumentedExport implements Export {
   }
 
   // No closures per request: the caller passes what a failure log needs.
-  private async run<T>(op: string, bytes: number, p: Promise<T>, offset?: bigint, length?: number, more?: object): Promise<T> {
+  private async run<T>(op: NbdOp, bytes: number, p: Promise<T>, offset?: bigint, length?: number, more?: object): Promise<T> {
     const om = this.opMetrics(op);
     const started = om ? process.hrtime.bigint() : 0n;
     this.inFlight++;
@@ -65,16 +66,12 @@ export class InstrumentedExport implements Export {
       const r = await p;
       if (op === 'read') this.counters.bytesRead += bytes;
       else if (op === 'write') this.counters.bytesWritten += bytes;
-      if (om) {
-        om.ok.inc();
-        if (bytes > 0) om.bytes.inc(bytes);
-      }
+      if (om && bytes > 0) om.bytes.inc(bytes);
       return r;
     } catch (err) {
       this.counters.errors++;
       const errno = nbdErrnoOf(err);
-      const name = ERRNO_NAMES[errno] ?? String(errno);
-      this.metrics?.nbdRequests.inc({ export: this.name, op, errno: String(errno) });
+      const name = errnoLabel(errno);
       this.metrics?.nbdErrors.inc({ export: this.name, op, errno: name });
       const where = offset === undefined ? {} : { offset: offset.toString(), length };
       this.log.warn({ op, ...where, ...more, errno: name, code: errorCodeOf(err), err: (err as Error).message }, `NBD ${op} failed`);
@@ -82,6 +79,7 @@ export class InstrumentedExport implements Export {
     } finally {
       this.inFlight--;
       if (om) {
+        om.requests.inc();
         om.inFlight.dec();
         om.latency.observe(Number(process.hrtime.bigint() - started) / 1e9);
       }

@@ -120,6 +120,8 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     server: kernelServer,
     defaults: { connections: cfg.connections ?? 1, ioTimeout: cfg.timeouts.io, reattachTimeout: cfg.timeouts.reattach },
     configExport: (name) => cfg.exports.find((e) => e.name === name),
+    onReattach: (device) => metrics?.recordReattach(device),
+    onExportClosed: (name) => void metrics?.forgetExport(name),
     log: log.child({ component: 'devices' }),
   });
   let owner = false;
@@ -134,16 +136,17 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     await devices.ensure(cfg.devices.map((d) => ({ url: d.url, device: d.device === undefined ? undefined : parseDevice(d.device), connections: d.connections, readOnly: d.readOnly })));
   }
 
-  metrics?.setSource(() =>
-    [...manager.exports.values()].map((e) => ({
+  metrics?.setSource(() => {
+    metrics.setDevices(devices.list());
+    return [...manager.exports.values(), ...mapped.exports.values()].map((e) => ({
       name: e.name,
       queued: e.pool?.queued ?? 0,
       sessions: e.sessions.map((ss, index) => {
         const st = ss.stats;
         return { index, state: ss.state, portal: st.portal, target: e.url.target ?? '', window: st.window, cmdSn: st.cmdSn, maxCmdSn: st.maxCmdSn, digestErrors: st.digestErrors, inFlight: ss.inFlight };
       }),
-    })),
-  );
+    }));
+  });
   const metricsSrv = cfg.metrics
     ? await (async () => {
         const m = parseListen(cfg.metrics!, 9810);
@@ -174,6 +177,7 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
       next = opts.reloadConfig();
     } catch (err) {
       log.error({ err }, 'reload refused: the config file is not valid; keeping the running exports');
+      metrics?.recordReload(false);
       return;
     }
     const plan = planReload([...manager.exports.values()].map((e) => e.spec), next.exports);
@@ -200,6 +204,7 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
       }),
     );
     log.info({ exports: [...manager.exports.keys()] }, 'reload: done');
+    metrics?.recordReload(true);
   };
 
   let reloading: Promise<void> = Promise.resolve();

@@ -58,6 +58,10 @@ export interface DeviceManagerOptions {
   defaults: DeviceDefaults;
   /** A config export's spec by name, for `map NAME`. */
   configExport: (name: string) => ExportConfig | undefined;
+  /** A kernel connection was replaced (metrics). */
+  onReattach?: (device: string) => void;
+  /** A mapped LUN was closed (metrics forget its series). */
+  onExportClosed?: (name: string) => void;
   log: Logger;
 }
 
@@ -134,6 +138,7 @@ class DeviceMapping {
     try {
       await this.owner.reconfigure(this, slots);
       this.log.info({ device: this.device, slots }, 'kernel connection reattached');
+      this.owner.reattached(this.device);
       this.deadSince = 0;
       this.backoffMs = 100;
       this.setState('attached');
@@ -178,6 +183,16 @@ export class DeviceManager {
     return this.kernelP;
   }
 
+  /** Flush, log out, and let metrics forget it. */
+  private async closeExport(name: string): Promise<void> {
+    await this.opts.exports.remove(name);
+    this.opts.onExportClosed?.(name);
+  }
+
+  /** @internal */ reattached(device: string): void {
+    this.opts.onReattach?.(device);
+  }
+
   /** @internal */ adopt(sock: net.Socket, m: DeviceMapping): AdoptedConnection {
     return this.opts.server.adopt(sock, m.exp!.name, m.exp!.export!, `kernel:nbd${m.record.index}`);
   }
@@ -186,7 +201,8 @@ export class DeviceManager {
     const named = req.exportName ? this.opts.configExport(req.exportName) : undefined;
     const url = parseIscsiUrl(named?.url ?? req.url);
     if (!url.target) throw new ConfigError('EBADURL', `${url.redacted()} names no target (want iscsi://host/<iqn>/<lun>)`);
-    const name = named?.name ?? `${url.target}/${url.lun ?? 0}`;
+    // Its own name space: a mapped LUN is never an NBD export, and its metrics never mix with one.
+    const name = `map:${named?.name ?? `${url.target}/${url.lun ?? 0}`}`;
     return { ...(named ?? {}), name, url: named?.url ?? req.url, readOnly: readOnly || named?.readOnly };
   }
 
@@ -257,7 +273,7 @@ export class DeviceManager {
       this.opts.log.info({ device: m.device, url: parseIscsiUrl(spec.url).redacted(), identity, blockSize: info.blockSize, size: record.size, connections }, 'device mapped');
       return m.status();
     } catch (err) {
-      if (![...this.mappings.values()].some((m) => m.exp === exp)) await this.opts.exports.remove(spec.name);
+      if (![...this.mappings.values()].some((m) => m.exp === exp)) await this.closeExport(spec.name);
       throw err;
     }
   }
@@ -320,7 +336,7 @@ export class DeviceManager {
       if (problem) {
         log.error({ was: r.identity, now: identity }, `refusing to reattach: ${problem}; the device is left to fail its I/O (unmap it)`);
         m.setState('refused', problem);
-        await this.opts.exports.remove(exp.name);
+        await this.closeExport(exp.name);
         m.exp = undefined;
         return;
       }
@@ -333,7 +349,7 @@ export class DeviceManager {
         log.error(problem);
         m.setState('refused', problem);
         await m.handOver();
-        await this.opts.exports.remove(exp.name);
+        await this.closeExport(exp.name);
         m.exp = undefined;
         return;
       }
@@ -342,7 +358,7 @@ export class DeviceManager {
     } catch (err) {
       log.error({ err }, 'cannot reattach the device');
       m.setState('refused', (err as Error).message);
-      if (m.exp) await this.opts.exports.remove(m.exp.name);
+      if (m.exp) await this.closeExport(m.exp.name);
       m.exp = undefined;
     }
   }
@@ -377,7 +393,7 @@ export class DeviceManager {
     }
     if (m) {
       await Promise.all(m.conns.map((c) => c?.closed));
-      if (m.exp) await this.opts.exports.remove(m.exp.name); // flushes and logs out
+      if (m.exp) await this.closeExport(m.exp.name); // flushes and logs out
       this.mappings.delete(index);
     }
     this.opts.store.remove(index);
