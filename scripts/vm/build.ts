@@ -132,18 +132,32 @@ async function depmod(base: string, release: string): Promise<void> {
   else await run('busybox', ['depmod', '-b', base, release]);
 }
 
+export interface BuildVmImageOptions {
+  cacheDir?: string;
+  log?: (s: string) => void;
+  /**
+   * Modules wanted beside GUEST_MODULES, by name, in the order they should load (dependencies
+   * are still added first from modules.dep). They load after GUEST_MODULES. An image with
+   * extra modules is cached under its own key; without them the key is the plain image's.
+   */
+  extraModules?: string[];
+}
+
 /** Build or fetch from cache. Safe to run concurrently (the cache entry is renamed into place). */
-export async function buildVmImage(opts: { cacheDir?: string; log?: (s: string) => void } = {}): Promise<VmImage> {
+export async function buildVmImage(opts: BuildVmImageOptions = {}): Promise<VmImage> {
   const log = opts.log ?? (() => undefined);
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  const extraModules = opts.extraModules ?? [];
   const packages: Record<string, string> = {};
   for (const p of USER_PACKAGES) packages[p] = await installedVersion(p);
   const kc = await kernelCandidate();
   packages['linux-image-amd64'] = kc.meta;
   packages[kc.pkg] = kc.version;
+  const keyInput: Record<string, unknown> = { BUILDER_VERSION, packages, GUEST_MODULES, GUEST_BINARIES };
+  if (extraModules.length > 0) keyInput.extraModules = extraModules;
   const key = crypto
     .createHash('sha256')
-    .update(JSON.stringify({ BUILDER_VERSION, packages, GUEST_MODULES, GUEST_BINARIES }))
+    .update(JSON.stringify(keyInput))
     .digest('hex')
     .slice(0, 16);
   const dir = path.join(cacheDir, key);
@@ -170,7 +184,7 @@ export async function buildVmImage(opts: { cacheDir?: string; log?: (s: string) 
     const release = releases[0];
     await depmod(root, release);
     const modRoot = path.join(root, 'lib/modules', release);
-    const order = resolveModules(fs.readFileSync(path.join(modRoot, 'modules.dep'), 'utf8'), GUEST_MODULES);
+    const order = resolveModules(fs.readFileSync(path.join(modRoot, 'modules.dep'), 'utf8'), [...GUEST_MODULES, ...extraModules]);
 
     const entries: CpioEntry[] = [];
     const dirs = new Set<string>();

@@ -76,8 +76,8 @@ export async function startControlServer(p: string, handlers: Record<string, Con
   } catch {
     // not fatal: the directory's permissions still apply
   }
+  // Not unref'd: a daemon serving only mapped devices has no other listener to keep it alive.
   srv.on('close', () => fs.rmSync(p, { force: true }));
-  srv.unref();
   return srv;
 }
 

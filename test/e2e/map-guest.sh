@@ -1,0 +1,216 @@
+# Guest side of test/e2e/map.test.ts: runs as root inside the VM (busybox sh -e),
+# with the daemon (node + this repo over 9p) in the guest and tgtd on the host.
+# Environment: URL512, URL4K, URLSWAP (iscsi:// URLs through the guest forward),
+# INAME (our initiator name). Prints "RESULT key value" lines for the host.
+set -eu
+
+NODE=/usr/local/bin/node
+CLI="$NODE /opt/iscsi-nbd/bin/iscsi-nbd.js"
+SD=/tmp/state
+LOG=/tmp/daemon.log
+mount() { /usr/bin/mount "$@"; }
+umount() { /usr/bin/umount "$@"; }
+mkfs_ext4() { /usr/sbin/mke2fs -t ext4 -F -q "$@"; }
+fsck_ro() { /usr/sbin/e2fsck -fn "$@"; }
+
+now_cs() { cut -d' ' -f1 /proc/uptime | tr -d .; } # centiseconds since boot
+
+step() { echo "== $*"; }
+
+on_exit() {
+  rc=$?
+  if [ $rc != 0 ]; then
+    echo "--- daemon logs (last lines)"
+    tail -n 40 "$SD/daemon.log" "$LOG" 2> /dev/null || true
+    echo "--- dmesg (last lines)"
+    dmesg | tail -n 25
+  fi
+}
+trap on_exit EXIT
+
+daemon_pid() { cat /tmp/daemon.pid; }
+
+start_daemon() {
+  $CLI serve --state-dir "$SD" --initiator-name "$INAME" --log-format json >> "$LOG" 2>&1 &
+  echo $! > /tmp/daemon.pid
+}
+
+# Wait until the daemon answers on its control socket (bounded).
+wait_daemon() {
+  n=0
+  until $CLI list-mapped --state-dir "$SD" > /dev/null 2>&1; do
+    n=$((n + 1)); [ $n -lt 240 ] || { echo "daemon did not come up"; tail -n 30 "$LOG"; return 1; }
+    sleep 0.5
+  done
+}
+
+# Wait until the writer has finished N more rounds (bounded).
+wait_writer() {
+  want=$(( $(wc -l < /tmp/writer.log) + $1 ))
+  n=0
+  while [ "$(wc -l < /tmp/writer.log)" -lt "$want" ]; do
+    n=$((n + 1)); [ $n -lt 400 ] || { echo "writer made no progress"; return 1; }
+    sleep 0.5
+  done
+}
+
+io_errors() { dmesg | grep -ciE 'I/O error|Buffer I/O|EXT4-fs error|JBD2: I/O|Remounting filesystem read-only' || true; }
+
+check_lbs() {
+  d=${1#/dev/}
+  lbs=$(cat /sys/block/$d/queue/logical_block_size)
+  echo "$1: logical block size $lbs"
+  [ "$lbs" = "$2" ]
+}
+
+step "1. map with no block size given: a 512-byte and a 4096-byte LUN"
+t0=$(now_cs)
+D512=$($CLI map "$URL512" --state-dir "$SD" --initiator-name "$INAME")
+echo "RESULT map_first_cs $(( $(now_cs) - t0 ))"
+D4K=$($CLI map "$URL4K" --state-dir "$SD" --initiator-name "$INAME")
+echo "mapped $D512 and $D4K"
+echo "RESULT dev512 $D512"
+echo "RESULT dev4k $D4K"
+check_lbs "$D512" 512
+check_lbs "$D4K" 4096
+# The daemon map started runs detached; from now on this script starts and kills it.
+cp "$SD/daemon.json" /tmp/first-owner.json
+sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$SD/daemon.json" > /tmp/daemon.pid
+cat "$SD/daemon.log" >> "$LOG" || true
+$CLI map "$URL4K" --state-dir "$SD" --initiator-name "$INAME" 2> /tmp/again.err && { echo "mapping a mapped LUN again succeeded"; exit 1; }
+grep -q "$D4K" /tmp/again.err
+echo "RESULT remap_refused 1"
+mkdir -p /mnt/a /mnt/b
+mkfs_ext4 "$D512"
+mkfs_ext4 "$D4K"
+mount -t ext4 "$D512" /mnt/a
+mount -t ext4 "$D4K" /mnt/b
+dd if=/dev/urandom of=/mnt/a/base bs=1k count=3000 2> /dev/null
+dd if=/dev/urandom of=/mnt/b/base bs=1k count=3000 2> /dev/null
+sync
+md5sum /mnt/a/base /mnt/b/base > /tmp/base.md5
+$CLI list-mapped --state-dir "$SD"
+
+step "2. writer with fsync; kill -9 of the daemon, a new one 3 s later"
+: > /tmp/writer.log
+: > /tmp/writer.fail
+: > /tmp/writer.md5
+(
+  i=0
+  while [ ! -e /tmp/writer.stop ]; do
+    f=/mnt/b/w$((i % 6))
+    if dd if=/dev/urandom of=$f.tmp bs=4k count=64 conv=fsync 2> /dev/null && mv $f.tmp $f && sync; then
+      echo "$(md5sum < $f | cut -d' ' -f1) $f" >> /tmp/writer.md5
+    else
+      echo "round $i failed" >> /tmp/writer.fail
+    fi
+    echo "$(now_cs)" >> /tmp/writer.log
+    i=$((i + 1))
+  done
+) &
+WRITER=$!
+wait_writer 5
+kill -9 "$(daemon_pid)"
+killed=$(now_cs)
+sleep 3
+start_daemon
+wait_daemon
+wait_writer 5
+echo "RESULT kill9_resume_cs $(( $(now_cs) - killed ))"
+[ "$(io_errors)" = 0 ] || { dmesg | tail -n 30; exit 1; }
+
+step "3. SIGTERM (the upgrade path): drains, exits, the next daemon takes over"
+kill -TERM "$(daemon_pid)"
+termed=$(now_cs)
+n=0
+while kill -0 "$(daemon_pid)" 2> /dev/null; do n=$((n + 1)); [ $n -lt 120 ] || { echo "daemon ignored SIGTERM"; exit 1; }; sleep 0.5; done
+echo "RESULT term_exit_cs $(( $(now_cs) - termed ))"
+start_daemon
+wait_daemon
+wait_writer 5
+echo "RESULT term_resume_cs $(( $(now_cs) - termed ))"
+grep -q '"device reattached"' "$LOG"
+
+step "fault: kill -9 in the middle of reattaching, then a clean start"
+kill -9 "$(daemon_pid)"
+before=$(grep -c '"iSCSI session logged in"' "$LOG" || true)
+reattached=$(grep -c '"device reattached"' "$LOG" || true)
+start_daemon
+# Kill it once it has logged in again but before it has handed the kernel new sockets.
+n=0
+while [ "$(grep -c '"iSCSI session logged in"' "$LOG" || true)" -le "$before" ]; do
+  n=$((n + 1)); [ $n -lt 1200 ] || { echo "the daemon never logged in"; exit 1; }
+  sleep 0.05
+done
+kill -9 "$(daemon_pid)"
+[ "$(grep -c '"device reattached"' "$LOG" || true)" -le $((reattached + 1)) ]
+echo "RESULT killed_mid_reattach 1"
+sleep 1
+start_daemon
+wait_daemon
+wait_writer 5
+[ "$(io_errors)" = 0 ] || { dmesg | tail -n 30; exit 1; }
+
+step "4. a 10 s outage of the target while mapped"
+outage=$(now_cs)
+hostcall outage 10
+wait_writer 5
+echo "RESULT outage_resume_cs $(( $(now_cs) - outage ))"
+[ "$(io_errors)" = 0 ] || { dmesg | tail -n 30; exit 1; }
+
+touch /tmp/writer.stop
+wait $WRITER
+echo "RESULT writer_rounds $(wc -l < /tmp/writer.log)"
+echo "RESULT writer_failures $(wc -l < /tmp/writer.fail)"
+# The longest gap between two finished rounds: the pause a writer saw.
+echo "RESULT writer_max_gap_cs $(awk 'NR > 1 && $1 - p > m { m = $1 - p } { p = $1 } END { print m + 0 }' /tmp/writer.log)"
+[ ! -s /tmp/writer.fail ] || { cat /tmp/writer.fail; exit 1; }
+# Every file the writer finished holds what it wrote last.
+for f in /mnt/b/w0 /mnt/b/w1 /mnt/b/w2 /mnt/b/w3 /mnt/b/w4 /mnt/b/w5; do
+  want=$(grep " $f\$" /tmp/writer.md5 | tail -n 1 | cut -d' ' -f1)
+  got=$(md5sum < $f | cut -d' ' -f1)
+  [ "$want" = "$got" ] || { echo "$f: wrote $want, reads $got"; exit 1; }
+done
+md5sum -c /tmp/base.md5
+umount /mnt/a
+umount /mnt/b
+fsck_ro "$D512"
+fsck_ro "$D4K"
+echo "RESULT fsck_clean 1"
+echo "RESULT dmesg_io_errors $(io_errors)"
+echo "RESULT dmesg_dead_conn $(dmesg | grep -c 'Dead connection' || true)"
+echo "RESULT dmesg_reconnected $(dmesg | grep -c 'reconnected socket' || true)"
+echo "RESULT dmesg_timed_out $(dmesg | grep -c 'timed out' || true)"
+
+step "5. unmap: the device is gone and a restart does not map it again"
+$CLI unmap "$D512" --state-dir "$SD"
+d=${D512#/dev/}
+[ "$(cat /sys/block/$d/size)" = 0 ] || { echo "$D512 still has a size after unmap"; exit 1; }
+! $CLI list-mapped --state-dir "$SD" | grep -q "$D512 "
+kill -TERM "$(daemon_pid)"
+while kill -0 "$(daemon_pid)" 2> /dev/null; do sleep 0.5; done
+start_daemon
+wait_daemon
+! $CLI list-mapped --state-dir "$SD" | grep -q "$D512 "
+[ "$(cat /sys/block/$d/size)" = 0 ]
+echo "RESULT unmap_stays 1"
+
+step "6. the LUN is swapped for another while the daemon is down: reattach refused"
+DSW=$($CLI map "$URLSWAP" --state-dir "$SD" --initiator-name "$INAME")
+dd if=/dev/urandom of="$DSW" bs=4k count=16 conv=fsync 2> /dev/null
+kill -TERM "$(daemon_pid)"
+while kill -0 "$(daemon_pid)" 2> /dev/null; do sleep 0.5; done
+hostcall swap
+start_daemon
+wait_daemon
+$CLI list-mapped --state-dir "$SD" > /tmp/lm.txt
+cat /tmp/lm.txt
+grep "$DSW " /tmp/lm.txt | grep -q refused
+grep -q 'refusing to reattach' "$LOG"
+grep 'refusing to reattach' "$LOG" | tail -n 1
+echo "RESULT swap_refused 1"
+# The 4K device is still served after all this.
+$CLI list-mapped --state-dir "$SD" | grep "$D4K " | grep -q attached
+echo 3 > /proc/sys/vm/drop_caches
+dd if="$D4K" of=/dev/null bs=4k count=256 2> /dev/null
+echo "RESULT done 1"
