@@ -3,7 +3,9 @@
 # Mounts the pseudo filesystems, loads the modules (nbd, ext4, e1000, virtio + 9p),
 # brings up eth0 (10.0.2.15, the host's forwards are on $NG_HOST), mounts the repo
 # read-only over 9p at $NG_REPO, runs /etc/ng/script.sh as root and powers off.
-# Console markers (parsed by the runner):
+# Everything this /init and the script print goes to /dev/ttyS1, a second serial port the
+# runner reads on its own socket, so kernel messages on the console (ttyS0) can never split
+# a RESULT or NG line. Markers (parsed by the runner):
 #   NG init|modules|ready UPTIME   progress, with the guest's uptime in seconds
 #   NG FAIL what                   setup failed (then NG EXIT 255)
 #   NG EXIT n                      the script's exit code, right before poweroff
@@ -15,6 +17,11 @@
 /bin/busybox --install -s
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
+if [ -c /dev/ttyS1 ] && stty -F /dev/ttyS1 raw -echo 2>/dev/null; then
+  exec </dev/null >/dev/ttyS1 2>&1
+else
+  echo "NG: no /dev/ttyS1, output goes to the console"
+fi
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /dev/pts /dev/shm
@@ -29,6 +36,9 @@ up() { cut -d' ' -f1 /proc/uptime; }
 bye() {
   sync
   echo "NG EXIT $1"
+  # stty sets the line with TCSADRAIN: it returns once ttyS1 has sent everything.
+  stty -F /dev/ttyS1 raw -echo 2>/dev/null
+  sleep 0.2
   poweroff -f
   sleep 30
 }
@@ -38,8 +48,6 @@ fail() {
   bye 255
 }
 
-# A newline first: the kernel may have left a line open on the console.
-echo
 echo "NG init $(up)"
 for m in $ng_modules; do
   case "$m" in

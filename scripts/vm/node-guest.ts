@@ -19,6 +19,10 @@
 // spliced to 127.0.0.1:<hostPort>) plus the hostcall port.
 // Note that a forward accepts the guest's connection even when nothing listens on the
 // host port: the guest then sees the connection closed at once, not refused.
+// Output: /init and the script write to ttyS1, a serial port qemu connects to a socket of
+// the runner, so kernel messages (ttyS0, the console on qemu's stdio) never split a
+// RESULT line. 9p is mounted with msize=512000,cache=loose (the share is read-only).
+// qemu: -cpu max (node wants more than TCG's default qemu64 model), -smp 1 by default.
 
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -32,6 +36,8 @@ import { cpioNewc, type CpioEntry } from './cpio';
 export const GUEST_HOST_ADDR = '10.0.2.100';
 /** The guest's own address. */
 export const GUEST_ADDR = '10.0.2.15';
+/** Prefix of kernel console (ttyS0) lines in the log; the guest's own output has none. */
+export const CONSOLE_PREFIX = 'console| ';
 /** Guest port of the hostcall channel (not usable as a forward's guestPort). */
 export const HOSTCALL_GUEST_PORT = 10999;
 /** Where the repo is mounted in the guest. */
@@ -65,8 +71,10 @@ export interface GuestRunOptions {
    * /usr/sbin/e2fsck, /usr/bin/mount). It runs after the modules (nbd, ext4, 9p...) are
    * loaded, the network is up and the repo is mounted read-only at /opt/iscsi-nbd, with
    * cwd /root, stdin /dev/null and NG_HOST, NG_REPO and opts.env in its environment.
-   * Its stdout/stderr go to the console (onLine and the result log). Lines
-   * "RESULT key value" end up in result.results.
+   * Its stdout/stderr go to a second serial port (ttyS1) the runner reads apart from the
+   * kernel console, then to onLine and the result log. Lines "RESULT key value" end up in
+   * result.results. The kernel console keeps warnings and worse (consoleLogLevel); `dmesg`
+   * in the script has everything.
    */
   script: string;
   /** Host TCP ports the guest can reach: guest 10.0.2.100:<guestPort> -> host 127.0.0.1:<hostPort>. */
@@ -95,7 +103,7 @@ export interface GuestRunOptions {
   consoleLogLevel?: number;
   /** nbd module nbds_max (default 16: /dev/nbd0../dev/nbd15). */
   nbdsMax?: number;
-  /** Console lines as they arrive (also "[host] ..." lines about hostcalls). */
+  /** Lines as they arrive, as in GuestRunResult.log. */
   onLine?: (line: string) => void;
   /** Directory served to the guest (default: the repo root; must contain dist/ and node_modules/). */
   repoDir?: string;
@@ -121,7 +129,11 @@ export interface GuestRunResult {
   ok: boolean;
   /** The script's exit code (255: guest setup failed, see log); null when the guest never said. */
   exitCode: number | null;
-  /** Serial console output, with "[host] ..." lines about hostcalls. */
+  /**
+   * In arrival order: the guest's /init and script output (its own serial port, so kernel
+   * messages never split these lines), the kernel console and qemu's messages as lines
+   * prefixed with CONSOLE_PREFIX ('console| '), and "[host] ..." lines about hostcalls.
+   */
   log: string;
   /** Lines the guest printed as "RESULT key value" (the last one wins). */
   results: Record<string, string>;
@@ -530,6 +542,7 @@ async function boot(opts: GuestRunOptions, repo: string, image: NodeGuestImage, 
   const hostCalls: HostCallRecord[] = [];
   const hc = await startHostcallServer(opts.hostActions ?? {}, opts.hostActionTimeoutMs ?? 120000, note, hostCalls);
   const run: LiveRun = { helperLogs: [], tmp };
+  const closers: (() => void)[] = [];
   liveRuns.add(run);
   installExitHook();
   try {
@@ -577,47 +590,85 @@ async function boot(opts: GuestRunOptions, repo: string, image: NodeGuestImage, 
       '-no-reboot',
       '-kernel', image.kernel,
       '-initrd', initrd,
-      '-append', 'console=ttyS0 panic=-1 rdinit=/init loglevel=4',
+      '-append', 'console=ttyS0 panic=-1 rdinit=/init loglevel=4 edd=off',
       '-netdev', netdev.join(','),
       '-device', 'e1000,netdev=n0,romfile=',
       '-virtfs', `local,path=${repo},mount_tag=repo,security_model=none,readonly=on`,
     ];
-    // `timeout` bounds qemu even if this process is SIGKILLed before its exit hook runs.
-    const hardS = Math.ceil(timeoutMs / 1000) + 60;
-    const t0 = Date.now();
-    const child = spawn('timeout', ['-s', 'KILL', String(hardS), qemu, ...qemuArgs], { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
-    run.pgid = child.pid;
-
+    let t0 = Date.now();
     let exitCode: number | null = null;
     let setupError: string | undefined;
     let readyMs: number | undefined;
     let guestInitUptime: number | undefined;
     let guestReadyUptime: number | undefined;
     const results: Record<string, string> = {};
-    const parser = (): ((b: Buffer) => void) => {
+    /** A line splitter per stream, so one stream never splits another's line. */
+    const splitter = (onLine: (line: string) => void): ((b: Buffer) => void) => {
       let partial = '';
       return (b: Buffer): void => {
-        const s = b.toString('utf8');
-        partial += s;
+        // An empty buffer flushes a last unterminated line.
+        if (b.length === 0 && partial !== '') b = Buffer.from('\n');
+        partial += b.toString('utf8');
         let i: number;
         while ((i = partial.indexOf('\n')) >= 0) {
-          const line = partial.slice(0, i).replace(/\r+$/, '').replace(/\x1b\[[0-9;?]*[a-zA-Z]/g, '').replace(/\r/g, '');
+          const line = partial.slice(0, i).replace(/\x1b\[[0-9;?]*[a-zA-Z]/g, '').replace(/\r/g, '');
           partial = partial.slice(i + 1);
-          note(line);
-          let m: RegExpExecArray | null;
-          if ((m = /^RESULT (\S+)(?: (.*))?$/.exec(line))) results[m[1]] = m[2] ?? '';
-          else if ((m = /^NG EXIT (\d+)$/.exec(line))) exitCode = Number(m[1]);
-          else if ((m = /^NG FAIL (.*)$/.exec(line))) setupError = m[1];
-          else if ((m = /^NG init ([\d.]+)$/.exec(line))) guestInitUptime = Number(m[1]);
-          else if ((m = /^NG ready ([\d.]+)$/.exec(line))) {
-            guestReadyUptime = Number(m[1]);
-            readyMs = Date.now() - t0;
-          }
+          onLine(line);
         }
       };
     };
-    const onStdout = parser();
-    const onStderr = parser();
+    const parseMarkers = (line: string): void => {
+      let m: RegExpExecArray | null;
+      if ((m = /^RESULT (\S+)(?: (.*))?$/.exec(line))) results[m[1]] = m[2] ?? '';
+      else if ((m = /^NG EXIT (\d+)$/.exec(line))) exitCode = Number(m[1]);
+      else if ((m = /^NG FAIL (.*)$/.exec(line))) setupError = m[1];
+      else if ((m = /^NG init ([\d.]+)$/.exec(line))) guestInitUptime = Number(m[1]);
+      else if ((m = /^NG ready ([\d.]+)$/.exec(line))) {
+        guestReadyUptime = Number(m[1]);
+        readyMs = Date.now() - t0;
+      }
+    };
+    // The guest's /init and script write to ttyS1, which qemu connects to this socket.
+    const onOutput = splitter((line) => {
+      note(line);
+      parseMarkers(line);
+    });
+    // The kernel console (ttyS0) and qemu's own messages. Markers are parsed here too for
+    // a guest without ttyS1 (the init then falls back to the console).
+    const consoleLine = (line: string): void => {
+      note(`${CONSOLE_PREFIX}${line}`);
+      parseMarkers(line);
+    };
+    const onStdout = splitter(consoleLine);
+    const onStderr = splitter(consoleLine);
+    const outSockets = new Set<net.Socket>();
+    const outServer = net.createServer((sock) => {
+      outSockets.add(sock);
+      sock.on('data', onOutput);
+      sock.on('error', () => undefined);
+      sock.on('close', () => outSockets.delete(sock));
+    });
+    const outPort = await new Promise<number>((resolve, reject) => {
+      outServer.once('error', reject);
+      outServer.listen(0, '127.0.0.1', () => resolve((outServer.address() as net.AddressInfo).port));
+    });
+    closers.push(() => {
+      outServer.close();
+      for (const so of outSockets) so.destroy();
+    });
+    // ttyS0: the kernel console on stdio (explicit: any other serial port turns off
+    // -nographic's default one); ttyS1: the guest's output, on the socket.
+    qemuArgs.push(
+      '-chardev', `socket,id=ngout,host=127.0.0.1,port=${outPort}`,
+      '-serial', 'mon:stdio',
+      '-serial', 'chardev:ngout',
+    );
+
+    // `timeout` bounds qemu even if this process is SIGKILLed before its exit hook runs.
+    const hardS = Math.ceil(timeoutMs / 1000) + 60;
+    t0 = Date.now();
+    const child = spawn('timeout', ['-s', 'KILL', String(hardS), qemu, ...qemuArgs], { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+    run.pgid = child.pid;
     child.stdout!.on('data', onStdout);
     child.stderr!.on('data', onStderr);
     const exited = new Promise<void>((resolve) => {
@@ -650,8 +701,11 @@ async function boot(opts: GuestRunOptions, repo: string, image: NodeGuestImage, 
     killRun(run);
     await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
     const vmMs = Date.now() - t0;
-    onStdout(Buffer.from('\n'));
-    onStderr(Buffer.from('\n'));
+    // Let the output socket deliver what qemu wrote last.
+    await new Promise((r) => setTimeout(r, 100));
+    onOutput(Buffer.alloc(0));
+    onStdout(Buffer.alloc(0));
+    onStderr(Buffer.alloc(0));
     if (timedOut) note(`[host] timed out after ${timeoutMs} ms; qemu killed`);
 
     const connections: Record<number, number> = {};
@@ -679,6 +733,7 @@ async function boot(opts: GuestRunOptions, repo: string, image: NodeGuestImage, 
     };
   } finally {
     hc.close();
+    for (const c of closers) c();
     killRun(run);
     liveRuns.delete(run);
   }

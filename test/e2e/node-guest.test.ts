@@ -185,9 +185,10 @@ test('node guest VM: node, koffi over 9p, /dev/nbd0, hostcall and a forward', { 
   assert.deepEqual(
     r.hostCalls.map((c) => [c.name, c.args, c.ok]),
     [['echo', ['hi'], true], ['fail', ['because'], false], ['sleep', ['5000'], true]],
+    `host calls${ctx}`,
   );
 
   assert.equal(r.results.forward, `pong ${token}`, `forward to the host's TCP server${ctx}`);
-  assert.deepEqual(pong.lines, ['ping-from-guest']);
-  assert.equal(r.connections[FWD_GUEST_PORT], 1);
+  assert.deepEqual(pong.lines, ['ping-from-guest'], `lines the host server got${ctx}`);
+  assert.equal(r.connections[FWD_GUEST_PORT], 1, `connections through the forward${ctx}`);
 });
