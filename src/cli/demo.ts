@@ -8,7 +8,7 @@ import { rootLogger } from '../log';
 import { DEFAULT_TIMEOUTS, DaemonConfig, parseListen } from '../config';
 import { ConfigError } from '../errors';
 import { setupLogging, withCommonOptions } from './common';
-import type { ServeArgs } from './serve';
+import { nameProcess, type ServeArgs } from './serve';
 import { startDaemon, installSignals } from '../daemon/daemon';
 import { notifySystemd } from '../daemon/notify';
 
@@ -55,7 +55,9 @@ async function ensurePortFree(where: string): Promise<void> {
  * "demo". Nothing outside this process is needed.
  */
 export async function run(argv: DemoArgs): Promise<void> {
-  setupLogging(argv);
+  // Quiet unless asked: what to do next is printed on stdout; --log-level brings the log lines back.
+  nameProcess();
+  setupLogging(argv, 'warn');
   const log = rootLogger();
   const listen = argv.listen?.length ? (Array.isArray(argv.listen) ? argv.listen : [argv.listen as unknown as string]) : ['127.0.0.1:10809'];
   // Before touching the LUN file: a second demo on the same data would be bad.
@@ -98,8 +100,11 @@ export async function run(argv: DemoArgs): Promise<void> {
     await target.close();
   };
   const where = listen[0];
-  const [host, port] = where.includes(':') ? [where.slice(0, where.lastIndexOf(':')), where.slice(where.lastIndexOf(':') + 1)] : [where, '10809'];
+  const addr = parseListen(where);
+  const [host, port] = 'path' in addr ? ['127.0.0.1', '10809'] : [addr.host, String(addr.port)];
   const portSuffix = port === '10809' ? '' : `:${port}`;
+  // Before the instructions: "Stop with Ctrl-C" must hold from the moment it is shown.
+  installSignals(daemon);
   process.stdout.write(
     [
       '',
@@ -116,7 +121,6 @@ export async function run(argv: DemoArgs): Promise<void> {
     ].join('\n'),
   );
   notifySystemd('READY=1');
-  installSignals(daemon);
 }
 
 export const demoCommand: CommandModule<object, DemoArgs> = {

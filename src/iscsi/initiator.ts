@@ -298,7 +298,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       throw new LoginError('ELOGIN', 'the target refused CRC32C header/data digests (digest: crc32c); use prefer-crc32c to allow none');
     }
     if (r.permanentRedirect) {
-      this.log.info({ portal: formatPortal(r.permanentRedirect) }, 'target moved permanently; using the new portal from now on');
+      this.log.info({ to: formatPortal(r.permanentRedirect) }, 'target moved permanently; using the new portal from now on');
       this.portal = r.permanentRedirect;
     }
     this.params = login;

@@ -59,6 +59,8 @@ export interface AdoptedConnection {
    * next daemon, and nothing gets ESHUTDOWN. Resolves once the socket is closed.
    */
   handOver(timeoutMs: number): Promise<void>;
+  /** Resolves once no request read on this connection is still being executed (even after it closed). */
+  idle(): Promise<void>;
   info(): NbdConnectionInfo;
 }
 
@@ -128,7 +130,7 @@ export class NbdServer extends EventEmitter {
         const a = srv.address();
         label = typeof a === 'string' ? a : a ? `${a.address}:${a.port}` : '';
         this.servers.push(srv);
-        this.log.info({ listen: label }, 'NBD server listening');
+        // Not logged here: the daemon logs 'serving NBD' once per listener when all are up.
         resolve(a as net.AddressInfo | string);
       };
       if ('path' in addr) srv.listen(addr.path, onListening);
@@ -185,7 +187,7 @@ export class NbdServer extends EventEmitter {
       blockSizeRequested: false,
       leftover: Buffer.alloc(0),
     });
-    return { id: c.id, closed: c.whenClosed(), handOver: (ms) => c.handOver(ms), info: () => c.info() };
+    return { id: c.id, closed: c.whenClosed(), handOver: (ms) => c.handOver(ms), idle: () => c.idle(), info: () => c.info() };
   }
 
   // ---- internals used by Connection ----
@@ -300,6 +302,10 @@ class Connection {
     this.raw.on('data', this.onData);
   }
 
+  idle(): Promise<void> {
+    return this.tx ? this.tx.whenIdle() : Promise.resolve();
+  }
+
   whenClosed(): Promise<string> {
     return this.closedPromise.then(() => this.closeReason);
   }
@@ -338,7 +344,7 @@ class Connection {
     this.timer = setTimeout(() => this.fail('handshake timeout'), o.handshakeTimeoutMs ?? 10_000);
     this.timer.unref?.();
     this.hs = new HandshakeEngine(
-      { exports: o.exports, tlsMode: this.server.tlsMode, maxPayload: o.maxPayload ?? DEFAULT_MAX_PAYLOAD, log: this.log },
+      { exports: this.warnUnknown(o.exports), tlsMode: this.server.tlsMode, maxPayload: o.maxPayload ?? DEFAULT_MAX_PAYLOAD, log: this.log },
       {
         send: (bufs) => this.send(bufs),
         startTls: () => this.startTls(),
@@ -347,6 +353,26 @@ class Connection {
       },
     );
     this.hs.start();
+  }
+
+  /** The same registry; a name it does not know is logged once per connection (warn, with this client's conn and remote). */
+  private warnUnknown(reg: ExportRegistry): ExportRegistry {
+    const warned = new Set<string>();
+    const log = this.log;
+    return {
+      get(name) {
+        const e = reg.get(name);
+        if (!e && !warned.has(name)) {
+          warned.add(name);
+          log.warn({ export: name }, 'NBD client asked for an unknown export');
+        }
+        return e;
+      },
+      list: () => reg.list(),
+      get defaultName() {
+        return reg.defaultName;
+      },
+    };
   }
 
   private setState(s: NbdConnectionState): void {
@@ -416,7 +442,8 @@ class Connection {
     if (this.timer) clearTimeout(this.timer);
     this.result = r;
     this.exp = r.export;
-    this.log.info({ export: r.exportName, structured: r.structuredReplies, tls: !!this.tlsSocket, flags: r.transmissionFlags }, 'NBD client entered transmission');
+    // Connect and disconnect: both at info, both with conn, remote (bound) and export.
+    this.log.info({ export: r.exportName, structured: r.structuredReplies, tls: !!this.tlsSocket, flags: r.transmissionFlags }, 'NBD client connected');
     const o = this.server.options;
     this.tx = new TransmissionEngine(
       {
@@ -483,7 +510,10 @@ class Connection {
       }
     }
     this.setState('closed');
-    this.log.debug({ reason, bytesRead: this.bytesRead, bytesWritten: this.bytesWritten }, 'NBD connection closed');
+    const fields = { reason, bytesRead: this.bytesRead, bytesWritten: this.bytesWritten };
+    // A client that reached an export was logged as connected: its disconnect is the matching line.
+    if (this.result) this.log.info({ export: this.result.exportName, ...fields }, 'NBD client disconnected');
+    else this.log.debug(fields, 'NBD connection closed during the handshake');
     this.server.unregister(this, reason);
     this.resolveClosed();
   }

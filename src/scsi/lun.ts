@@ -32,6 +32,12 @@ export interface LunOptions {
   defaultWriteSameBlocks?: number;
   /** Commands in flight at once for one unmap()/writeZeroes() call (default 8). */
   maxParallel?: number;
+  /**
+   * Logging only: this unit checks, on another session, the identity of a LUN
+   * that is already open; open() logs that at debug ('LUN identity checked')
+   * instead of a second 'LUN opened'.
+   */
+  identityCheck?: boolean;
   /** Called on every UNIT ATTENTION (e.g. 2A/09 capacity changed, 3F/0E LUNs changed). */
   onUnitAttention?: (asc: number, ascq: number) => void;
   /** Test hook: how to wait between retries. */
@@ -190,6 +196,7 @@ export class LogicalUnit {
   private readonly maxParallel: number;
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly onUnitAttention?: (asc: number, ascq: number) => void;
+  private readonly identityCheck: boolean;
   private _info?: LunInfo;
   private useModeSense10 = false;
   private zeroBlock?: Buffer;
@@ -208,6 +215,7 @@ export class LogicalUnit {
     this.maxParallel = opts.maxParallel ?? 8;
     this.sleep = opts.sleep ?? sleepReal;
     this.onUnitAttention = opts.onUnitAttention;
+    this.identityCheck = opts.identityCheck === true;
   }
 
   /** The LUN's description; throws before open() succeeded. The same object is updated as capabilities are learnt. */
@@ -310,7 +318,8 @@ export class LogicalUnit {
       }
       retries++;
       if (sense?.senseKey === SK.UNIT_ATTENTION) {
-        this.log.info({ cmd: name, sense: what }, 'unit attention');
+        // The one line per UNIT ATTENTION (onUnitAttention callers do not log it again).
+        this.log.info({ cmd: name, asc: sense.asc, ascq: sense.ascq, sense: what }, 'unit attention');
         try { this.onUnitAttention?.(sense.asc, sense.ascq); } catch { /* a callback's problem is not ours */ }
       }
       const delay = out.action === 'retry-backoff' ? backoff() : 0;
@@ -389,10 +398,12 @@ export class LogicalUnit {
   async open(): Promise<LunInfo> {
     this._info = await this.identify();
     const i = this._info;
-    this.log.info({
+    const fields = {
       vendor: i.vendor, product: i.product, identity: i.identity, blockSize: i.blockSize, blocks: String(i.blocks),
       writeProtect: i.writeProtect, writeCache: i.writeCache, caps: i.capabilities,
-    }, 'LUN opened');
+    };
+    if (this.identityCheck) this.log.debug(fields, 'LUN identity checked');
+    else this.log.info(fields, 'LUN opened');
     return i;
   }
 
