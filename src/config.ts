@@ -1,7 +1,10 @@
+import dns from 'node:dns';
 import fs from 'node:fs';
-import YAML, { LineCounter, isNode } from 'yaml';
+import net from 'node:net';
+import YAML, { LineCounter, isMap, isNode, isScalar } from 'yaml';
 import Ajv, { ErrorObject } from 'ajv';
 import { ConfigError } from './errors';
+import { parseIscsiUrl, parseLunUrl } from './iscsi/url';
 
 // The daemon's configuration: a YAML file validated against a JSON schema,
 // then overridden by flags and environment variables. Errors name the key
@@ -98,7 +101,7 @@ export const DEFAULT_TIMEOUTS: TimeoutsConfig = {
   nopInterval: 5,
   nopTimeout: 10,
   handshake: 10,
-  io: 30,
+  io: 15,
   reattach: 120,
 };
 
@@ -126,7 +129,8 @@ export const CONFIG_SCHEMA = {
     listen: {
       oneOf: [
         { type: 'string', minLength: 1 },
-        { type: 'array', items: { type: 'string', minLength: 1 }, minItems: 1 },
+        { type: 'integer', minimum: 0, maximum: 65535 },
+        { type: 'array', items: { oneOf: [{ type: 'string', minLength: 1 }, { type: 'integer', minimum: 0, maximum: 65535 }] }, minItems: 1 },
       ],
     },
     initiatorName: { type: 'string', minLength: 1, maxLength: 223 },
@@ -134,7 +138,7 @@ export const CONFIG_SCHEMA = {
     digest: { enum: digestEnum },
     readOnly: { type: 'boolean' },
     logLevel: { enum: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] },
-    metrics: { type: 'string', minLength: 1 },
+    metrics: { oneOf: [{ type: 'string', minLength: 1 }, { type: 'integer', minimum: 0, maximum: 65535 }] },
     control: { type: 'string', minLength: 1 },
     stateDir: { type: 'string', minLength: 1 },
     connections: { type: 'integer', minimum: 1, maximum: 16 },
@@ -215,57 +219,196 @@ function pathOf(e: ErrorObject): (string | number)[] {
   return path;
 }
 
-/** Parse and validate YAML text; `file` is only used in messages. */
-export function parseConfig(text: string, file = 'config'): DaemonConfig {
-  const lc = new LineCounter();
-  const doc = YAML.parseDocument(text, { lineCounter: lc, prettyErrors: true });
-  if (doc.errors.length > 0) {
-    const e = doc.errors[0];
-    const pos = e.linePos?.[0];
-    throw new ConfigError('ECONFIG', `${file}${pos ? `:${pos.line}` : ''}: YAML syntax error: ${e.message.split('\n')[0]}`);
-  }
-  const raw = (doc.toJS() ?? {}) as Record<string, unknown>;
-  if (!validate(raw)) {
-    const msgs = (validate.errors ?? [])
-      .filter((e) => e.keyword !== 'oneOf' && e.keyword !== 'if')
-      .map((e) => {
-        const path = pathOf(e);
-        let node = doc.getIn(path, true);
-        if (!isNode(node) && e.keyword === 'additionalProperties') {
-          // The key itself: find the pair in the parent map.
-          const parent = doc.getIn(path.slice(0, -1), true) as { items?: Array<{ key: unknown }> } | undefined;
-          const pair = parent?.items?.find((p) => isNode(p.key) && (p.key as { value?: unknown }).value === path[path.length - 1]);
-          node = pair?.key as typeof node;
-        }
-        const range = isNode(node) ? node.range : undefined;
-        const line = range ? lc.linePos(range[0]).line : undefined;
-        const key = path.length ? path.join('.') : '(top level)';
-        return `${file}${line ? `:${line}` : ''}: ${key}: ${describe(e)}`;
-      });
-    throw new ConfigError('ECONFIG', [...new Set(msgs)].join('\n'));
-  }
-  return normalise(raw);
+/** One thing wrong (or doubtful) in a configuration, where it is. */
+export interface ConfigProblem {
+  /** The config file, when the value came from it. */
+  file?: string;
+  /** 1-based line in the file. */
+  line?: number;
+  /** The key (`exports.0 (db).url`) or the flag (`--listen`). */
+  key: string;
+  message: string;
+  severity: 'error' | 'warning';
 }
 
-export function loadConfig(file: string): DaemonConfig {
+export function formatProblem(p: ConfigProblem): string {
+  const where = p.file ? `${p.file}${p.line ? `:${p.line}` : ''}: ` : '';
+  return `${where}${p.key}: ${p.message}`;
+}
+
+/** A ConfigError listing every error among the problems (warnings left out); undefined when there is none. */
+export function problemsError(problems: readonly ConfigProblem[]): ConfigError | undefined {
+  const errors = problems.filter((p) => p.severity === 'error');
+  if (errors.length === 0) return undefined;
+  return new ConfigError('ECONFIG', [...new Set(errors.map(formatProblem))].join('\n'));
+}
+
+/** A parsed config file: the document's lines stay available for later checks. */
+export interface ConfigFile {
+  file: string;
+  /** Schema-valid and free of errors: the configuration; else undefined. */
+  config?: DaemonConfig;
+  /** The file's values as read (shaped like DaemonConfig only when the schema passed). */
+  raw: Record<string, unknown>;
+  /** The file's values normalised as far as they go, even when the schema failed (for further checks). */
+  loose: DaemonConfig;
+  problems: ConfigProblem[];
+  /** Line of the value (or key) at a path, when the file has it. */
+  lineOf(path: readonly (string | number)[]): number | undefined;
+}
+
+/**
+ * Parse YAML text and run every check that needs nothing but the text: syntax,
+ * schema, export names used twice, export URLs (a LUN is required) and
+ * portals. Never throws for a bad file: it is all in `problems`.
+ */
+export function analyseConfig(text: string, file = 'config'): ConfigFile {
+  const lc = new LineCounter();
+  const doc = YAML.parseDocument(text, { lineCounter: lc, prettyErrors: true });
+  const problems: ConfigProblem[] = [];
+  const lineAt = (offset: number | undefined): number | undefined => (offset === undefined ? undefined : lc.linePos(offset).line);
+  const lineOf = (path: readonly (string | number)[]): number | undefined => {
+    // A key in a map: the line of the key (a list or map value starts on a later line).
+    const last = path[path.length - 1];
+    if (typeof last === 'string') {
+      const parent = path.length > 1 ? doc.getIn(path.slice(0, -1), true) : doc.contents;
+      if (isMap(parent)) {
+        const pair = parent.items.find((p) => isScalar(p.key) && p.key.value === last);
+        if (pair && isNode(pair.key)) return lineAt(pair.key.range?.[0]);
+      }
+    }
+    const node = path.length ? doc.getIn(path, true) : doc.contents;
+    return isNode(node) ? lineAt(node.range?.[0]) : undefined;
+  };
+  if (doc.errors.length > 0) {
+    for (const e of doc.errors) {
+      problems.push({ file, line: e.linePos?.[0]?.line, key: 'YAML syntax error', message: e.message.split('\n')[0], severity: 'error' });
+    }
+    return { file, raw: {}, loose: normalise({}), problems, lineOf };
+  }
+  const js = doc.toJS();
+  const raw = (js && typeof js === 'object' && !Array.isArray(js) ? js : {}) as Record<string, unknown>;
+  if (js !== null && js !== undefined && raw !== js) {
+    problems.push({ file, line: 1, key: '(top level)', message: 'must be a mapping of keys (listen:, exports:, ...)', severity: 'error' });
+    return { file, raw: {}, loose: normalise({}), problems, lineOf };
+  }
+  const schemaOk = validate(raw);
+  if (!schemaOk) {
+    for (const e of validate.errors ?? []) {
+      if (e.keyword === 'oneOf' || e.keyword === 'if') continue;
+      const path = pathOf(e);
+      problems.push({ file, line: lineOf(path), key: path.length ? path.join('.') : '(top level)', message: describe(e), severity: 'error' });
+    }
+  }
+  problems.push(...textChecks(raw, file, lineOf));
+  const config = schemaOk && !problems.some((p) => p.severity === 'error') ? normalise(raw) : undefined;
+  return { file, config, raw, loose: config ?? normalise(raw), problems: dedupe(problems), lineOf };
+}
+
+function dedupe(problems: ConfigProblem[]): ConfigProblem[] {
+  const seen = new Set<string>();
+  return problems.filter((p) => {
+    const k = formatProblem(p);
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+}
+
+const isStr = (v: unknown): v is string => typeof v === 'string';
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** The key of an export in messages: `exports.0 (db)`. */
+export function exportKey(i: number, name: unknown): string {
+  return isStr(name) ? `exports.${i} (${name})` : `exports.${i}`;
+}
+
+/** Checks on the file's own exports (raw values, each guarded: the schema may have failed). */
+function textChecks(raw: Record<string, unknown>, file: string, lineOf: ConfigFile['lineOf']): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  const add = (path: (string | number)[], key: string, message: string, severity: 'error' | 'warning' = 'error'): void => {
+    out.push({ file, line: lineOf(path), key, message, severity });
+  };
+  const exportsList = Array.isArray(raw.exports) ? raw.exports : [];
+  const firstLine = new Map<string, number | undefined>();
+  exportsList.forEach((e, i) => {
+    if (!isObj(e)) return;
+    const key = exportKey(i, e.name);
+    if (isStr(e.name)) {
+      if (firstLine.has(e.name)) {
+        const first = firstLine.get(e.name);
+        add([`exports`, i, 'name'], `exports.${i}.name`, `the name "${e.name}" is used twice${first ? ` (first at line ${first})` : ''}`);
+      } else {
+        firstLine.set(e.name, lineOf(['exports', i, 'name']));
+      }
+      if (e.name === '') add(['exports', i, 'name'], `exports.${i}.name`, 'must not be empty');
+    }
+    let urlUser: string | undefined;
+    let urlOk = false;
+    if (isStr(e.url) && /^iscsi:\/\//i.test(e.url)) {
+      try {
+        urlUser = parseIscsiUrl(e.url).auth?.user;
+        parseLunUrl(e.url);
+      } catch (err) {
+        add(['exports', i, 'url'], `${key}.url`, (err as Error).message);
+      }
+      urlOk = urlUser !== undefined || !/@/.test(e.url.split('/')[2] ?? '');
+    }
+    if (Array.isArray(e.portals)) {
+      e.portals.forEach((p, j) => {
+        if (!isStr(p)) return;
+        try {
+          const u = parseIscsiUrl(`iscsi://${p}`);
+          if (u.target !== undefined) throw new Error('a portal is host[:port] only');
+        } catch {
+          add(['exports', i, 'portals', j], `${key}.portals`, `bad portal "${p}" (want host[:port])`);
+        }
+      });
+    }
+    if (isObj(e.chap)) {
+      const user = e.chap.user;
+      if (isStr(user) && urlUser !== undefined && user !== urlUser) add(['exports', i, 'chap', 'user'], `${key}.chap.user`, `differs from the user in the URL; "${user}" is used`, 'warning');
+      if (!isStr(user) && urlUser === undefined && urlOk) {
+        add(['exports', i, 'chap'], `${key}.chap`, 'needs user (chap.user, or user@ in the URL)');
+      }
+    }
+  });
+  return out;
+}
+
+/** Parse and validate YAML text; `file` is only used in messages. Throws one ConfigError listing every error. */
+export function parseConfig(text: string, file = 'config'): DaemonConfig {
+  const a = analyseConfig(text, file);
+  const err = problemsError(a.problems);
+  if (err) throw err;
+  return a.config!;
+}
+
+/** Read and analyse a config file (see analyseConfig); a file that cannot be read throws. */
+export function readConfigFile(file: string): ConfigFile {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError('ECONFIG', `cannot read config file ${file}: ${(err as Error).message}`);
   }
-  return parseConfig(text, file);
+  return analyseConfig(text, file);
+}
+
+export function loadConfig(file: string): DaemonConfig {
+  const a = readConfigFile(file);
+  const err = problemsError(a.problems);
+  if (err) throw err;
+  return a.config!;
 }
 
 function normalise(raw: Record<string, unknown>): DaemonConfig {
-  const listen = raw.listen === undefined ? [] : Array.isArray(raw.listen) ? (raw.listen as string[]) : [raw.listen as string];
-  const exportsList = (raw.exports as ExportConfig[] | undefined) ?? [];
-  const names = new Set<string>();
-  for (const e of exportsList) {
-    if (names.has(e.name)) throw new ConfigError('ECONFIG', `exports: the name "${e.name}" is used twice`);
-    names.add(e.name);
-  }
-  const tls = (raw.tls as Partial<TlsConfig> | undefined) ?? {};
+  // `listen: 10810` (a YAML number) is a port, like --listen 10810.
+  const listen = (raw.listen === undefined ? [] : Array.isArray(raw.listen) ? raw.listen : [raw.listen])
+    .filter((l): l is string | number => typeof l === 'string' || typeof l === 'number')
+    .map(String);
+  const exportsList = Array.isArray(raw.exports) ? (raw.exports as unknown[]).filter(isObj) as unknown as ExportConfig[] : [];
+  const tls = (isObj(raw.tls) ? raw.tls : {}) as Partial<TlsConfig>;
   return {
     listen,
     initiatorName: raw.initiatorName as string | undefined,
@@ -273,24 +416,234 @@ function normalise(raw: Record<string, unknown>): DaemonConfig {
     digest: (raw.digest as DigestPref | undefined) ?? 'prefer-none',
     readOnly: (raw.readOnly as boolean | undefined) ?? false,
     tls: { mode: tls.mode ?? 'off', cert: tls.cert, key: tls.key, ca: tls.ca, verifyClient: tls.verifyClient ?? false },
-    metrics: raw.metrics as string | undefined,
+    metrics: raw.metrics === undefined ? undefined : String(raw.metrics),
     control: raw.control as string | undefined,
     logLevel: raw.logLevel as string | undefined,
-    timeouts: { ...DEFAULT_TIMEOUTS, ...((raw.timeouts as Partial<TimeoutsConfig> | undefined) ?? {}) },
+    timeouts: { ...DEFAULT_TIMEOUTS, ...(isObj(raw.timeouts) ? (raw.timeouts as Partial<TimeoutsConfig>) : {}) },
     exports: exportsList,
     stateDir: raw.stateDir as string | undefined,
     connections: raw.connections as number | undefined,
-    devices: (raw.devices as DeviceConfig[] | undefined) ?? [],
+    devices: Array.isArray(raw.devices) ? (raw.devices as unknown[]).filter(isObj) as unknown as DeviceConfig[] : [],
   };
 }
 
-/** `NAME=iscsi://...` from --export. */
+/** `NAME=iscsi://host[:port]/<iqn>/<lun>` from --export. */
 export function parseExportFlag(s: string): ExportConfig {
   const eq = s.indexOf('=');
   if (eq < 0 || !/^iscsi:\/\//i.test(s.slice(eq + 1))) {
     throw new ConfigError('ECONFIG', `--export wants NAME=iscsi://host[:port]/<iqn>/<lun>, got "${s.replace(/%[^@]*@/, '%…@')}"`);
   }
-  return { name: s.slice(0, eq), url: s.slice(eq + 1) };
+  const name = s.slice(0, eq);
+  if (name === '') throw new ConfigError('ECONFIG', '--export wants NAME=iscsi://...: the name is empty');
+  const url = s.slice(eq + 1);
+  try {
+    parseLunUrl(url);
+  } catch (err) {
+    throw new ConfigError('EBADURL', `--export ${name}: ${(err as Error).message}`);
+  }
+  return { name, url };
+}
+
+/** What checkConfig looks at beyond the file: where each value came from. */
+export interface CheckOptions {
+  /** The config file the values came from (values equal to the file's are located in it). */
+  file?: ConfigFile;
+  /**
+   * No exports: `check-config` (an error, a warning when devices: exist),
+   * `serve` (a warning when nothing at all is configured), or not checked.
+   */
+  emptyExports?: 'check-config' | 'serve' | 'ignore';
+  /** Names of the flags that set things, for messages about values that came from them. */
+  flagOf?: Partial<Record<'listen' | 'metrics' | 'tls.cert' | 'tls.key' | 'tls.ca', string>>;
+}
+
+const PEM_KINDS = {
+  cert: { re: /-----BEGIN CERTIFICATE-----/, what: 'a certificate' },
+  key: { re: /-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----/, what: 'a private key' },
+} as const;
+
+/** Why a PEM file is unusable (unreadable, not PEM, the wrong kind), or undefined when it looks right. */
+export function pemProblem(file: string, kind: 'cert' | 'key'): string | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'latin1');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return `cannot read ${file}: ${e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message}`;
+  }
+  if (!/-----BEGIN [A-Z0-9 ]+-----/.test(text)) return `${file} is not a PEM file (no "-----BEGIN ...-----" line)`;
+  if (!PEM_KINDS[kind].re.test(text)) {
+    const other = kind === 'cert' ? 'key' : 'cert';
+    const swapped = PEM_KINDS[other].re.test(text) ? ` but ${PEM_KINDS[other].what} (swapped with the ${kind === 'cert' ? 'key' : 'certificate'}?)` : '';
+    return `${file} holds no ${kind === 'cert' ? 'certificate' : 'private key'}${swapped ? swapped.replace(/^ but/, ': it holds') : ''}`;
+  }
+  return undefined;
+}
+
+function readableProblem(file: string): string | undefined {
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+    return undefined;
+  } catch {
+    return `cannot read ${file}`;
+  }
+}
+
+/**
+ * Every check `serve` makes before it logs in anywhere, on the configuration
+ * it is about to run (file, environment and flags merged): listen and metrics
+ * addresses, TLS settings and files, secret files, devices, the export list.
+ * Values that came from the file are reported with its name and line.
+ */
+export function checkConfig(cfg: DaemonConfig, opts: CheckOptions = {}): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  const f = opts.file;
+  const fc = f?.loose;
+  const at = (key: string, path: (string | number)[] | undefined, message: string, severity: 'error' | 'warning' = 'error', flag?: string): void => {
+    if (path && f) out.push({ file: f.file, line: f.lineOf(path), key, message, severity });
+    else out.push({ key: flag ?? key, message, severity });
+  };
+  const listenPath = (l: string): (string | number)[] | undefined => {
+    if (!fc || !fc.listen.includes(l)) return undefined;
+    return Array.isArray(f!.raw.listen) ? ['listen', fc.listen.indexOf(l)] : ['listen'];
+  };
+  for (const l of cfg.listen) {
+    if (!isStr(l)) continue;
+    try {
+      parseListen(l);
+    } catch (err) {
+      at('listen', listenPath(l), (err as Error).message, 'error', opts.flagOf?.listen ?? '--listen');
+    }
+  }
+  if (isStr(cfg.metrics)) {
+    const path = fc?.metrics === cfg.metrics ? ['metrics'] : undefined;
+    try {
+      const m = parseListen(cfg.metrics, 9810);
+      if ('path' in m) at('metrics', path, 'wants HOST:PORT (or a port), not a unix socket', 'error', opts.flagOf?.metrics ?? '--metrics');
+    } catch (err) {
+      at('metrics', path, (err as Error).message, 'error', opts.flagOf?.metrics ?? '--metrics');
+    }
+  }
+
+  // TLS: what the mode needs, and files that are there and look like what they should be.
+  const tls = cfg.tls ?? { mode: 'off' };
+  const tlsPath = (k: 'cert' | 'key' | 'ca' | 'mode' | 'verifyClient'): (string | number)[] | undefined =>
+    fc && fc.tls[k] !== undefined && fc.tls[k] === tls[k] ? ['tls', k] : undefined;
+  const tlsFlag = (k: 'cert' | 'key' | 'ca'): string => opts.flagOf?.[`tls.${k}`] ?? `--tls-${k}`;
+  if (tls.mode !== 'off') {
+    if (!tls.cert || !tls.key) {
+      const path = tlsPath('mode');
+      at('tls.mode', path, path ? `${tls.mode} needs tls.cert and tls.key (or --tls-cert and --tls-key)` : 'needs --tls-cert and --tls-key', 'error', `--tls ${tls.mode}`);
+    }
+    if (tls.verifyClient && !tls.ca) {
+      const path = tlsPath('verifyClient');
+      at('tls.verifyClient', path, path ? 'needs tls.ca (or --tls-ca)' : 'needs --tls-ca', 'error', '--tls-verify-client');
+    }
+    for (const [k, kind] of [['cert', 'cert'], ['key', 'key'], ['ca', 'cert']] as const) {
+      const file = tls[k];
+      if (!isStr(file)) continue;
+      const why = pemProblem(file, kind);
+      if (why) at(`tls.${k}`, tlsPath(k), why, 'error', tlsFlag(k));
+    }
+  } else {
+    for (const k of ['cert', 'key', 'ca'] as const) {
+      if (!tls[k]) continue;
+      const path = tlsPath(k);
+      at(`tls.${k}`, path, path ? 'not used: tls.mode is off' : 'ignored without --tls on or --tls require (TLS is off)', 'warning', tlsFlag(k));
+    }
+  }
+
+  // Exports: secret files must be readable (read at login otherwise, export by export).
+  const exportsList = Array.isArray(cfg.exports) ? cfg.exports : [];
+  exportsList.forEach((e, i) => {
+    const inFile = fc?.exports.findIndex((x) => x === e || (x.name === e.name && x.url === e.url)) ?? -1;
+    for (const k of ['secretFile', 'targetSecretFile'] as const) {
+      const file = e.chap?.[k];
+      if (!isStr(file)) continue;
+      const why = readableProblem(file);
+      if (why) at(`${exportKey(inFile >= 0 ? inFile : i, e.name)}.chap.${k}`, inFile >= 0 ? ['exports', inFile, 'chap', k] : undefined, why);
+    }
+  });
+
+  // Devices: an iscsi:// URL naming a LUN, or the name of an export.
+  const devices = Array.isArray(cfg.devices) ? cfg.devices : [];
+  devices.forEach((d, i) => {
+    if (!isObj(d) || !isStr(d.url)) return;
+    const path = fc ? ['devices', i, 'url'] : undefined;
+    if (/^iscsi:\/\//i.test(d.url)) {
+      try {
+        parseLunUrl(d.url);
+      } catch (err) {
+        at(`devices.${i}.url`, path, (err as Error).message);
+      }
+    } else if (!exportsList.some((e) => e.name === d.url)) {
+      at(`devices.${i}.url`, path, `"${d.url.replace(/[%:][^@/]*@/, '%[redacted]@')}" is neither an iscsi:// URL nor the name of an export`);
+    }
+  });
+
+  const mode = opts.emptyExports ?? 'ignore';
+  // (An `exports:` that is not a list at all is the schema's to report.)
+  const malformed = f !== undefined && f.raw.exports !== undefined && !Array.isArray(f.raw.exports);
+  if (mode !== 'ignore' && exportsList.length === 0 && !malformed) {
+    // The line of `exports:`, else (for the warning) of `devices:`.
+    const path = f && f.raw.exports !== undefined ? ['exports'] : f && devices.length > 0 ? ['devices'] : undefined;
+    const where = f ? { file: f.file, line: path ? f.lineOf(path) : undefined } : {};
+    if (devices.length > 0) {
+      if (mode === 'check-config') out.push({ ...where, key: 'exports', message: 'none: NBD clients get nothing here; only the devices: are mapped', severity: 'warning' });
+    } else {
+      out.push({
+        ...where,
+        key: 'exports',
+        message: 'none, and no devices: nothing to serve until `iscsi-nbd map` asks for a device',
+        severity: mode === 'check-config' ? 'error' : 'warning',
+      });
+    }
+  }
+  return out;
+}
+
+/**
+ * Listen and metrics hosts that are names, not addresses: resolved (DNS), so
+ * that `listen: foo` is refused before any login rather than when binding.
+ */
+export async function checkListenHosts(cfg: DaemonConfig, opts: CheckOptions = {}, timeoutMs = 5000): Promise<ConfigProblem[]> {
+  const want: Array<{ key: string; value: string; host: string; path?: (string | number)[]; flag: string }> = [];
+  const f = opts.file;
+  const fc = f?.loose;
+  for (const l of cfg.listen) {
+    try {
+      const a = parseListen(l);
+      if ('host' in a) {
+        const path = fc?.listen.includes(l) ? (Array.isArray(f!.raw.listen) ? ['listen', fc.listen.indexOf(l)] : ['listen']) : undefined;
+        want.push({ key: 'listen', value: l, host: a.host, path, flag: opts.flagOf?.listen ?? '--listen' });
+      }
+    } catch {
+      // reported by checkConfig
+    }
+  }
+  if (cfg.metrics) {
+    try {
+      const a = parseListen(cfg.metrics, 9810);
+      if ('host' in a) want.push({ key: 'metrics', value: cfg.metrics, host: a.host, path: fc?.metrics === cfg.metrics ? ['metrics'] : undefined, flag: opts.flagOf?.metrics ?? '--metrics' });
+    } catch {
+      // reported by checkConfig
+    }
+  }
+  const out: ConfigProblem[] = [];
+  await Promise.all(
+    want.map(async (w) => {
+      if (net.isIP(w.host) || w.host === 'localhost') return;
+      const ok = await Promise.race([
+        dns.promises.lookup(w.host).then(() => true, () => false),
+        new Promise<boolean>((r) => setTimeout(() => r(false), timeoutMs).unref()),
+      ]);
+      if (ok) return;
+      const message = `cannot resolve "${w.host}"${w.value === w.host ? '' : ` in "${w.value}"`} (want an IP address, e.g. 127.0.0.1:10809, [::1]:10809, 0.0.0.0:10809, or a port alone)`;
+      if (w.path && f) out.push({ file: f.file, line: f.lineOf(w.path), key: w.key, message, severity: 'error' });
+      else out.push({ key: w.flag, message, severity: 'error' });
+    }),
+  );
+  return out;
 }
 
 /** Read a secret from a file (first line, trimmed) or an environment variable. */
@@ -307,12 +660,25 @@ export function readSecret(opts: { value?: string; file?: string; env?: string }
   return undefined;
 }
 
-/** host:port, [v6]:port or unix:/path. */
+/** host:port, [v6]:port, a port alone (on 127.0.0.1), a host alone (on defaultPort), or unix:/path. */
 export function parseListen(s: string, defaultPort = 10809): { host: string; port: number } | { path: string } {
-  if (s.startsWith('unix:')) return { path: s.slice(5) };
+  if (typeof s !== 'string') throw new ConfigError('ECONFIG', `cannot parse listen address ${JSON.stringify(s)} (want HOST:PORT, [V6]:PORT, PORT or unix:/path)`);
+  if (s.startsWith('unix:')) {
+    if (s.length === 5) throw new ConfigError('ECONFIG', `"${s}" names no socket path (want unix:/path)`);
+    return { path: s.slice(5) };
+  }
   if (s.startsWith('/')) return { path: s };
+  if (/^:?\d+$/.test(s)) {
+    const port = Number(s.replace(/^:/, ''));
+    if (port > 65535) throw new ConfigError('ECONFIG', `bad port in "${s}"`);
+    return { host: '127.0.0.1', port };
+  }
   const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(s) ?? /^([^:]*)(?::(\d+))?$/.exec(s);
-  if (!m) throw new ConfigError('ECONFIG', `cannot parse listen address "${s}" (want HOST:PORT, [V6]:PORT or unix:/path)`);
+  if (!m) throw new ConfigError('ECONFIG', `cannot parse listen address "${s}" (want HOST:PORT, [V6]:PORT, PORT or unix:/path)`);
+  const bracketed = s.startsWith('[');
+  if (bracketed ? net.isIPv6(m[1]) === false : m[1] !== '' && !/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(m[1])) {
+    throw new ConfigError('ECONFIG', `bad host in listen address "${s}" (want HOST:PORT, [V6]:PORT, PORT or unix:/path)`);
+  }
   const port = m[2] === undefined ? defaultPort : Number(m[2]);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('ECONFIG', `bad port in "${s}"`);
   return { host: m[1] || '127.0.0.1', port };

@@ -116,7 +116,14 @@ logLevel: warn
 metrics: 127.0.0.1:9810
 control: /run/iscsi-nbd/control.sock
 tls: {mode: require, cert: /c.pem, key: /k.pem, ca: /ca.pem, verifyClient: true}
-timeouts: {replacement: 1, command: 2, login: 3, connect: 4, nopInterval: 5, nopTimeout: 6, handshake: 7}
+timeouts: {replacement: 1, command: 2, login: 3, connect: 4, nopInterval: 5, nopTimeout: 6, handshake: 7, io: 8, reattach: 9}
+stateDir: /var/lib/iscsi-nbd-test
+connections: 2
+devices:
+  - url: v
+    device: /dev/nbd3
+    connections: 1
+    readOnly: true
 exports:
   - name: v
     url: iscsi://h/iqn.2000-01.x:y/0
@@ -138,7 +145,10 @@ test('every key of the schema is accepted and carried through', () => {
   assert.equal(c.metrics, '127.0.0.1:9810');
   assert.equal(c.control, '/run/iscsi-nbd/control.sock');
   assert.deepEqual(c.tls, { mode: 'require', cert: '/c.pem', key: '/k.pem', ca: '/ca.pem', verifyClient: true });
-  assert.deepEqual(c.timeouts, { replacement: 1, command: 2, login: 3, connect: 4, nopInterval: 5, nopTimeout: 6, handshake: 7 });
+  assert.deepEqual(c.timeouts, { replacement: 1, command: 2, login: 3, connect: 4, nopInterval: 5, nopTimeout: 6, handshake: 7, io: 8, reattach: 9 });
+  assert.equal(c.stateDir, '/var/lib/iscsi-nbd-test');
+  assert.equal(c.connections, 2);
+  assert.deepEqual(c.devices, [{ url: 'v', device: '/dev/nbd3', connections: 1, readOnly: true }]);
   assert.equal(c.exports[0].discoverPortals, true);
   assert.equal(c.exports[0].chap?.targetSecretEnv, 'F');
   // Every property the schema knows appears in this document.
@@ -192,6 +202,7 @@ test('flags override environment variables, which override the file', () => {
     assert.deepEqual(c.exports.map((e) => [e.name, e.url]), [['a', 'iscsi://h2/iqn.2000-01.x:z/1'], ['b', 'iscsi://h/iqn.2000-01.x:y/2']]);
     assert.throws(() => buildConfig({ config: file, sessions: 0 }), /--sessions must be 1\.\.64/);
     assert.throws(() => buildConfig({ config: file, tls: 'require' }), /needs --tls-cert and --tls-key/);
+    delete process.env.ISCSI_NBD_LISTEN;
     assert.deepEqual(buildConfig({}).listen, [], 'no exports: nothing to listen for; the daemon serves mapped devices only');
   } finally {
     for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];

@@ -6,7 +6,7 @@ import { SessionPool } from './pool';
 import { LogicalUnit } from '../scsi/lun';
 import { IscsiSession } from '../iscsi/initiator';
 import { discover } from '../iscsi/discovery';
-import { parseIscsiUrl, IscsiUrl, formatHostPort } from '../iscsi/url';
+import { parseIscsiUrl, parseLunUrl, IscsiUrl, formatHostPort } from '../iscsi/url';
 import { ConfigError, IscsiNbdError, ScsiError } from '../errors';
 import { rootLogger, Logger } from '../log';
 import type { Metrics } from '../metrics';
@@ -52,7 +52,7 @@ export class BridgedExport extends EventEmitter {
 
   constructor(readonly spec: ExportConfig, private readonly opts: ManagerOptions) {
     super();
-    this.url = parseIscsiUrl(spec.url);
+    this.url = parseLunUrl(spec.url);
     if (!this.url.target) throw new ConfigError('EBADURL', `export "${spec.name}": the URL ${this.url.redacted()} names no target (want iscsi://host/<iqn>/<lun>)`);
     this.log = (opts.log ?? rootLogger()).child({ export: spec.name });
     this.auth = opts.authFor(this.url, spec);
@@ -117,6 +117,7 @@ export class BridgedExport extends EventEmitter {
     const want = lun.info;
     const probe = new LogicalUnit({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, {
       log: this.log.child({ session: index, check: 'identity' }),
+      identityCheck: true,
       commandTimeoutMs: this.opts.timeouts.command * 1000,
       maxRetries: 4,
     });
@@ -148,7 +149,7 @@ export class BridgedExport extends EventEmitter {
     this.lun = new LogicalUnit(countSense(this.pool, this.opts.metrics, this.name), lunNo, {
       log: this.log,
       commandTimeoutMs: this.opts.timeouts.command * 1000,
-      onUnitAttention: (asc, ascq) => this.log.info({ asc, ascq }, 'unit attention'),
+      // UNIT ATTENTIONs: the LogicalUnit logs each one (with asc/ascq) itself.
     });
     try {
       await this.lun.open();

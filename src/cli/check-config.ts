@@ -1,75 +1,40 @@
-import fs from 'node:fs';
 import type { CommandModule } from 'yargs';
-import { loadConfig, parseListen } from '../config';
-import { parseIscsiUrl } from '../iscsi/url';
-import { ConfigError } from '../errors';
+import { checkConfig, checkListenHosts, ConfigProblem, formatProblem, problemsError, readConfigFile } from '../config';
 
 /**
- * Validate a config file without starting anything or connecting anywhere:
- * the schema (errors name key and line), then what the schema cannot say -
- * URLs, listen addresses, files that must be readable. Exit 0 when it is
- * good, 6 (EXIT_CONFIG) with every problem listed otherwise.
+ * Validate a config file without starting anything or logging in anywhere,
+ * in one pass: YAML syntax and the schema (key and line), then every check
+ * `serve` makes before it logs in (checkConfig: listen and metrics addresses,
+ * names used twice, URLs without a LUN, TLS and secret files, devices, an
+ * empty export list), each with its line. Warnings go to stderr; exit 0 when
+ * there is no error, 6 (EXIT_CONFIG) with every error listed otherwise.
  */
 export async function run(argv: { file: string }): Promise<void> {
-  const cfg = loadConfig(argv.file);
-  const problems: string[] = [];
-  const f = argv.file;
-  for (const l of cfg.listen) {
-    try {
-      parseListen(l);
-    } catch (err) {
-      problems.push(`${f}: listen: ${(err as Error).message}`);
-    }
-  }
-  if (cfg.metrics) {
-    try {
-      const m = parseListen(cfg.metrics, 9810);
-      if ('path' in m) problems.push(`${f}: metrics: wants HOST:PORT, not a unix socket`);
-    } catch (err) {
-      problems.push(`${f}: metrics: ${(err as Error).message}`);
-    }
-  }
-  const readable = (key: string, file: string | undefined) => {
-    if (!file) return;
-    try {
-      fs.accessSync(file, fs.constants.R_OK);
-    } catch {
-      problems.push(`${f}: ${key}: cannot read ${file}`);
-    }
-  };
-  if (cfg.tls.mode !== 'off' && (!cfg.tls.cert || !cfg.tls.key)) problems.push(`${f}: tls: mode ${cfg.tls.mode} needs cert and key`);
-  if (cfg.tls.verifyClient && !cfg.tls.ca) problems.push(`${f}: tls.verifyClient needs tls.ca`);
-  readable('tls.cert', cfg.tls.cert);
-  readable('tls.key', cfg.tls.key);
-  readable('tls.ca', cfg.tls.ca);
-  cfg.exports.forEach((e, i) => {
-    const key = `exports.${i} (${e.name})`;
-    try {
-      const u = parseIscsiUrl(e.url);
-      if (!u.target) throw new ConfigError('EBADURL', 'the URL names no target (want iscsi://host/<iqn>/<lun>)');
-      if (e.chap?.user && u.auth?.user && e.chap.user !== u.auth.user) problems.push(`${f}: ${key}.chap.user: differs from the user in the URL`);
-    } catch (err) {
-      problems.push(`${f}: ${key}.url: ${(err as Error).message}`);
-    }
-    for (const p of e.portals ?? []) {
-      try {
-        parseIscsiUrl(`iscsi://${p}`);
-      } catch {
-        problems.push(`${f}: ${key}.portals: bad portal "${p}" (want host[:port])`);
-      }
-    }
-    readable(`${key}.chap.secretFile`, e.chap?.secretFile);
-    readable(`${key}.chap.targetSecretFile`, e.chap?.targetSecretFile);
-    if (e.chap && !e.chap.user) problems.push(`${f}: ${key}.chap: needs user`);
-  });
-  if (problems.length > 0) throw new ConfigError('ECONFIG', problems.join('\n'));
+  const file = readConfigFile(argv.file);
+  const problems: ConfigProblem[] = [...file.problems];
+  const cfg = file.loose;
+  problems.push(...checkConfig(cfg, { file, emptyExports: 'check-config' }));
+  problems.push(...(await checkListenHosts(cfg, { file })));
+  // In file order, so that a person can walk down the file.
+  const sorted = problems
+    .map((p, i) => ({ p, i }))
+    .sort((a, b) => (a.p.line ?? Infinity) - (b.p.line ?? Infinity) || a.i - b.i)
+    .map((x) => x.p);
+  for (const p of sorted) if (p.severity === 'warning') process.stderr.write(`iscsi-nbd: warning: ${formatProblem(p)}\n`);
+  const err = problemsError(sorted);
+  if (err) throw err;
   const n = cfg.exports.length;
-  process.stdout.write(`${f}: OK (${n} export${n === 1 ? '' : 's'}${n ? ': ' + cfg.exports.map((e) => e.name).join(', ') : ''})\n`);
+  const warnings = sorted.length;
+  process.stdout.write(
+    `${argv.file}: OK (${n} export${n === 1 ? '' : 's'}${n ? ': ' + cfg.exports.map((e) => e.name).join(', ') : ''}` +
+      `${cfg.devices.length ? `; ${cfg.devices.length} device${cfg.devices.length === 1 ? '' : 's'}` : ''}` +
+      `${warnings ? `; ${warnings} warning${warnings === 1 ? '' : 's'}` : ''})\n`,
+  );
 }
 
 export const checkConfigCommand: CommandModule<object, { file: string }> = {
   command: 'check-config <file>',
-  describe: 'validate a YAML config file',
+  describe: 'validate a YAML config file (every check serve makes before logging in)',
   builder: (y) => y.positional('file', { type: 'string', demandOption: true }) as never,
   handler: (argv) => run(argv),
 };

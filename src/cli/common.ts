@@ -1,6 +1,6 @@
 import type { Argv } from 'yargs';
 import { IscsiNbdError } from '../errors';
-import { createLogger, setRootLogger } from '../log';
+import { createLogger, setRootLogger, tell } from '../log';
 
 // What every command shares: exit codes, the common options, logging setup
 // and the one place an error becomes a message and an exit code.
@@ -14,7 +14,19 @@ export const EXIT_AUTH = 4;
 export const EXIT_NOT_FOUND = 5;
 export const EXIT_CONFIG = 6;
 
+/**
+ * A command line that does not make sense (exit 2), found after yargs parsed
+ * it; `command` names the sub-command whose --help to point at.
+ */
+export class UsageError extends Error {
+  constructor(message: string, readonly command?: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
 export function exitCodeFor(err: unknown): number {
+  if (err instanceof UsageError) return EXIT_USAGE;
   if (!(err instanceof IscsiNbdError)) return EXIT_FAILURE;
   switch (err.code) {
     case 'ECONNECT':
@@ -40,10 +52,12 @@ export interface LogArgs {
   'log-format'?: string;
 }
 
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'silent'] as const;
+
 /** Options shared by every command that logs in somewhere. */
 export function withCommonOptions<T>(y: Argv<T>) {
   return y
-    .option('log-level', { type: 'string', describe: 'trace|debug|info|warn|error|silent (default info; warn for one-shot commands)' })
+    .option('log-level', { choices: LOG_LEVELS, describe: 'default info (warn for one-shot commands)' })
     .option('log-format', { choices: ['json', 'pretty', 'auto'] as const, default: 'auto', describe: 'pretty on a terminal by default' })
     .option('initiator-name', { type: 'string', describe: 'our iSCSI initiator name (else /etc/iscsi/initiatorname.iscsi, else a generated, persisted one)' })
     .option('chap-secret-file', { type: 'string', describe: 'read the CHAP secret from this file (instead of the URL)' })
@@ -70,6 +84,7 @@ const ENV_OPTIONS: Record<string, { key: string; kind: 'string' | 'list' | 'numb
   ISCSI_NBD_DIGEST: { key: 'digest', kind: 'string' },
   ISCSI_NBD_READ_ONLY: { key: 'read-only', kind: 'boolean' },
   ISCSI_NBD_STATE_DIR: { key: 'state-dir', kind: 'string' },
+  ISCSI_NBD_DISCOVERY_CHAP: { key: 'discovery-chap', kind: 'string' },
 };
 
 /** Fill the options of this command that the command line left out (these have no yargs default) from the environment. */
@@ -92,9 +107,24 @@ export function setupLogging(argv: LogArgs, fallbackLevel = 'info'): void {
   setRootLogger(createLogger({ level: argv['log-level'] ?? fallbackLevel, pretty: fmt === 'auto' ? undefined : fmt === 'pretty' }));
 }
 
+/** The line that sends a person with a usage error to the right --help. */
+export function seeHelp(command?: string): string {
+  return `(see iscsi-nbd ${command ? `${command} ` : ''}--help)`;
+}
+
 export function fail(err: unknown): never {
   const msg = err instanceof Error ? err.message : String(err);
   const code = err instanceof IscsiNbdError ? ` [${err.code}]` : '';
-  process.stderr.write(`iscsi-nbd: ${msg}${code}\n`);
+  const help = err instanceof UsageError ? `\n${seeHelp(err.command)}` : '';
+  // Plain text unless stderr carries JSON log lines: then one JSON line (level error).
+  tell('error', msg, {
+    code: err instanceof IscsiNbdError ? err.code : undefined,
+    help: err instanceof UsageError ? seeHelp(err.command) : undefined,
+  }, `iscsi-nbd: ${msg}${code}${help}`);
   process.exit(exitCodeFor(err));
+}
+
+/** A warning the operator should see whatever the log settings: on stderr, before logging starts. */
+export function warn(message: string): void {
+  tell('warn', message, {}, `iscsi-nbd: warning: ${message}`);
 }

@@ -8,6 +8,7 @@ import { copy, CopyInterrupted, CopyProgress, CopySummary } from '../copy/copy';
 import { isStream, isUrl } from '../copy/sides';
 import { servedByDaemon } from '../copy/served';
 import { LogArgs, setupLogging, withCommonOptions } from './common';
+import { stderrIsJson, tell } from '../log';
 
 // `iscsi-nbd copy SRC DST`: the command line around the copy engine
 // (src/copy): options, progress on stderr, Ctrl-C and the summary line.
@@ -62,7 +63,8 @@ interface Progress {
 }
 
 function makeProgress(mode: CopyArgs['progress'], total: number | undefined, what: string): Progress {
-  const tty = process.stderr.isTTY === true;
+  // A bar only where it cannot land in the middle of JSON log lines.
+  const tty = process.stderr.isTTY === true && !stderrIsJson();
   const m = mode === 'auto' || mode === undefined ? (tty ? 'bar' : 'plain') : mode;
   if (m === 'none') return { update: () => undefined, stop: () => undefined };
   const started = Date.now();
@@ -94,12 +96,14 @@ function makeProgress(mode: CopyArgs['progress'], total: number | undefined, wha
     const s = (Date.now() - started) / 1000;
     const rate = s > 0 ? done / s : 0;
     if (total === undefined) {
-      process.stderr.write(`${what}: ${human(done)}, ${human(rate)}/s\n`);
+      const text = `${what}: ${human(done)}, ${human(rate)}/s`;
+      tell('info', text, { phase: what, done, rate: Math.round(rate) }, text);
       return;
     }
     const eta = rate > 0 ? Math.round((total - done) / rate) : 0;
     const pct = total > 0 ? Math.floor((done * 100) / total) : 100;
-    process.stderr.write(`${what}: ${pct}% ${human(done)} of ${human(total)}, ${human(rate)}/s, ETA ${eta} s\n`);
+    const text = `${what}: ${pct}% ${human(done)} of ${human(total)}, ${human(rate)}/s, ETA ${eta} s`;
+    tell('info', text, { phase: what, done, total, pct, rate: Math.round(rate), etaSeconds: eta }, text);
   };
   return {
     update: (done) => {
@@ -157,10 +161,10 @@ async function checkNotServed(argv: CopyArgs): Promise<void> {
     const label = parseIscsiUrl(url).redacted();
     const what = `${label} is served by the iscsi-nbd daemon running on this host${hit.pid !== undefined ? ` (pid ${hit.pid})` : ''}: ${hit.uses.join(', ')}`;
     if (argv.force) {
-      process.stderr.write(`iscsi-nbd: warning: ${what}; copying anyway (--force)\n`);
+      tell('warn', `${what}; copying anyway (--force)`, {}, `iscsi-nbd: warning: ${what}; copying anyway (--force)`);
       continue;
     }
-    process.stderr.write(`iscsi-nbd: warning: ${what}\n`);
+    tell('warn', what, {}, `iscsi-nbd: warning: ${what}`);
     throw new ConfigError(
       'ECONFIG',
       role === 'destination'
@@ -185,7 +189,7 @@ export async function run(argv: CopyArgs): Promise<void> {
   const onSigint = (): void => {
     if (++sigints > 1) {
       progress.stop();
-      process.stderr.write('\niscsi-nbd: interrupted again: exiting now; the destination is partial\n');
+      tell('warn', 'interrupted again: exiting now; the destination is partial', {}, '\niscsi-nbd: interrupted again: exiting now; the destination is partial');
       process.exit(130);
     }
     ac.abort();
@@ -207,15 +211,16 @@ export async function run(argv: CopyArgs): Promise<void> {
       signal: ac.signal,
     });
     progress.stop();
-    out.write(summaryLine(s));
+    // With `-` as DST the summary shares stderr with the logs.
+    if (out === process.stderr) tell('info', summaryLine(s).trimEnd(), { ...s }, summaryLine(s).trimEnd());
+    else out.write(summaryLine(s));
   } catch (err) {
     progress.stop();
     if (!(err instanceof CopyInterrupted)) throw err;
-    process.stderr.write(
-      err.phase === 'verify'
-        ? `iscsi-nbd: interrupted while verifying, after ${err.done} bytes of ${err.total}; the copy itself completed but is not verified\n`
-        : `iscsi-nbd: interrupted after ${err.done} bytes${err.total !== undefined ? ` of ${err.total}` : ''}; the destination is partial\n`,
-    );
+    const what = err.phase === 'verify'
+      ? `interrupted while verifying, after ${err.done} bytes of ${err.total}; the copy itself completed but is not verified`
+      : `interrupted after ${err.done} bytes${err.total !== undefined ? ` of ${err.total}` : ''}; the destination is partial`;
+    tell('warn', what, { phase: err.phase, done: err.done, total: err.total });
     process.exitCode = 130;
     // Sessions are closed; should anything still hold the process, do not wait for it.
     setTimeout(() => process.exit(130), 5000).unref();

@@ -1,11 +1,13 @@
 import { discover, DiscoveredTarget } from '../iscsi/discovery';
 import { IscsiSession } from '../iscsi/initiator';
-import { parseIscsiUrl, formatHostPort } from '../iscsi/url';
+import { parsePortalUrl, formatHostPort } from '../iscsi/url';
+import { aclHint } from '../iscsi/login';
 import { LogicalUnit, deviceTypeName } from '../scsi/lun';
-import { IscsiNbdError } from '../errors';
-import { rootLogger } from '../log';
+import { ConfigError, IscsiNbdError } from '../errors';
+import { rootLogger, tell } from '../log';
 import type { Argv, CommandModule } from 'yargs';
-import { authFor, SecretOptions } from '../credentials';
+import { authFor, SecretOptions, SessionAuth } from '../credentials';
+import { readSecret } from '../config';
 import { initiatorName } from '../daemon/paths';
 import { exitCodeFor, LogArgs, setupLogging, withCommonOptions } from './common';
 import type { DigestPref } from '../config';
@@ -15,6 +17,24 @@ export interface DiscoverArgs extends SecretOptions, LogArgs {
   json: boolean;
   'initiator-name'?: string;
   digest?: DigestPref;
+  'discovery-chap'?: string;
+  'discovery-chap-secret-file'?: string;
+  'discovery-chap-secret-env'?: string;
+}
+
+/**
+ * Credentials for the discovery session: --discovery-chap USER with its own
+ * secret (open-iscsi's discovery.sendtargets.auth.*), else the session's.
+ */
+export function discoveryAuth(argv: DiscoverArgs, session: SessionAuth | undefined): SessionAuth | undefined {
+  const user = argv['discovery-chap'];
+  if (!user) return session;
+  const env = argv['discovery-chap-secret-env'] ?? 'ISCSI_NBD_DISCOVERY_CHAP_SECRET';
+  const secret = readSecret({ file: argv['discovery-chap-secret-file'], env }, 'the discovery CHAP secret');
+  if (!secret) {
+    throw new ConfigError('ECONFIG', `--discovery-chap ${user} needs a secret: --discovery-chap-secret-file FILE or $${env}`);
+  }
+  return { user, secret };
 }
 
 export interface LunReport {
@@ -103,15 +123,16 @@ export async function run(argv: DiscoverArgs): Promise<void> {
   // An interactive command: only warnings unless a level was asked for (the
   // shared option defaults to info, which would bury the answer in log lines).
   setupLogging(argv, 'warn');
-  const url = parseIscsiUrl(argv.url);
+  const url = parsePortalUrl(argv.url);
   const auth = authFor(url, argv);
+  const dauth = discoveryAuth(argv, auth);
   const iname = initiatorName(argv['initiator-name']);
   const digest = argv.digest ?? 'prefer-none';
   const portal = { host: url.host, port: url.port };
-  const targets = await discover({ portal, initiatorName: iname, auth, digest, log: rootLogger() });
+  const targets = await discover({ portal, initiatorName: iname, auth: dauth, digest, log: rootLogger() });
   const wanted = url.target ? targets.filter((t) => t.name === url.target) : targets;
   if (url.target && wanted.length === 0) {
-    throw new IscsiNbdError('ENOTARGET', `target ${url.target} is not offered by ${formatHostPort(url.host, url.port)} (it offers: ${targets.map((t) => t.name).join(', ') || 'nothing'})`);
+    throw new IscsiNbdError('ENOTARGET', `target ${url.target} is not offered by ${formatHostPort(url.host, url.port)} (it offers: ${targets.map((t) => t.name).join(', ') || 'nothing'}); ${aclHint(iname)}`);
   }
   const reports: TargetReport[] = [];
   for (const t of wanted) {
@@ -121,8 +142,8 @@ export async function run(argv: DiscoverArgs): Promise<void> {
   if (argv.json) {
     process.stdout.write(JSON.stringify({ portal: formatHostPort(url.host, url.port), initiatorName: iname, targets: reports }, null, 2) + '\n');
   } else {
-    const out: string[] = [];
-    if (reports.length === 0) out.push(`${formatHostPort(url.host, url.port)} offers no targets to ${iname}`);
+    const out: string[] = [`Initiator: ${iname}`];
+    if (reports.length === 0) out.push(`${formatHostPort(url.host, url.port)} offers no targets to ${iname}; ${aclHint(iname)}`);
     for (const r of reports) {
       out.push(`Target: ${r.name}`);
       for (const p of r.portals) out.push(`  Portal: ${formatHostPort(p.host, p.port)},${p.tpgt}`);
@@ -141,7 +162,8 @@ export async function run(argv: DiscoverArgs): Promise<void> {
   const failedTarget = reports.find((r) => r.error);
   if (failedTarget) {
     const e = new IscsiNbdError(failedTarget.error!.code as never, failedTarget.error!.message);
-    process.stderr.write(`iscsi-nbd: ${failedTarget.name}: ${failedTarget.error!.message}\n`);
+    const text = `${failedTarget.name}: ${failedTarget.error!.message}`;
+    tell('error', text, { target: failedTarget.name, code: failedTarget.error!.code }, `iscsi-nbd: ${text}`);
     process.exitCode = exitCodeFor(e);
   }
 }
@@ -151,7 +173,12 @@ export const discoverCommand: CommandModule<object, DiscoverArgs> = {
   describe: 'list the targets, portals and LUNs behind an iSCSI portal',
   builder: (y) =>
     withCommonOptions(y)
-      .positional('url', { type: 'string', demandOption: true, describe: 'iscsi://[user[%password]@]host[:port]' })
-      .option('json', { type: 'boolean', default: false }) as unknown as Argv<DiscoverArgs>,
+      .positional('url', { type: 'string', demandOption: true, describe: 'iscsi://[user[%password]@]host[:port][/<target-iqn>], or host[:port]' })
+      .option('json', { type: 'boolean', default: false, describe: 'print a JSON document' })
+      .option('discovery-chap', { type: 'string', describe: "CHAP user for the discovery session only (default: the URL's user); targets still get the URL's credentials" })
+      .option('discovery-chap-secret-file', { type: 'string', describe: 'read the discovery CHAP secret from this file' })
+      .option('discovery-chap-secret-env', { type: 'string', default: 'ISCSI_NBD_DISCOVERY_CHAP_SECRET', describe: 'read the discovery CHAP secret from this environment variable' })
+      .example('$0 discover 192.0.2.10', 'list what the portal offers (port 3260)')
+      .example('ISCSI_NBD_CHAP_SECRET=... $0 discover iscsi://user@san:3260', 'with CHAP') as unknown as Argv<DiscoverArgs>,
   handler: (argv) => run(argv),
 };

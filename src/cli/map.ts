@@ -9,6 +9,8 @@ import type { MappingStatus } from '../daemon/status';
 import { MappingStore } from '../daemon/mapping-store';
 import { ConfigError, IscsiNbdError } from '../errors';
 import { redactText } from '../log';
+import { authFor, type SecretOptions } from '../credentials';
+import { parseLunUrl } from '../iscsi/url';
 import { LogArgs, withCommonOptions } from './common';
 
 // `map`, `unmap`, `list-mapped`: the CLI side of devices the daemon owns.
@@ -20,7 +22,7 @@ interface DeviceArgs extends LogArgs {
   control?: string;
 }
 
-interface MapArgs extends DeviceArgs {
+interface MapArgs extends DeviceArgs, SecretOptions {
   url: string;
   device?: string;
   connections?: number;
@@ -34,6 +36,10 @@ interface MapArgs extends DeviceArgs {
 
 /** The map request can take as long as a login and a first read through a slow target. */
 const MAP_TIMEOUT_MS = 180_000;
+
+function explicitStateDir(argv: DeviceArgs): string | undefined {
+  return argv['state-dir'] ? path.resolve(argv['state-dir']) : undefined;
+}
 
 function stateDirOf(argv: DeviceArgs): string {
   return path.resolve(argv['state-dir'] ?? defaultStateDir());
@@ -77,11 +83,32 @@ async function startDaemon(argv: MapArgs, stateDir: string, control: string): Pr
   throw new IscsiNbdError('ETIMEOUT', `the daemon did not answer on ${control} within ${argv['daemon-wait'] ?? 60} s; see ${logFile}`);
 }
 
+/**
+ * The daemon logs in, possibly long after this command is gone (a restart
+ * reattaches): a CHAP secret this command found in a file or the environment
+ * travels in the URL, which the daemon keeps in its 0600 mapping record.
+ */
+function urlWithSecrets(url: string, argv: MapArgs): string {
+  if (!/^iscsi:\/\//i.test(url)) return url; // an export name: the config has its CHAP
+  const u = parseLunUrl(url);
+  const auth = authFor(u, argv);
+  if (!auth || u.auth?.password) return url;
+  const enc = (s: string | Buffer) => encodeURIComponent(String(s));
+  const rest = url.slice('iscsi://'.length);
+  const at = rest.slice(0, rest.indexOf('/') < 0 ? undefined : rest.indexOf('/')).lastIndexOf('@');
+  let out = `iscsi://${enc(auth.user)}%${enc(auth.secret)}@${rest.slice(at + 1)}`;
+  if (auth.targetUser && auth.targetSecret && !u.auth?.targetPassword) {
+    out += `${out.includes('?') ? '&' : '?'}target_user=${enc(auth.targetUser)}&target_password=${enc(auth.targetSecret)}`;
+  }
+  return out;
+}
+
 export async function runMap(argv: MapArgs): Promise<void> {
   const stateDir = stateDirOf(argv);
   const control = controlOf(argv, stateDir);
   const req = {
-    op: 'map', stateDir, url: argv.url, connections: argv.connections, readOnly: argv['read-only'],
+    // The state dir is checked only when one was asked for: else the running daemon's own is right.
+    op: 'map', stateDir: explicitStateDir(argv), url: urlWithSecrets(argv.url, argv), connections: argv.connections, readOnly: argv['read-only'],
     device: argv.device === undefined ? undefined : parseDeviceArg(argv.device),
     ioTimeout: argv['io-timeout'], reattachTimeout: argv['reattach-timeout'],
   };
@@ -106,7 +133,7 @@ export async function runUnmap(argv: DeviceArgs & { device: string; force?: bool
   const stateDir = stateDirOf(argv);
   const index = parseDeviceArg(argv.device);
   try {
-    await callControl(controlOf(argv, stateDir), { op: 'unmap', stateDir, device: index, force: argv.force === true }, MAP_TIMEOUT_MS);
+    await callControl(controlOf(argv, stateDir), { op: 'unmap', stateDir: explicitStateDir(argv), device: index, force: argv.force === true }, MAP_TIMEOUT_MS);
   } catch (err) {
     if (err instanceof NoDaemonError) {
       throw new IscsiNbdError('EIO', `no daemon serves ${stateDir}: start it (iscsi-nbd serve --state-dir ${stateDir}), then unmap; the device keeps its I/O waiting for it`);
@@ -128,7 +155,7 @@ export async function runListMapped(argv: DeviceArgs & { json?: boolean }): Prom
   let list: MappingStatus[];
   let problems: string[] = [];
   try {
-    const r = await callControl<{ mappings: MappingStatus[]; problems: string[] }>(controlOf(argv, stateDir), { op: 'list-mapped', stateDir });
+    const r = await callControl<{ mappings: MappingStatus[]; problems: string[] }>(controlOf(argv, stateDir), { op: 'list-mapped', stateDir: explicitStateDir(argv) });
     list = r.mappings;
     problems = r.problems;
   } catch (err) {

@@ -2,6 +2,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { readControl } from '../daemon/control';
 import { defaultControlPath } from '../daemon/paths';
 import type { DaemonStatus } from '../daemon/status';
+import { renderMappings } from './map';
 
 export function options<T>(y: Argv<T>) {
   return y
@@ -44,6 +45,11 @@ export function render(s: DaemonStatus): string {
       out.push(`\t\tClient #${c.id}: ${c.remote} ${c.state}${c.tls ? ' tls' : ''}${c.structuredReplies ? ' structured' : ''}`);
       out.push(`\t\t\tRequests ${c.requests} (${c.errors} failed), in flight ${c.inFlight}, read ${c.bytesRead} B, written ${c.bytesWritten} B`);
     }
+  }
+  if (s.mappings?.length) {
+    out.push('', `Mapped devices (state dir ${s.stateDir ?? '?'}):`);
+    for (const line of renderMappings(s.mappings).trimEnd().split('\n')) out.push(`\t${line}`);
+    for (const m of s.mappings) if (m.error) out.push(`\t${m.device}: ${m.error}`);
   }
   const negotiating = s.clients.filter((c) => !c.exportName);
   if (negotiating.length) out.push('', `Clients still negotiating: ${negotiating.length}`);

@@ -2,6 +2,8 @@
 
 import type { Argv, CommandModule } from 'yargs';
 import { ConfigError } from '../errors';
+import { parseListen } from '../config';
+import { ISCSI_PORT } from '../iscsi/constants';
 import { rootLogger } from '../log';
 import { FileBackend, LunBackend, MemoryBackend, parseSize, SIZE_FORMS } from '../target/backend';
 import type { ChapConfig } from '../target/engine';
@@ -37,14 +39,16 @@ export interface TargetArgs {
   'log-format'?: string;
 }
 
-/** "host:port", "[v6]:port", ":port" or "port". */
+/** "host:port", "[v6]:port", ":port", "port" (on 127.0.0.1) or "host" (port 3260). */
 export function parseListenAddress(s: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*))?:?(\d+)$/.exec(s.trim());
-  if (!m) throw new ConfigError('ECONFIG', `bad --listen "${s}" (use HOST:PORT)`);
-  const port = Number(m[3]);
-  if (port > 65535) throw new ConfigError('ECONFIG', `bad port in --listen "${s}"`);
-  const host = m[1] ?? (m[2] || '127.0.0.1');
-  return { host, port };
+  let a: ReturnType<typeof parseListen>;
+  try {
+    a = parseListen(s.trim(), ISCSI_PORT);
+  } catch (e) {
+    throw new ConfigError('ECONFIG', `bad --listen "${s}": ${(e as Error).message}`, { cause: e });
+  }
+  if ('path' in a) throw new ConfigError('ECONFIG', `bad --listen "${s}": an iSCSI portal is HOST:PORT, not a unix socket`);
+  return a;
 }
 
 function splitCred(s: string, what: string): { user: string; secret: string } {

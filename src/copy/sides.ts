@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { IscsiSession } from '../iscsi/initiator';
-import { parseIscsiUrl } from '../iscsi/url';
+import { parseLunUrl } from '../iscsi/url';
 import { LogicalUnit } from '../scsi/lun';
 import { ConfigError, IscsiNbdError, RequestError } from '../errors';
 import { rootLogger } from '../log';
@@ -170,7 +170,7 @@ export class LunSide implements Side {
   }
 
   static async open(url: string, o: LunSideOptions): Promise<LunSide> {
-    const u = parseIscsiUrl(url);
+    const u = parseLunUrl(url);
     if (!u.target) throw new ConfigError('EBADURL', `${u.redacted()} names no target (want iscsi://host/<iqn>/<lun>)`);
     const label = u.redacted();
     const session = new IscsiSession({

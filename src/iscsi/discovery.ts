@@ -5,12 +5,22 @@
 // The answer is a sequence of TargetName=... each followed by zero or more
 // TargetAddress=host[:port],tpgt (IPv6 in brackets). A target without a
 // TargetAddress is reachable through the portal we asked.
+//
+// Authentication on the discovery session is the target's choice, and targets
+// differ: tgtd wants CHAP there only when an account is bound to discovery;
+// LIO in its default setup takes CHAP when offered CHAP,None and then fails
+// ("CHAP user or password not set for Initiator ACL") because it has no
+// discovery credentials. So with credentials we offer AuthMethod=CHAP,None,
+// and when the target refuses the login we try once more the other way
+// (without CHAP after CHAP; with CHAP after a remembered no-CHAP portal).
+// This is for discovery only: Normal sessions never fall back to no
+// authentication.
 
-import { ProtocolError } from '../errors';
+import { IscsiNbdError, LoginError, ProtocolError } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import { ISCSI_PORT, LogoutReason } from './constants';
 import { formatPortal, openConnection, Portal } from './connection';
-import { parseTargetAddress } from './login';
+import { aclHint, parseTargetAddress, withAclHint } from './login';
 import { DigestPreference } from './negotiation';
 import { randomIsid } from './pdu';
 import { SessionEngine } from './session';
@@ -67,28 +77,78 @@ export function parseSendTargets(pairs: readonly TextPair[], defaultPortal: Port
   return out;
 }
 
+/** How a discovery login authenticates: offering CHAP (and None), or not offering CHAP. */
+export type DiscoveryAuthMode = 'chap' | 'none';
+
+/** Portals whose discovery session refused CHAP but took a login without it (LIO's default). */
+const NO_CHAP_DISCOVERY = new Set<string>();
+
+/**
+ * The order of discovery logins to try: without credentials only one; with
+ * them CHAP first (the target picks from CHAP,None), then without, unless
+ * this portal is known to refuse CHAP on discovery, then the other way round.
+ */
+export function discoveryAuthPlan(portal: string, hasCredentials: boolean): DiscoveryAuthMode[] {
+  if (!hasCredentials) return ['none'];
+  return NO_CHAP_DISCOVERY.has(portal) ? ['none', 'chap'] : ['chap', 'none'];
+}
+
+/** Forget what discoveryAuthPlan learned (tests). */
+export function forgetDiscoveryAuth(): void {
+  NO_CHAP_DISCOVERY.clear();
+}
+
+/** A refusal that another authentication choice might get past. */
+function isAuthRefusal(e: unknown): boolean {
+  return e instanceof LoginError && e.code === 'EAUTH';
+}
+
 /** Ask a portal which targets it offers. Rejects with LoginError/TransportError/ProtocolError. */
 export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[]> {
-  const log = (opts.log ?? rootLogger()).child({ component: 'iscsi-discovery', portal: formatPortal(opts.portal) });
+  const where = formatPortal(opts.portal);
+  const log = (opts.log ?? rootLogger()).child({ component: 'iscsi-discovery', portal: where });
   const digest = DIGEST[opts.digest ?? 'none'];
   const t = opts.timeouts ?? {};
-  const { conn, login, portal } = await openConnection({
-    portal: opts.portal,
-    login: {
-      initiatorName: opts.initiatorName,
-      sessionType: 'Discovery',
-      isid: randomIsid(),
-      tsih: 0,
-      cid: 0,
-      itt: 0,
-      cmdSN: 1,
-      auth: opts.auth,
-      proposal: { headerDigest: digest, dataDigest: digest },
-    },
-    connectTimeoutMs: t.connectMs,
-    loginTimeoutMs: t.loginMs,
-    log,
-  });
+  const plan = discoveryAuthPlan(where, opts.auth !== undefined);
+  const failures = new Map<DiscoveryAuthMode, unknown>();
+  let opened: Awaited<ReturnType<typeof openConnection>> | undefined;
+  for (const [i, mode] of plan.entries()) {
+    try {
+      opened = await openConnection({
+        portal: opts.portal,
+        login: {
+          initiatorName: opts.initiatorName,
+          sessionType: 'Discovery',
+          isid: randomIsid(),
+          tsih: 0,
+          cid: 0,
+          itt: 0,
+          cmdSN: 1,
+          // Let the target choose: CHAP,None even with mutual CHAP credentials.
+          auth: mode === 'chap' ? { ...opts.auth!, allowNone: true } : undefined,
+          proposal: { headerDigest: digest, dataDigest: digest },
+        },
+        connectTimeoutMs: t.connectMs,
+        loginTimeoutMs: t.loginMs,
+        log,
+      });
+      if (i > 0) {
+        log.info({ auth: mode }, mode === 'none' ? 'discovery session: the target refused CHAP and accepted a login without it' : 'discovery session: the target wanted CHAP after all');
+        if (mode === 'none') NO_CHAP_DISCOVERY.add(where);
+        else NO_CHAP_DISCOVERY.delete(where);
+      }
+      break;
+    } catch (e) {
+      failures.set(mode, e);
+      if (!isAuthRefusal(e)) throw withAclHint(e, opts.initiatorName);
+      if (i < plan.length - 1) {
+        log.info({ err: (e as Error).message, auth: mode }, `discovery login refused ${mode === 'chap' ? 'with' : 'without'} CHAP; trying once ${mode === 'chap' ? 'without' : 'with'} it`);
+        continue;
+      }
+      throw discoveryAuthError(failures, opts.initiatorName);
+    }
+  }
+  const { conn, login, portal } = opened!;
   const engine = new SessionEngine({
     params: { ...login, maxBurstLength: login.maxBurstLength || 262144 },
     cmdSN: login.cmdSN,
@@ -113,4 +173,22 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
     engine.shutdown();
     conn.close();
   }
+}
+
+/** The error for a discovery login refused every way we tried: the CHAP attempt's reason, which says most. */
+function discoveryAuthError(failures: Map<DiscoveryAuthMode, unknown>, initiatorName: string): IscsiNbdError {
+  const chap = failures.get('chap') as LoginError | undefined;
+  const none = failures.get('none') as LoginError | undefined;
+  const e = chap ?? none!;
+  const hint = `; ${aclHint(initiatorName)}`;
+  let msg = e.message.endsWith(hint) ? e.message.slice(0, -hint.length) : e.message;
+  if (chap && none) {
+    msg += ' (the discovery session was refused both with and without CHAP)';
+  } else if (!chap) {
+    // No credentials: the portal may want CHAP on its discovery session.
+    msg += '; the portal may want CHAP on discovery sessions: give discovery credentials ' +
+      '(discover: --discovery-chap USER with --discovery-chap-secret-file FILE or $ISCSI_NBD_DISCOVERY_CHAP_SECRET)';
+  }
+  e.message = msg + hint;
+  return e;
 }

@@ -90,7 +90,7 @@ type Status = 'idle' | 'security' | 'operational' | 'done' | 'failed';
 const LOGIN_STATUS_TEXT: Record<number, [ErrorCode, string]> = {
   0x0200: ['ELOGIN', 'initiator error (the target did not accept our login request)'],
   0x0201: ['EAUTH', 'authentication failed: check the CHAP user name and secret (and whether the target requires CHAP)'],
-  0x0202: ['EAUTH', 'authorization failure: this initiator name is not allowed to access the target (check the target ACL)'],
+  0x0202: ['EAUTH', 'authorization failure: this initiator name is not allowed to access the target'],
   0x0203: ['ENOTARGET', 'target not found'],
   0x0204: ['ENOTARGET', 'target removed'],
   0x0205: ['ELOGIN', 'unsupported iSCSI version'],
@@ -113,7 +113,25 @@ export function loginStatusError(statusClass: number, statusDetail: number, targ
   const code: ErrorCode = known ? known[0] : 'ELOGIN';
   let text = known ? known[1] : statusClass === 2 ? 'initiator error' : statusClass === 3 ? 'target error' : 'unexpected status';
   if ((st === 0x0203 || st === 0x0204) && targetName) text += `: ${targetName}`;
+  // tgtd and LIO answer "not found" too when the target exists but its ACL does not list us.
+  if (st === 0x0203) text += ' (or its ACL does not list this initiator)';
   return new LoginError(code, `iSCSI login failed, status ${hex}: ${text}`, statusClass, statusDetail);
+}
+
+/**
+ * The tail of every login failure that an ACL can cause (ENOTARGET, EAUTH):
+ * the initiator name the target saw, which is what its ACL must list.
+ */
+export function aclHint(initiatorName: string): string {
+  return `logged in as ${initiatorName}; add this name to the target's ACL (or pass --initiator-name)`;
+}
+
+/** Add aclHint() to an ENOTARGET/EAUTH login error (once). */
+export function withAclHint<E>(err: E, initiatorName: string): E {
+  if (err instanceof LoginError && (err.code === 'EAUTH' || err.code === 'ENOTARGET') && !err.message.includes('; logged in as ')) {
+    err.message = `${err.message}; ${aclHint(initiatorName)}`;
+  }
+  return err;
 }
 
 /** Parse a TargetAddress value: host[:port][,tpgt], IPv6 in brackets. */
@@ -292,7 +310,7 @@ export class LoginEngine {
       return this.step(resp);
     } catch (e) {
       this.setStatus('failed');
-      throw e;
+      throw withAclHint(e, this.opts.initiatorName);
     }
   }
 

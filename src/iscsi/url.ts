@@ -168,6 +168,27 @@ export function parseIscsiUrl(url: string): IscsiUrl {
   return result;
 }
 
+/**
+ * A URL that must name one LUN (serve --export, config exports and devices,
+ * map, copy). Like libiscsi, a URL without /<lun> is refused rather than
+ * taken to mean LUN 0.
+ */
+export function parseLunUrl(url: string): IscsiUrl & { target: string; lun: number } {
+  const u = parseIscsiUrl(url);
+  if (u.target === undefined) bad(url, 'names no target and no LUN (want iscsi://host[:port]/<target-iqn>/<lun>)');
+  if (u.lun === undefined) bad(url, `names no LUN (want iscsi://host[:port]/${u.target}/<lun>; LUN 0 is not assumed)`);
+  return u as IscsiUrl & { target: string; lun: number };
+}
+
+/**
+ * What `discover` takes: an iscsi:// URL (portal, or portal and target), or a
+ * bare host[:port] as iscsiadm users type it.
+ */
+export function parsePortalUrl(s: string): IscsiUrl {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(s)) return parseIscsiUrl(s);
+  return parseIscsiUrl(`iscsi://${s}`);
+}
+
 /** "host:port" / "[v6]:port" for logs and connect(). */
 export function formatHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;

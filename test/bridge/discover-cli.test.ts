@@ -94,7 +94,8 @@ test('discover: two targets, three LUNs, CHAP, wrong secret, human output, unrea
   assert.ok(lines.some((l) => /^\s+Lun 1: disk .*8 MiB \(8388608 bytes\), block 512$/.test(l)), h.stdout);
   assert.ok(lines.some((l) => /^\s+Lun 2: disk .*16 MiB \(16777216 bytes\), block 4096$/.test(l)), h.stdout);
   assert.ok(lines.some((l) => /^\s+Lun 1: disk .*12 MiB \(12582912 bytes\), block 512$/.test(l)), h.stdout);
-  assert.equal(lines.length, 9, h.stdout); // 2 targets x (name, portal) + 5 LUN lines
+  assert.equal(lines[0], `Initiator: ${TEST_INITIATOR}`, 'the initiator name target ACLs must list comes first');
+  assert.equal(lines.length, 10, h.stdout); // the initiator + 2 targets x (name, portal) + 5 LUN lines
   assert.doesNotMatch(h.stdout, /[{}]/, 'no JSON or log lines in the human output');
   assert.equal(h.stderr.trim(), '', 'nothing on stderr when all is well');
 
@@ -105,6 +106,7 @@ test('discover: two targets, three LUNs, CHAP, wrong secret, human output, unrea
   const none = await runCli(['discover', `iscsi://${tgt.portal}/iqn.2026-11.test.iscsi-nbd:nope`, ...common], { timeoutMs: 30000, env });
   assert.equal(none.code, 5, describeRun(none, 'discover an unknown target'));
   assert.match(none.stderr, /not offered/);
+  assert.match(none.stderr, new RegExp(`logged in as ${TEST_INITIATOR}; add this name to the target's ACL \\(or pass --initiator-name\\)`));
 
   // Nothing listening: a clear message and exit code 3.
   const dead = await freePort();

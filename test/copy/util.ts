@@ -1,6 +1,7 @@
 // Shared by the copy tests: an embedded iSCSI target with memory LUNs in this
 // process, and the CLI as a child process with stdin/stdout on files.
 
+import { userText } from '../helpers/cli-text';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -63,12 +64,12 @@ export function runCli(args: string[], o: RunOptions = {}): Promise<Run> {
   let err = '';
   child.stdout?.on('data', (b: Buffer) => { out += b.toString(); });
   child.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
-  o.during?.(child, () => err);
+  o.during?.(child, () => userText(err));
   return new Promise((resolve) => {
     const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 60000);
     child.once('close', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code, signal, out, err });
+      resolve({ code, signal, out, err: userText(err) });
     });
   });
 }

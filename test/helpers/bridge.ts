@@ -6,6 +6,7 @@
 // which case it throws with the daemon's output). stop() sends SIGTERM and
 // waits; kill() and a process 'exit' hook SIGKILL the process group, so no
 // daemon outlives a test.
+import { userText } from './cli-text';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -56,7 +57,7 @@ export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.
     child.on('close', (code, signal) => {
       clearTimeout(t);
       killGroup(child);
-      resolve({ code, signal, stdout, stderr, timedOut });
+      resolve({ code, signal, stdout, stderr: userText(stderr), timedOut });
     });
   });
 }

@@ -1,6 +1,7 @@
 // Shared by the ops tests: run the real CLI (bin/iscsi-nbd.js) as a child
 // process in its own group, capture its output, and always stop it.
 
+import { userText } from '../helpers/cli-text';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import path from 'node:path';
@@ -87,12 +88,18 @@ export function runCli(args: string[], timeoutMs = 60000, env: Record<string, st
     maxBuffer: 64 << 20,
     env: childEnv(env),
   });
-  return { code: r.status, out: r.stdout ?? '', err: r.stderr ?? '' };
+  return { code: r.status, out: r.stdout ?? '', err: userText(r.stderr ?? '') };
 }
 
-/** Same, without blocking the event loop (so daemons in this process keep running). */
-export function runCliAsync(args: string[], timeoutMs = 60000, env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
+/** The CLI's stderr exactly as written (JSON log lines and all), for tests about the log format. */
+export function runCliRaw(args: string[], timeoutMs = 60000, env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
   return runTool(process.execPath, [CLI, ...args], timeoutMs, env);
+}
+
+/** Same as runCli, without blocking the event loop (so daemons in this process keep running). */
+export async function runCliAsync(args: string[], timeoutMs = 60000, env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
+  const r = await runTool(process.execPath, [CLI, ...args], timeoutMs, env);
+  return { ...r, err: userText(r.err) };
 }
 
 export function runTool(cmd: string, args: string[], timeoutMs = 60000, env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
