@@ -74,7 +74,9 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     readOnly: cfg.readOnly,
     timeouts: cfg.timeouts,
     metrics,
-    log,
+    // `component` names the half of the daemon a line comes from: `exports` (served
+    // over the NBD listeners) or `devices` (the kernel's /dev/nbdN); see src/log.ts.
+    log: log.child({ component: 'exports' }),
     authFor: (url, spec) =>
       authFor(url, secrets, spec.chap && {
         user: spec.chap.user,
@@ -91,7 +93,7 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     throw failed[0].reason;
   }
 
-  const server = new NbdServer({ exports: manager, tls: tlsOptions(cfg), handshakeTimeoutMs: cfg.timeouts.handshake * 1000, log });
+  const server = new NbdServer({ exports: manager, tls: tlsOptions(cfg), handshakeTimeoutMs: cfg.timeouts.handshake * 1000, log: log.child({ component: 'exports' }) });
   for (const l of cfg.listen) {
     const addr = parseListen(l);
     try {
@@ -105,6 +107,7 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
       throw new ConfigError('ECONFIG', `cannot listen on ${where}: ${e.message}`);
     }
   }
+  // One line per listener, once every listener is up (NbdServer.listen() itself does not log it).
   for (const a of server.addresses()) log.info({ address: typeof a === 'string' ? a : formatHostPort(a.address, a.port) }, 'serving NBD');
 
   // Mapped devices: their LUNs are not NBD exports anyone may connect to; the
@@ -151,7 +154,15 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     ? await (async () => {
         const m = parseListen(cfg.metrics!, 9810);
         if ('path' in m) throw new ConfigError('ECONFIG', '--metrics wants HOST:PORT');
-        return startMetricsServer({ host: m.host, port: m.port, metrics: metrics!, ready: () => manager.ready(), readyDetail: () => manager.status().map((s) => ({ name: s.name, state: s.state })) });
+        return startMetricsServer({ host: m.host, port: m.port, metrics: metrics!, ready: () => manager.ready(), readyDetail: () => manager.status().map((s) => ({ name: s.name, state: s.state })) }).catch(
+          async (err: NodeJS.ErrnoException) => {
+            await Promise.all([server.close({ drainMs: 0 }), manager.closeAll()]);
+            const where = formatHostPort(m.host, m.port);
+            throw new ConfigError('ECONFIG', err.code === 'EADDRINUSE'
+              ? `cannot serve metrics on ${where}: the address is in use (another iscsi-nbd?). Pick another with --metrics HOST:PORT`
+              : `cannot serve metrics on ${where}: ${err.message}`);
+          },
+        );
       })()
     : undefined;
 

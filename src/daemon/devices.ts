@@ -5,7 +5,7 @@ import { transmissionFlagsFor } from '../nbd/common';
 import type { BridgedExport, ExportManager } from '../bridge/manager';
 import type { ExportConfig } from '../config';
 import { ConfigError, IscsiNbdError } from '../errors';
-import { parseIscsiUrl } from '../iscsi/url';
+import { parseIscsiUrl, parseLunUrl } from '../iscsi/url';
 import type { Logger } from '../log';
 import type { MappingStatus } from './status';
 import { MappingRecord, MappingStore, MAPPING_VERSION } from './mapping-store';
@@ -77,6 +77,8 @@ class DeviceMapping {
   exp?: BridgedExport;
   readonly conns: (AdoptedConnection | undefined)[];
   private reattachTimer?: NodeJS.Timeout;
+  /** Slots whose dead connection still has requests running at the target. */
+  private readonly settling = new Set<number>();
   private deadSince = 0;
   private backoffMs = 100;
 
@@ -112,11 +114,18 @@ class DeviceMapping {
     if (this.conns[slot] !== c) return;
     this.conns[slot] = undefined;
     if (this.state !== 'attached' && this.state !== 'reattaching') return;
-    // The kernel dropped the socket (a request timed out) or it broke here: a fresh one, soon.
-    this.log.warn({ device: this.device, slot, reason }, 'kernel connection lost; reattaching');
+    // The kernel dropped the socket (a request timed out) or it broke here.
+    // It re-sends what that socket carried on the next one, so the next one
+    // comes only once every request read from this one has finished at the
+    // target: a re-sent write must never race its stale twin.
+    this.log.warn({ device: this.device, slot, reason, inFlight: c.info().inFlight }, 'kernel connection lost; reattaching once its requests have finished');
     if (!this.deadSince) this.deadSince = Date.now();
     this.setState('reattaching');
-    this.scheduleReattach();
+    this.settling.add(slot);
+    void c.idle().then(() => {
+      this.settling.delete(slot);
+      if (this.state === 'reattaching') this.scheduleReattach();
+    });
   }
 
   private scheduleReattach(): void {
@@ -130,8 +139,9 @@ class DeviceMapping {
 
   private async reattachDead(): Promise<void> {
     if (this.state !== 'reattaching') return;
-    const slots = this.conns.map((c, i) => (c ? -1 : i)).filter((i) => i >= 0);
+    const slots = this.conns.map((c, i) => (c || this.settling.has(i) ? -1 : i)).filter((i) => i >= 0);
     if (slots.length === 0) {
+      if (this.settling.size > 0) return; // the rest follow once their requests finish
       this.setState('attached');
       return;
     }
@@ -199,7 +209,7 @@ export class DeviceManager {
 
   private exportSpec(req: { url: string; exportName?: string }, readOnly: boolean): ExportConfig {
     const named = req.exportName ? this.opts.configExport(req.exportName) : undefined;
-    const url = parseIscsiUrl(named?.url ?? req.url);
+    const url = parseLunUrl(named?.url ?? req.url);
     if (!url.target) throw new ConfigError('EBADURL', `${url.redacted()} names no target (want iscsi://host/<iqn>/<lun>)`);
     // Its own name space: a mapped LUN is never an NBD export, and its metrics never mix with one.
     const name = `map:${named?.name ?? `${url.target}/${url.lun ?? 0}`}`;
