@@ -238,6 +238,9 @@ export class DeviceManager {
       reattachTimeout: req.reattachTimeout ?? this.opts.defaults.reattachTimeout,
     };
     for (const [k, v] of Object.entries(d)) if (!Number.isFinite(v) || v < 0 || v > 86400) throw new ConfigError('ECONFIG', `${k} must be 0..86400 seconds`);
+    // Requests also come straight off the control socket: check their shape here.
+    if (typeof req.url !== 'string' || req.url === '') throw new ConfigError('ECONFIG', 'map needs a URL or an export name');
+    if (req.device !== undefined && (!Number.isInteger(req.device) || req.device < 0)) throw new ConfigError('ECONFIG', `bad device ${JSON.stringify(req.device)}: want /dev/nbdN`);
     const connections = req.connections ?? this.opts.defaults.connections;
     if (!Number.isInteger(connections) || connections < 1 || connections > 16) throw new ConfigError('ECONFIG', '--connections must be 1..16');
     const kernel = await this.kernel();

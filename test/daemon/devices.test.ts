@@ -316,3 +316,23 @@ test('a second daemon on the same state dir is refused while the first runs', { 
     await d.stop('test');
   }
 });
+
+test('devices declared in the config are mapped at start, once; a bad map request is refused by shape', { timeout: 120_000 }, async () => {
+  const kernel = new FakeKernel();
+  const cfg = { ...config('e'), devices: [{ url: tgtd.url(1, 2), device: '/dev/nbd5' }] };
+  let d = await daemon(cfg, kernel);
+  try {
+    assert.deepEqual(d.devices.list().map((m) => [m.device, m.state, m.blockSize]), [['/dev/nbd5', 'attached', BS]]);
+    assert.equal(kernel.devices.get(5)?.blockSize, BS);
+    await assert.rejects(callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), device: 'abc' }), /bad device "abc"/);
+    await assert.rejects(callControl(cfg.control!, { op: 'map' }), /needs a URL/);
+    await d.stop('test');
+    // The next start reattaches the declared device instead of mapping it a second time.
+    const connects = kernel.devices.size;
+    d = await daemon(cfg, kernel);
+    assert.equal(kernel.devices.size, connects);
+    assert.deepEqual(d.devices.list().map((m) => [m.device, m.state]), [['/dev/nbd5', 'attached']]);
+  } finally {
+    await d.stop('test');
+  }
+});
