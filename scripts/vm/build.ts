@@ -14,7 +14,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cpioNewc, type CpioEntry } from './cpio';
+import { cpioNewc, CpioTree } from './cpio';
 
 const BUILDER_VERSION = 3;
 const USER_PACKAGES = ['busybox-static', 'nbd-client', 'e2fsprogs', 'util-linux', 'mount', 'libc6'];
@@ -186,18 +186,10 @@ export async function buildVmImage(opts: BuildVmImageOptions = {}): Promise<VmIm
     const modRoot = path.join(root, 'lib/modules', release);
     const order = resolveModules(fs.readFileSync(path.join(modRoot, 'modules.dep'), 'utf8'), [...GUEST_MODULES, ...extraModules]);
 
-    const entries: CpioEntry[] = [];
-    const dirs = new Set<string>();
-    const addDir = (d: string): void => {
-      if (d === '/' || dirs.has(d)) return;
-      addDir(path.dirname(d));
-      dirs.add(d);
-      entries.push({ kind: 'dir', path: d });
-    };
-    const addFile = (p: string, data: Buffer, mode: number): void => {
-      addDir(path.dirname(p));
-      entries.push({ kind: 'file', path: p, data, mode });
-    };
+    const tree = new CpioTree();
+    const entries = tree.entries;
+    const addDir = (d: string): void => tree.dir(d);
+    const addFile = (p: string, data: Buffer, mode: number): void => tree.file(p, data, mode);
     for (const d of ['/proc', '/sys', '/dev', '/tmp', '/mnt', '/run', '/bin', '/sbin', '/etc', '/root', '/usr/bin', '/usr/sbin']) addDir(d);
 
     const modules: string[] = [];

@@ -39,3 +39,26 @@ export function cpioNewc(entries: CpioEntry[]): Buffer {
   push('TRAILER!!!', 0, Buffer.alloc(0), 1);
   return Buffer.concat(parts);
 }
+
+/** Entries for an archive, each directory added once, before anything in it. */
+export class CpioTree {
+  readonly entries: CpioEntry[] = [];
+  private readonly dirs = new Set<string>();
+
+  dir(d: string): void {
+    if (d === '/' || this.dirs.has(d)) return;
+    this.dir(posixDirname(d));
+    this.dirs.add(d);
+    this.entries.push({ kind: 'dir', path: d });
+  }
+
+  file(p: string, data: Buffer, mode: number): void {
+    this.dir(posixDirname(p));
+    this.entries.push({ kind: 'file', path: p, data, mode });
+  }
+}
+
+function posixDirname(p: string): string {
+  const i = p.lastIndexOf('/');
+  return i <= 0 ? '/' : p.slice(0, i);
+}

@@ -30,7 +30,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { buildVmImage, defaultCacheDir, lddLibs, vmTmpDir, type VmImage } from './build';
-import { cpioNewc, type CpioEntry } from './cpio';
+import { cpioNewc, CpioTree } from './cpio';
 
 /** Address of the host inside the guest (the forwards and the hostcall channel). */
 export const GUEST_HOST_ADDR = '10.0.2.100';
@@ -313,18 +313,10 @@ export async function buildNodeGuestImage(opts: { repoDir?: string; cacheDir?: s
   fs.mkdirSync(cacheDir, { recursive: true });
   const work = fs.mkdtempSync(path.join(cacheDir, `.node-${key}-`));
   try {
-    const entries: CpioEntry[] = [];
-    const dirs = new Set<string>();
-    const addDir = (d: string): void => {
-      if (d === '/' || dirs.has(d)) return;
-      addDir(path.dirname(d));
-      dirs.add(d);
-      entries.push({ kind: 'dir', path: d });
-    };
-    const addFile = (p: string, data: Buffer, mode: number): void => {
-      addDir(path.dirname(p));
-      entries.push({ kind: 'file', path: p, data, mode });
-    };
+    const tree = new CpioTree();
+    const entries = tree.entries;
+    const addDir = (d: string): void => tree.dir(d);
+    const addFile = (p: string, data: Buffer, mode: number): void => tree.file(p, data, mode);
     for (const d of [GUEST_REPO_DIR, '/usr/local/bin', '/var/lib', '/var/tmp', '/etc/ng']) addDir(d);
     addFile(GUEST_NODE, fs.readFileSync(nodeBin), 0o755);
     for (const l of libList) addFile(l, fs.readFileSync(fs.realpathSync(l)), 0o755);

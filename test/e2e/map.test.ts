@@ -9,25 +9,15 @@
 //
 // Skipped only when qemu-system-x86_64 is absent and CI is not set.
 
+import { skipUnless } from '../helpers/tools';
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
 import { runGuest, GUEST_HOST_ADDR } from '../../scripts/vm/node-guest';
 
-function have(tool: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const inCI = process.env.CI === 'true';
-const skip = !have('qemu-system-x86_64') && !inCI ? 'qemu-system-x86_64 not installed (CI installs it)' : false;
+const skip = skipUnless('qemu-system-x86_64', 'tgtd', 'tgtadm');
 const GUEST_SCRIPT = path.resolve(__dirname, '../../../test/e2e/map-guest.sh');
 const INAME = 'iqn.2026-11.test.iscsi-nbd:vm-map';
 const MiB = 1 << 20;

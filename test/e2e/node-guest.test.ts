@@ -8,9 +8,9 @@
 // Skipped only when qemu-system-x86_64 is absent and CI is not set; in CI a missing
 // tool is a failure.
 
+import { onPath, skipUnless } from '../helpers/tools';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -20,17 +20,7 @@ import { runGuest, logTail, GUEST_REPO_DIR, type GuestRunResult } from '../../sc
 
 const REQUIRED_TOOLS = ['qemu-system-x86_64', 'apt-get', 'dpkg', 'ldd', 'timeout'];
 
-function have(tool: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const inCI = process.env.CI === 'true';
-const skip = !have('qemu-system-x86_64') && !inCI ? 'qemu-system-x86_64 not installed (CI installs it)' : false;
+const skip = skipUnless('qemu-system-x86_64');
 const VM_TIMEOUT_MS = 300000;
 const REPO = path.resolve(__dirname, '../../..');
 const FWD_GUEST_PORT = 3260;
@@ -140,7 +130,7 @@ function report(t: { diagnostic(s: string): void }, r: GuestRunResult): void {
 }
 
 test('node guest VM: node, koffi over 9p, /dev/nbd0, hostcall and a forward', { skip, timeout: VM_TIMEOUT_MS + 180000 }, async (t) => {
-  const missing = REQUIRED_TOOLS.filter((x) => !have(x));
+  const missing = REQUIRED_TOOLS.filter((x) => !onPath(x));
   assert.deepEqual(missing, [], `tools missing for the node guest test: ${missing.join(', ')}`);
   const token = crypto.randomBytes(6).toString('hex');
   const pong = await startPongServer(token);

@@ -46,3 +46,14 @@ test('resolveModules: dependencies first, each once, names with - or _', () => {
   ]);
   assert.throws(() => resolveModules(dep, ['e1000']), /e1000 not found/);
 });
+
+test('CpioTree: each directory once, parents before what they hold', async () => {
+  const { CpioTree } = await import('../../scripts/vm/cpio');
+  const t = new CpioTree();
+  t.file('/usr/local/bin/node', Buffer.from('x'), 0o755);
+  t.dir('/usr/local');
+  t.file('/usr/lib/a.so', Buffer.from('y'), 0o644);
+  assert.deepEqual(t.entries.map((e) => `${e.kind} ${e.path}`), [
+    'dir /usr', 'dir /usr/local', 'dir /usr/local/bin', 'file /usr/local/bin/node', 'dir /usr/lib', 'file /usr/lib/a.so',
+  ]);
+});
