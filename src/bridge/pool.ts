@@ -2,14 +2,15 @@ import { EventEmitter } from 'node:events';
 import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport';
 import { TransportError } from '../errors';
 import { rootLogger, Logger } from '../log';
-import type { PendingTask } from '../iscsi/session';
+import type { PendingTask } from '../iscsi/session-engine';
+import { isLoggedIn, isPathDown, isReconnecting, mayHoldParked, type SessionState } from '../iscsi/session-state';
 
 /** What the pool needs of one session (IscsiSession provides it). */
 export interface PoolMember extends ScsiTransport {
-  readonly state: string;
+  readonly state: SessionState;
   readonly inFlight: number;
-  on(event: 'state', listener: (state: string) => void): unknown;
-  off(event: 'state', listener: (state: string) => void): unknown;
+  on(event: 'state', listener: (state: SessionState) => void): unknown;
+  off(event: 'state', listener: (state: SessionState) => void): unknown;
   /** Hand over the commands parked while it has no connection (multipath failover). */
   takeParked?(): PendingTask[];
   /** Run commands taken from another member. */
@@ -38,7 +39,7 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   private readonly slotWaiters: Array<() => void> = [];
   private readonly memberWaiters = new Set<() => void>();
   private readonly log: Logger;
-  private readonly memberListeners = new Map<PoolMember, (state: string) => void>();
+  private readonly memberListeners = new Map<PoolMember, (state: SessionState) => void>();
   /** Commands moved from a failed path to a live one. */
   moved = 0;
 
@@ -51,7 +52,7 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   }
 
   private listen(m: PoolMember): void {
-    const l = (state: string): void => this.onMemberState(m, state);
+    const l = (state: SessionState): void => this.onMemberState(m, state);
     this.memberListeners.set(m, l);
     m.on('state', l);
   }
@@ -60,12 +61,12 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   // logged-in member at once, instead of waiting for that path to come
   // back (or for its replacement timeout). A member that logs in takes over
   // what others hold parked.
-  private onMemberState(m: PoolMember, state: string): void {
-    if (state === 'logged-in') {
+  private onMemberState(m: PoolMember, state: SessionState): void {
+    if (isLoggedIn(state)) {
       for (const other of this.members) {
-        if (other !== m && (other.state === 'recovering' || other.state === 'failed' || other.state === 'connecting')) this.moveParked(other);
+        if (other !== m && mayHoldParked(other.state)) this.moveParked(other);
       }
-    } else if (state === 'recovering' || state === 'failed') {
+    } else if (isPathDown(state)) {
       this.moveParked(m);
     }
     this.wakeMemberWaiters();
@@ -106,7 +107,7 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
 
   /** Members able to take commands now. */
   ready(): PoolMember[] {
-    return this.members.filter((m) => m.state === 'logged-in');
+    return this.members.filter((m) => isLoggedIn(m.state));
   }
 
   execute(req: ScsiRequest): Promise<ScsiResponse> {
@@ -161,7 +162,7 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   private pickNow(): PoolMember | undefined {
     let best: PoolMember | undefined;
     for (const m of this.members) {
-      if (m.state !== 'logged-in') continue;
+      if (!isLoggedIn(m.state)) continue;
       if (!best || m.inFlight < best.inFlight) best = m;
     }
     return best;
@@ -173,7 +174,7 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
     // Nobody is logged in: a member that is recovering keeps commands and
     // reissues them once back, so hand the command to the least-loaded one
     // that is still trying; otherwise wait for one to come back.
-    const recovering = this.members.filter((m) => m.state === 'recovering' || m.state === 'connecting');
+    const recovering = this.members.filter((m) => isReconnecting(m.state));
     if (recovering.length > 0) {
       return recovering.reduce((a, b) => (b.inFlight < a.inFlight ? b : a));
     }

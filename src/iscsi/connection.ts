@@ -14,15 +14,9 @@ import { DigestError } from './crc32c';
 import { PduFramer } from './framer';
 import { ChapAlgorithmRejectedError, LoginEngine, LoginOptions, LoginResult, LoginStep } from './login';
 import { decodeFrame, encodePdu, Frame, Pdu } from './pdu';
+import { formatHostPort, type Portal } from './url';
 
-export interface Portal {
-  host: string;
-  port: number;
-}
-
-export function formatPortal(p: Portal): string {
-  return p.host.includes(':') ? `[${p.host}]:${p.port}` : `${p.host}:${p.port}`;
-}
+export type { Portal };
 
 export type ConnectionState = 'connecting' | 'login' | 'full-feature' | 'closed';
 
@@ -59,7 +53,7 @@ interface ChunkReader {
 
 export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const where = formatPortal(portal);
+    const where = formatHostPort(portal.host, portal.port);
     // One read buffer per connection, reused for every read: no allocation
     // per socket read (the framer copies what it has to keep).
     const reader: ChunkReader = {};
@@ -109,13 +103,13 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
   let permanent: Portal | undefined;
   let loginOpts = opts.login;
   let md5Retry = false;
-  if (loginOpts.auth && md5OnlyFor(formatPortal(portal), loginOpts.targetName)) {
+  if (loginOpts.auth && md5OnlyFor(formatHostPort(portal.host, portal.port), loginOpts.targetName)) {
     md5Retry = true;
     loginOpts = { ...loginOpts, chapAlgorithms: [5] };
   }
   for (let redirects = 0; ;) {
     const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS);
-    const conn = new IscsiConnection(sock, log.child({ portal: formatPortal(portal) }));
+    const conn = new IscsiConnection(sock, log.child({ portal: formatHostPort(portal.host, portal.port) }));
     let step: Exclude<LoginStep, { send: unknown }>;
     try {
       step = await conn.login(loginOpts, opts.loginTimeoutMs ?? DEFAULT_LOGIN_MS);
@@ -124,7 +118,7 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
       if (e instanceof ChapAlgorithmRejectedError && !md5Retry) {
         md5Retry = true;
         loginOpts = { ...loginOpts, chapAlgorithms: [5] };
-        const key = `${formatPortal(portal)} ${loginOpts.targetName ?? ''}`;
+        const key = `${formatHostPort(portal.host, portal.port)} ${loginOpts.targetName ?? ''}`;
         if (!MD5_ONLY.has(key)) log.info('target rejected our CHAP_A list; retrying with MD5 only (remembered for this portal)');
         MD5_ONLY.add(key);
         continue;
@@ -139,9 +133,9 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
     conn.close();
     const next: Portal = { host: step.redirect.address, port: step.redirect.port };
     if (++redirects > maxRedirects) {
-      throw new LoginError('EREDIRECT', `iSCSI login redirected more than ${maxRedirects} times (last to ${formatPortal(next)})`, 1, step.redirect.permanent ? 2 : 1);
+      throw new LoginError('EREDIRECT', `iSCSI login redirected more than ${maxRedirects} times (last to ${formatHostPort(next.host, next.port)})`, 1, step.redirect.permanent ? 2 : 1);
     }
-    log.info({ to: formatPortal(next), permanent: step.redirect.permanent }, 'iSCSI login redirected');
+    log.info({ to: formatHostPort(next.host, next.port), permanent: step.redirect.permanent }, 'iSCSI login redirected');
     if (step.redirect.permanent) permanent = next;
     portal = next;
   }

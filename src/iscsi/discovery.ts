@@ -19,13 +19,15 @@
 import { IscsiNbdError, LoginError, ProtocolError } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import { ISCSI_PORT, LogoutReason } from './constants';
-import { formatPortal, openConnection, Portal } from './connection';
+import type { ChapCredentials } from './chap';
+import { openConnection } from './connection';
+import { DIGEST_PROPOSAL, type DigestMode } from './digest';
+import { ConnectionLink } from './link';
 import { aclHint, parseTargetAddress, withAclHint } from './login';
-import { DigestPreference } from './negotiation';
 import { randomIsid } from './pdu';
-import { SessionEngine } from './session';
 import type { TextPair } from './text';
-import type { DigestMode, SessionTimeouts } from './initiator';
+import type { SessionTimeouts } from './initiator';
+import { formatHostPort, type Portal } from './url';
 
 export interface DiscoveredPortal {
   host: string;
@@ -42,18 +44,11 @@ export interface DiscoveredTarget {
 export interface DiscoverOptions {
   portal: Portal;
   initiatorName: string;
-  auth?: { user: string; secret: string | Buffer; targetUser?: string; targetSecret?: string | Buffer };
+  auth?: ChapCredentials;
   digest?: DigestMode;
   timeouts?: Partial<Pick<SessionTimeouts, 'connectMs' | 'loginMs' | 'logoutMs'>> & { textMs?: number };
   log?: Logger;
 }
-
-const DIGEST: Record<DigestMode, DigestPreference> = {
-  none: 'None',
-  crc32c: 'CRC32C',
-  'prefer-crc32c': 'CRC32C,None',
-  'prefer-none': 'None,CRC32C',
-};
 
 /** Parse a SendTargets answer into targets and their portals. */
 export function parseSendTargets(pairs: readonly TextPair[], defaultPortal: Portal): DiscoveredTarget[] {
@@ -105,9 +100,9 @@ function isAuthRefusal(e: unknown): boolean {
 
 /** Ask a portal which targets it offers. Rejects with LoginError/TransportError/ProtocolError. */
 export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[]> {
-  const where = formatPortal(opts.portal);
+  const where = formatHostPort(opts.portal.host, opts.portal.port);
   const log = (opts.log ?? rootLogger()).child({ component: 'iscsi-discovery', portal: where });
-  const digest = DIGEST[opts.digest ?? 'none'];
+  const digest = DIGEST_PROPOSAL[opts.digest ?? 'none'];
   const t = opts.timeouts ?? {};
   const plan = discoveryAuthPlan(where, opts.auth !== undefined);
   const failures = new Map<DiscoveryAuthMode, unknown>();
@@ -149,18 +144,10 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
     }
   }
   const { conn, login, portal } = opened!;
-  const engine = new SessionEngine({
-    params: { ...login, maxBurstLength: login.maxBurstLength || 262144 },
-    cmdSN: login.cmdSN,
-    expStatSN: login.expStatSN,
-    expCmdSN: login.expCmdSN,
-    maxCmdSN: login.maxCmdSN,
-    onSend: (b) => conn.send(b),
-    log,
-  });
-  engine.on('fatal', (err: Error) => conn.close(err));
-  conn.on('closed', (reason: Error) => engine.fail(reason));
-  conn.attach((pdu) => engine.receive(pdu));
+  const link = new ConnectionLink(conn, login, { params: { ...login, maxBurstLength: login.maxBurstLength || 262144 }, cid: 0, log });
+  const engine = link.engine;
+  link.listen('conn', 'closed', (reason: Error) => engine.fail(reason));
+  link.start();
   try {
     const pairs = await engine.text([['SendTargets', 'All']], t.textMs ?? 30000);
     const targets = parseSendTargets(pairs, portal);

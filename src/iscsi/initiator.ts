@@ -1,5 +1,9 @@
 // IscsiSession: the iSCSI initiator the rest of the product uses (a
 // ScsiTransport). One connection per session (MaxConnections=1), ERL 0.
+// (The file keeps the name initiator.ts: the CLI, the bridge manager and the
+// copy tool import IscsiSession from here. The per-connection protocol
+// engine is SessionEngine in session-engine.ts; a connection and its engine
+// form a ConnectionLink, link.ts.)
 //
 // Recovery: when the connection is lost (socket closed, NOP timeout,
 // protocol error, target asking us to log out or warning of a drop), the
@@ -12,22 +16,33 @@
 // verifyLogin (the owner's LUN identity check) runs; a different device is
 // refused. takeParked()/adopt() let a pool move parked commands to another
 // path (multipath failover).
+//
+// Every timer and every "now" of a session comes from one EngineClock
+// (options.clock), shared with its engines: tests drive reconnects, backoff
+// and the replacement timeout with a manual clock.
 
 import { EventEmitter } from 'node:events';
+import { DEFAULT_TIMEOUTS as CONFIG_TIMEOUTS } from '../config';
 import { ConfigError, LoginError, ProtocolError, TransportError } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport';
+import type { ChapCredentials } from './chap';
+import { keepAliveClock, systemClock, type EngineClock, type TimerHandle } from './clock';
 import { AsyncEvent, LogoutReason, TmfResponse } from './constants';
-import { IscsiConnection, formatPortal, openConnection, Portal } from './connection';
+import { openConnection } from './connection';
 import { DigestError } from './crc32c';
+import { DIGEST_PROPOSAL, isDigestMode, type DigestMode } from './digest';
+import { ConnectionLink } from './link';
 import type { LoginResult } from './login';
-import type { DigestPreference, ProposalOptions } from './negotiation';
+import type { ProposalOptions } from './negotiation';
 import { randomIsid } from './pdu';
-import {
-  AsyncEventInfo, CommandTimeoutInfo, createPendingTask, EngineClock, PendingTask, SessionEngine, systemClock,
-} from './session';
+import { AsyncEventInfo, CommandTimeoutInfo, createPendingTask, PendingTask, SessionEngine } from './session-engine';
+import { isPathDown, isShutDown, parksCommands, type SessionState } from './session-state';
+import { formatHostPort, type Portal } from './url';
 
-export type DigestMode = 'none' | 'crc32c' | 'prefer-crc32c' | 'prefer-none';
+export type { SessionState };
+
+export type { DigestMode };
 
 export interface SessionTimeouts {
   /** TCP connect (default 10000). */
@@ -64,7 +79,7 @@ export interface IscsiSessionOptions {
   initiatorAlias?: string;
   /** 48-bit ISID; random (type "random", T=10b) by default, stable for this object. */
   isid?: number;
-  auth?: { user: string; secret: string | Buffer; targetUser?: string; targetSecret?: string | Buffer };
+  auth?: ChapCredentials;
   /** Header and data digests (default 'none'). */
   digest?: DigestMode;
   /** Overrides of our operational proposal. */
@@ -74,7 +89,11 @@ export interface IscsiSessionOptions {
   reconnect?: boolean;
   backoff?: Partial<ReconnectBackoff>;
   log?: Logger;
-  /** Timer source of the protocol engine (tests). */
+  /**
+   * Timer source of the session and its engines (tests). Default: wall-clock
+   * timers; the session's own (reconnect, replacement, LUN check) keep the
+   * process alive as they always did, the engines' do not.
+   */
   clock?: EngineClock;
   /**
    * Run after every login, before any queued command is sent on the new
@@ -87,8 +106,6 @@ export interface IscsiSessionOptions {
   verifyLogin?: (session: IscsiSession, info: { reconnect: boolean }) => Promise<void>;
 }
 
-export type SessionState = 'idle' | 'connecting' | 'logged-in' | 'recovering' | 'failed' | 'closing' | 'closed';
-
 export interface SessionStats {
   reconnects: number;
   digestErrors: number;
@@ -100,25 +117,19 @@ export interface SessionStats {
   portal: string;
 }
 
+/** Defaults: those the daemon's configuration has (config.ts, seconds) in ms, plus TMF and logout. */
 export const DEFAULT_TIMEOUTS: SessionTimeouts = {
-  connectMs: 10000,
-  loginMs: 15000,
-  commandMs: 30000,
-  nopIntervalMs: 5000,
-  nopTimeoutMs: 10000,
-  replacementMs: 120000,
+  connectMs: CONFIG_TIMEOUTS.connect * 1000,
+  loginMs: CONFIG_TIMEOUTS.login * 1000,
+  commandMs: CONFIG_TIMEOUTS.command * 1000,
+  nopIntervalMs: CONFIG_TIMEOUTS.nopInterval * 1000,
+  nopTimeoutMs: CONFIG_TIMEOUTS.nopTimeout * 1000,
+  replacementMs: CONFIG_TIMEOUTS.replacement * 1000,
   tmfMs: 10000,
   logoutMs: 10000,
 };
 
 const DEFAULT_BACKOFF: ReconnectBackoff = { initialMs: 100, maxMs: 30000, jitter: 0.2 };
-
-const DIGEST_PROPOSAL: Record<DigestMode, DigestPreference> = {
-  none: 'None',
-  crc32c: 'CRC32C',
-  'prefer-crc32c': 'CRC32C,None',
-  'prefer-none': 'None,CRC32C',
-};
 
 /** Backoff delay for attempt n (0-based): initial * 2^n capped at max, +/- jitter. */
 export function backoffDelay(n: number, b: ReconnectBackoff, random: () => number = Math.random): number {
@@ -142,18 +153,24 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
   private readonly backoff: ReconnectBackoff;
   private readonly log: Logger;
   private readonly reconnectEnabled: boolean;
+  /** The session's own timers (see IscsiSessionOptions.clock). */
+  private readonly clock: EngineClock;
   private portal: Portal;
-  private conn: IscsiConnection | undefined;
-  private engine: SessionEngine | undefined;
+  /**
+   * The current connection and its engine. Replacing or dropping it detaches
+   * its listeners: events of an older connection never reach the session.
+   */
+  private link: ConnectionLink | undefined;
+  /** The login under way (establish()); cancelled by close(). */
+  private attempt: { cancelled: boolean } | undefined;
   private params: LoginResult | undefined;
   /** Tasks waiting for a connection (during connect or recovery). */
   private backlog: PendingTask[] = [];
-  private generation = 0;
   private reconnectCount = 0;
   private digestErrorCount = 0;
   private lostAt = 0;
-  private retryTimer: NodeJS.Timeout | undefined;
-  private replacementTimer: NodeJS.Timeout | undefined;
+  private retryTimer: TimerHandle | undefined;
+  private replacementTimer: TimerHandle | undefined;
   private nextDelayMs: number | undefined;
   private attempts = 0;
   private loggingOut: Promise<void> | undefined;
@@ -174,8 +191,9 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     this.backoff = { ...DEFAULT_BACKOFF, ...opts.backoff };
     this.reconnectEnabled = opts.reconnect ?? true;
     this.log = (opts.log ?? rootLogger()).child({ component: 'iscsi-initiator', target: opts.targetName });
+    this.clock = opts.clock ?? keepAliveClock;
     // Fail early on a bad proposal (ConfigError), not at the first login.
-    if (opts.digest !== undefined && !(opts.digest in DIGEST_PROPOSAL)) {
+    if (opts.digest !== undefined && !isDigestMode(opts.digest)) {
       throw new ConfigError('ECONFIG', `digest must be none, crc32c, prefer-crc32c or prefer-none, got ${String(opts.digest)}`);
     }
   }
@@ -202,6 +220,10 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
   }
 
   /** Commands sent or waiting (including those parked during an outage). */
+  private get engine(): SessionEngine | undefined {
+    return this.link?.engine;
+  }
+
   get inFlight(): number {
     const sent = this.engine?.inFlight ?? 0;
     if (this.backlog.length === 0) return sent; // the common case: asked on every command
@@ -219,7 +241,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       expStatSn: seq?.expStatSN ?? 0,
       maxCmdSn: seq?.maxCmdSN ?? 0,
       window: seq?.window ?? 0,
-      portal: formatPortal(this.portal),
+      portal: formatHostPort(this.portal.host, this.portal.port),
     };
   }
 
@@ -277,7 +299,8 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
 
   /** One connection + login + engine; adopts the backlog. */
   private async establish(): Promise<void> {
-    const gen = ++this.generation;
+    const attempt = { cancelled: false };
+    this.attempt = attempt;
     const r = await openConnection({
       portal: this.portal,
       login: this.loginOptions(),
@@ -286,7 +309,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       log: this.log,
     });
     const { conn, login } = r;
-    if (gen !== this.generation || this.st === 'closing' || this.st === 'closed') {
+    if (attempt.cancelled || this.attempt !== attempt || isShutDown(this.st)) {
       conn.close();
       throw new TransportError('ESHUTDOWN', 'session closed during login');
     }
@@ -298,38 +321,31 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       throw new LoginError('ELOGIN', 'the target refused CRC32C header/data digests (digest: crc32c); use prefer-crc32c to allow none');
     }
     if (r.permanentRedirect) {
-      this.log.info({ to: formatPortal(r.permanentRedirect) }, 'target moved permanently; using the new portal from now on');
+      this.log.info({ to: formatHostPort(r.permanentRedirect.host, r.permanentRedirect.port) }, 'target moved permanently; using the new portal from now on');
       this.portal = r.permanentRedirect;
     }
     this.params = login;
-    const engine = new SessionEngine({
-      params: login,
-      cmdSN: login.cmdSN,
-      expStatSN: login.expStatSN,
-      expCmdSN: login.expCmdSN,
-      maxCmdSN: login.maxCmdSN,
+    const link = new ConnectionLink(conn, login, {
       cid: login.cid,
-      onSend: (bufs) => conn.send(bufs),
       clock: this.opts.clock ?? systemClock,
       log: this.log,
       commandTimeoutMs: this.timeouts.commandMs,
       nopIntervalMs: this.timeouts.nopIntervalMs,
       nopTimeoutMs: this.timeouts.nopTimeoutMs,
     });
-    this.conn = conn;
-    this.engine = engine;
-    engine.on('fatal', (err: Error) => conn.close(err));
-    engine.on('timeout', (info: CommandTimeoutInfo) => void this.escalate(gen, engine, info));
-    engine.on('async', (info: AsyncEventInfo) => this.onAsync(gen, engine, info));
-    conn.on('closed', (reason: Error) => this.onConnectionLost(gen, reason));
-    conn.setPlaceData((bhs, dsl) => engine.placeDataIn(bhs, dsl));
-    conn.attach((pdu) => engine.receive(pdu));
-    this.log.info({ portal: formatPortal(r.portal), tsih: login.tsih, maxBurstLength: login.maxBurstLength, headerDigest: login.headerDigest, dataDigest: login.dataDigest }, 'iSCSI session logged in');
-    if ((conn.state as string) === 'closed') {
-      // Lost while attaching: onConnectionLost already ran for this generation.
-      throw conn.reason ?? new TransportError('ECONNLOST', 'connection lost right after login');
+    this.link?.detach();
+    this.link = link;
+    link
+      .listen('engine', 'timeout', (info: CommandTimeoutInfo) => void this.escalate(link, info))
+      .listen('engine', 'async', (info: AsyncEventInfo) => this.onAsync(link, info))
+      .listen('conn', 'closed', (reason: Error) => this.onConnectionLost(link, reason));
+    const open = link.start();
+    this.log.info({ portal: formatHostPort(r.portal.host, r.portal.port), tsih: login.tsih, maxBurstLength: login.maxBurstLength, headerDigest: login.headerDigest, dataDigest: login.dataDigest }, 'iSCSI session logged in');
+    if (!open) {
+      // Lost while attaching: onConnectionLost already ran for this link.
+      throw link.reason ?? new TransportError('ECONNLOST', 'connection lost right after login');
     }
-    if (this.opts.verifyLogin) await this.verify(gen, conn, engine);
+    if (this.opts.verifyLogin) await this.verify(link);
     if (this.refusal) {
       this.log.warn('the expected LUN is back behind this address; serving again');
       this.refusal = undefined;
@@ -337,7 +353,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     this.setState('logged-in');
     const backlog = this.backlog;
     this.backlog = [];
-    engine.adopt(backlog);
+    link.engine.adopt(backlog);
   }
 
   /**
@@ -345,37 +361,35 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
    * without recovery for it (the caller's retry loop goes on) and the error
    * is thrown; ELUN_CHANGED turns the session into a refusing one.
    */
-  private async verify(gen: number, conn: IscsiConnection, engine: SessionEngine): Promise<void> {
+  private async verify(link: ConnectionLink): Promise<void> {
     const limitMs = Math.max(this.timeouts.loginMs, this.timeouts.commandMs);
-    let timer: NodeJS.Timeout | undefined;
+    let timer: TimerHandle | undefined;
     try {
       await Promise.race([
         this.opts.verifyLogin!(this, { reconnect: this.reconnectCount > 0 || this.st !== 'connecting' }),
         new Promise<never>((_, rej) => {
-          timer = setTimeout(() => rej(new TransportError('ETIMEOUT', `LUN check after login did not finish within ${limitMs} ms`)), limitMs);
+          timer = this.clock.setTimeout(() => rej(new TransportError('ETIMEOUT', `LUN check after login did not finish within ${limitMs} ms`)), limitMs);
         }),
       ]);
     } catch (e) {
       const err = e as Error;
-      if (gen === this.generation) {
-        // Detach this connection: its loss must not start another recovery.
-        this.generation++;
-        this.engine = undefined;
-        this.conn = undefined;
-        for (const p of engine.drainTasks()) {
+      if (this.link === link) {
+        // Drop this connection without recovery for it: detached, its loss reports nothing.
+        this.link = undefined;
+        link.detach();
+        for (const p of link.engine.drainTasks()) {
           if (this.direct.has(p)) p.reject(err);
           else this.backlog.push(p);
         }
-        engine.shutdown();
-        conn.close(err);
+        link.dispose(err);
       }
       if ((err as { code?: string }).code === 'ELUN_CHANGED') this.refuse(err);
       throw err;
     } finally {
-      if (timer) clearTimeout(timer);
+      if (timer !== undefined) this.clock.clearTimeout(timer);
     }
-    if (gen !== this.generation || conn.state === 'closed') {
-      throw conn.reason ?? new TransportError('ECONNLOST', 'connection lost during the LUN check');
+    if (!link.live) {
+      throw link.reason ?? new TransportError('ECONNLOST', 'connection lost during the LUN check');
     }
   }
 
@@ -383,13 +397,12 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     const first = !this.refusal;
     this.refusal = err;
     if (first) {
-      this.log.error({ err: err.message, portal: formatPortal(this.portal) },
+      this.log.error({ err: err.message, portal: formatHostPort(this.portal.host, this.portal.port) },
         'a different device answers at this address: refusing it (no command is sent to it); still retrying');
       this.emit('refused', err);
     }
-    if (this.replacementTimer) clearTimeout(this.replacementTimer);
-    this.replacementTimer = undefined;
-    if (this.st === 'connecting' || this.st === 'closing' || this.st === 'closed') return;
+    this.clearReplacementTimer();
+    if (this.st === 'connecting' || isShutDown(this.st)) return;
     // Listeners (a pool) may take the parked commands to another path now.
     this.setState('failed');
     this.rejectBacklog(err);
@@ -405,7 +418,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     if (!engine || engine.state !== 'full-feature') {
       return Promise.reject(new TransportError('ECONNLOST', 'no iSCSI connection to run the command on'));
     }
-    const { task, promise } = createPendingTask(req);
+    const { task, promise } = createPendingTask(req, this.clock.now());
     this.direct.add(task);
     engine.adopt([task]);
     return promise.finally(() => this.direct.delete(task));
@@ -427,7 +440,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     if (live.length === 0) return;
     if (this.st === 'logged-in' && this.engine && this.engine.state === 'full-feature') {
       this.engine.adopt(live);
-    } else if (this.st === 'logged-in' || this.st === 'connecting' || this.st === 'recovering') {
+    } else if (parksCommands(this.st)) {
       this.backlog.push(...live);
     } else {
       const err = this.refusal ?? new TransportError('ECONNLOST', `iSCSI session to ${this.opts.targetName} is not connected (${this.st})`);
@@ -441,22 +454,22 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
    */
   retryInBackground(): void {
     if (this.st !== 'failed' || !this.reconnectEnabled) return;
-    this.lostAt = Date.now();
+    this.lostAt = this.clock.now();
     this.scheduleReconnect();
   }
 
   // ------------------------------------------------------------ I/O
 
   execute(req: ScsiRequest): Promise<ScsiResponse> {
-    const gen = this.generation;
+    const link = this.link;
     return this.executeOnce(req).catch((e: unknown) => {
       // The target broke the protocol for this task (bad offset, DataSN gap,
       // missing data...): it cannot be trusted on this connection. Drop it
       // (everything in flight is reissued after the new login) and run the
       // command once more.
-      if (!(e instanceof ProtocolError) || this.st === 'closing' || this.st === 'closed') throw e;
+      if (!(e instanceof ProtocolError) || isShutDown(this.st)) throw e;
       this.log.warn({ err: e.message }, 'protocol error in a command: dropping the connection and retrying it');
-      if (gen === this.generation) this.conn?.close(e);
+      if (link?.live) link.conn.close(e);
       return this.executeOnce(req);
     });
   }
@@ -464,14 +477,14 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
   private executeOnce(req: ScsiRequest): Promise<ScsiResponse> {
     const st = this.st;
     if (st === 'logged-in' && this.engine && this.engine.state === 'full-feature') return this.engine.submit(req);
-    if (st === 'logged-in' || st === 'connecting' || st === 'recovering') {
+    if (parksCommands(st)) {
       // Not connected yet, or the connection is being logged out or dropped:
       // park it for the next connection.
-      const { task, promise } = createPendingTask(req);
+      const { task, promise } = createPendingTask(req, this.clock.now());
       this.backlog.push(task);
       return promise;
     }
-    if (st === 'closing' || st === 'closed') {
+    if (isShutDown(st)) {
       return Promise.reject(new TransportError('ESHUTDOWN', 'iSCSI session is closed'));
     }
     if (this.refusal) return Promise.reject(this.refusal);
@@ -481,10 +494,11 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
   // ------------------------------------------------------------ timeouts
 
   // ABORT TASK, then LUN RESET, then drop the connection (commands are reissued).
-  private async escalate(gen: number, engine: SessionEngine, info: CommandTimeoutInfo): Promise<void> {
-    if (gen !== this.generation || this.escalating.has(info.itt)) return;
+  private async escalate(link: ConnectionLink, info: CommandTimeoutInfo): Promise<void> {
+    if (this.escalating.has(info.itt)) return;
+    const engine = link.engine;
     const drop = (why: string): void => {
-      if (gen === this.generation) this.conn?.close(new TransportError('ETIMEOUT', why));
+      if (link.live) link.conn.close(new TransportError('ETIMEOUT', why));
     };
     if (!info.sent) {
       drop(`command waited ${info.ageMs} ms for the CmdSN window; reconnecting`);
@@ -501,7 +515,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       } catch (e) {
         this.log.warn({ itt: info.itt, err: (e as Error).message }, 'ABORT TASK failed; resetting the LUN');
       }
-      if (gen !== this.generation || engine.state !== 'full-feature') return;
+      if (!link.live || engine.state !== 'full-feature') return;
       try {
         const r = await engine.lunReset(info.lun, this.timeouts.tmfMs, true);
         if (r === TmfResponse.FUNCTION_COMPLETE) return;
@@ -517,35 +531,35 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
 
   // ------------------------------------------------------------ async events
 
-  private onAsync(gen: number, engine: SessionEngine, info: AsyncEventInfo): void {
+  private onAsync(link: ConnectionLink, info: AsyncEventInfo): void {
     this.emit('async', info);
-    if (gen !== this.generation) return;
     switch (info.event) {
       case AsyncEvent.LOGOUT_REQUEST:
       case AsyncEvent.NEGOTIATION_REQUEST:
         // Log out within Parameter3 seconds; a new login renegotiates.
-        void this.logoutAndReconnect(gen, engine, Math.max(1, info.parameter3) * 1000, info.name);
+        void this.logoutAndReconnect(link, Math.max(1, info.parameter3) * 1000, info.name);
         break;
       case AsyncEvent.CONNECTION_DROP:
       case AsyncEvent.SESSION_DROP:
         // The target drops us; wait Time2Wait (Parameter2) before logging in again.
         this.nextDelayMs = info.parameter2 * 1000;
-        this.conn?.close(new TransportError('ECONNLOST', `target announced ${info.name}`));
+        link.conn.close(new TransportError('ECONNLOST', `target announced ${info.name}`));
         break;
       default:
         break;
     }
   }
 
-  private async logoutAndReconnect(gen: number, engine: SessionEngine, limitMs: number, why: string): Promise<void> {
+  private async logoutAndReconnect(link: ConnectionLink, limitMs: number, why: string): Promise<void> {
+    const engine = link.engine;
     engine.pause();
     const waitMs = Math.max(0, limitMs - 500);
     await this.waitIdle(engine, waitMs, false);
-    if (gen !== this.generation || engine.state !== 'full-feature') return;
+    if (!link.live || engine.state !== 'full-feature') return;
     await engine.logout(LogoutReason.CLOSE_SESSION, Math.min(this.timeouts.logoutMs, limitMs)).catch(() => undefined);
-    if (gen !== this.generation) return;
+    if (!link.live) return;
     this.nextDelayMs = 0;
-    this.conn?.close(new TransportError('ECONNLOST', `logged out at the target's request (${why})`));
+    link.conn.close(new TransportError('ECONNLOST', `logged out at the target's request (${why})`));
   }
 
   /**
@@ -558,7 +572,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     if (done()) return Promise.resolve();
     return new Promise((resolve) => {
       const finish = (): void => {
-        clearTimeout(timer);
+        this.clock.clearTimeout(timer);
         engine.off('taskDone', check);
         engine.off('idle', check);
         engine.off('state', check);
@@ -567,7 +581,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       const check = (): void => {
         if (done()) finish();
       };
-      const timer = setTimeout(finish, limitMs);
+      const timer = this.clock.setTimeout(finish, limitMs);
       engine.on('taskDone', check);
       engine.on('idle', check);
       engine.on('state', check);
@@ -576,23 +590,21 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
 
   // ------------------------------------------------------------ recovery
 
-  private onConnectionLost(gen: number, reason: Error): void {
-    if (gen !== this.generation) return;
+  private onConnectionLost(link: ConnectionLink, reason: Error): void {
+    // Only the current link's listeners are attached: this is our connection.
     if (reason instanceof DigestError) this.digestErrorCount++;
-    const engine = this.engine;
-    this.engine = undefined;
-    this.conn = undefined;
-    if (engine) {
-      engine.fail(reason);
-      const drained: PendingTask[] = [];
-      for (const p of engine.drainTasks()) {
-        if (this.direct.has(p)) p.reject(new TransportError('ECONNLOST', `iSCSI connection lost: ${reason.message}`));
-        else drained.push(p);
-      }
-      this.backlog = [...drained, ...this.backlog];
-      engine.shutdown();
+    const engine = link.engine;
+    link.detach();
+    if (this.link === link) this.link = undefined;
+    engine.fail(reason);
+    const drained: PendingTask[] = [];
+    for (const p of engine.drainTasks()) {
+      if (this.direct.has(p)) p.reject(new TransportError('ECONNLOST', `iSCSI connection lost: ${reason.message}`));
+      else drained.push(p);
     }
-    if (this.st === 'closing' || this.st === 'closed' || this.st === 'connecting') {
+    this.backlog = [...drained, ...this.backlog];
+    engine.shutdown();
+    if (isShutDown(this.st) || this.st === 'connecting') {
       // connect() reports its own failure; close()/logout() reject the rest.
       return;
     }
@@ -604,7 +616,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       return;
     }
     if (this.st !== 'failed') {
-      this.lostAt = Date.now();
+      this.lostAt = this.clock.now();
       this.setState('recovering');
       this.armReplacementTimer();
     }
@@ -612,9 +624,14 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     this.scheduleReconnect();
   }
 
+  private clearReplacementTimer(): void {
+    if (this.replacementTimer !== undefined) this.clock.clearTimeout(this.replacementTimer);
+    this.replacementTimer = undefined;
+  }
+
   private armReplacementTimer(): void {
-    if (this.replacementTimer) clearTimeout(this.replacementTimer);
-    this.replacementTimer = setTimeout(() => {
+    this.clearReplacementTimer();
+    this.replacementTimer = this.clock.setTimeout(() => {
       this.replacementTimer = undefined;
       if (this.st !== 'recovering') return;
       this.log.error({ ms: this.timeouts.replacementMs }, 'iSCSI session not restored in time; failing commands, still reconnecting');
@@ -624,30 +641,29 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
   }
 
   private scheduleReconnect(): void {
-    if (this.retryTimer) return;
+    if (this.retryTimer !== undefined) return;
     const delay = this.nextDelayMs ?? backoffDelay(this.attempts, this.backoff);
     this.nextDelayMs = undefined;
-    this.retryTimer = setTimeout(() => {
+    this.retryTimer = this.clock.setTimeout(() => {
       this.retryTimer = undefined;
       void this.reconnectOnce();
     }, delay);
   }
 
   private async reconnectOnce(): Promise<void> {
-    if (this.st !== 'recovering' && this.st !== 'failed') return;
+    if (!isPathDown(this.st)) return;
     this.attempts++;
     try {
       await this.establish();
     } catch (e) {
-      if (this.st !== 'recovering' && this.st !== 'failed') return;
+      if (!isPathDown(this.st)) return;
       this.log.info({ attempt: this.attempts, err: (e as Error).message }, 'iSCSI reconnect failed; retrying');
       this.scheduleReconnect();
       return;
     }
-    if (this.replacementTimer) clearTimeout(this.replacementTimer);
-    this.replacementTimer = undefined;
+    this.clearReplacementTimer();
     this.reconnectCount++;
-    const outageMs = Date.now() - this.lostAt;
+    const outageMs = this.clock.now() - this.lostAt;
     this.log.info({ attempts: this.attempts, outageMs }, 'iSCSI session reinstated');
     this.emit('reconnected', { attempts: this.attempts, outageMs });
   }
@@ -695,23 +711,22 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
   }
 
   private finishClose(err: Error): void {
-    this.generation++;
-    const engine = this.engine;
-    const conn = this.conn;
-    this.engine = undefined;
-    this.conn = undefined;
-    if (engine) {
-      engine.failAll(err);
-      engine.shutdown();
+    if (this.attempt) this.attempt.cancelled = true;
+    this.attempt = undefined;
+    const link = this.link;
+    this.link = undefined;
+    if (link) {
+      link.detach();
+      link.engine.failAll(err);
+      link.dispose(err);
     }
-    conn?.close(err);
     this.rejectBacklog(err);
     this.setState('closed');
   }
 
   private stopTimers(): void {
-    if (this.retryTimer) clearTimeout(this.retryTimer);
-    if (this.replacementTimer) clearTimeout(this.replacementTimer);
-    this.retryTimer = this.replacementTimer = undefined;
+    if (this.retryTimer !== undefined) this.clock.clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.clearReplacementTimer();
   }
 }

@@ -190,6 +190,13 @@ export function parsePortalUrl(s: string): IscsiUrl {
 }
 
 /** "host:port" / "[v6]:port" for logs and connect(). */
+/** A target portal: where an iSCSI target listens. */
+export interface Portal {
+  host: string;
+  port: number;
+}
+
+/** "host:port", with IPv6 hosts in brackets (the one formatter for portals and listen addresses). */
 export function formatHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

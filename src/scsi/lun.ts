@@ -2,19 +2,23 @@
 // identification the way qemu does it, byte-addressed I/O split to the
 // transfer limits, and retries decided by the table in sense.ts.
 
+import { runLimited } from '../util/limit';
 import type { Logger } from '../log';
 import { rootLogger } from '../log';
 import { IscsiNbdError, RequestError, ScsiError } from '../errors';
 import * as cdb from './cdb';
 import {
-  BlockLimits, CachingPage, Capacity16, Designator, ModeSenseData, PDT_DISK, ProvisioningState,
-  StandardInquiry, LogicalBlockProvisioning, ReportedLun, ASSOC, DESIG,
-  findCachingPage, parseLbaStatus, parseModeSense, parseReadCapacity10, parseReadCapacity16,
-  parseReportLuns, parseStandardInquiry, parseVpdBlockCharacteristics, parseVpdBlockLimits,
-  parseVpdDeviceId, parseVpdHeader, parseVpdLbp, parseVpdSupportedPages, parseVpdUnitSerial,
+  Capacity16, ModeSenseData, ProvisioningState, StandardInquiry, ReportedLun,
+  parseLbaStatus, parseModeSense, parseReadCapacity10, parseReadCapacity16, parseReportLuns, parseStandardInquiry,
+  parseVpdHeader,
 } from './parse';
 import { SK, SenseData, classify, describeOutcome, parseSense, scsiError, statusName } from './sense';
 import { SAM_STAT_CHECK_CONDITION, SAM_STAT_GOOD, ScsiResponse, ScsiTransport } from './transport';
+import { describeDevice, identify, sameDevice, type LunInfo } from './identify';
+
+// Identification (identify(), the identity string, the info types) lives in identify.ts.
+export { buildIdentity, deviceTypeName, describeDevice, sameDevice } from './identify';
+export type { LunCapabilities, LunInfo, LunLimits, LunProvisioning } from './identify';
 
 export interface LunOptions {
   log?: Logger;
@@ -45,67 +49,6 @@ export interface LunOptions {
 }
 
 /** Limits in bytes (or blocks where named so); 0 = the device reported no limit. */
-export interface LunLimits {
-  maxTransferBytes: number;
-  optimalTransferBytes: number;
-  optimalGranularityBytes: number;
-  /** Per UNMAP command; 0xffffffff = unlimited, 0 = UNMAP not supported (when B0 present). */
-  maxUnmapBlocks: number;
-  maxUnmapDescriptors: number;
-  maxWriteSameBlocks: number;
-  unmapGranularityBytes: number;
-  /** Byte offset of the first aligned unmap granule (valid only when unmapGranularityBytes > 0). */
-  unmapAlignmentBytes: number;
-}
-
-export interface LunProvisioning {
-  lbpme: boolean;
-  lbprz: boolean;
-  lbpu: boolean;
-  lbpws: boolean;
-  lbpws10: boolean;
-  anc: boolean;
-  /** VPD B2 PROVISIONING TYPE: 0 unknown, 1 resource, 2 thin. */
-  type: number;
-}
-
-/** What the LUN can do. unmap/writeSame/writeSameUnmap/getLbaStatus may turn false as the device refuses them. */
-export interface LunCapabilities {
-  unmap: boolean;
-  writeSame: boolean;
-  writeSameUnmap: boolean;
-  getLbaStatus: boolean;
-  sync16: boolean;
-  rw16: boolean;
-}
-
-export interface LunInfo {
-  lun: number;
-  deviceType: number;
-  vendor: string;
-  product: string;
-  revision: string;
-  serial?: string;
-  designators: Designator[];
-  /** Stable identity from VPD 0x83 (NAA > EUI-64 > SCSI name > T10) and the 0x80 serial. */
-  identity: string;
-  blockSize: number;
-  blocks: bigint;
-  sizeBytes: bigint;
-  physicalBlockSize: number;
-  lowestAlignedLba: number;
-  writeProtect: boolean;
-  writeCache: boolean;
-  dpoFua: boolean;
-  rotational: boolean;
-  protectionEnabled: boolean;
-  limits: LunLimits;
-  provisioning: LunProvisioning;
-  capabilities: LunCapabilities;
-  vpdPages: number[];
-  inquiry: StandardInquiry;
-}
-
 export interface LbaExtent {
   offset: bigint;
   length: bigint;
@@ -121,8 +64,6 @@ export interface ExecuteOptions {
   quiet?: boolean;
 }
 
-const MIN_BLOCK = 512;
-const MAX_BLOCK = 65536;
 const UNLIMITED32 = 0xffffffff;
 const ZERO_BUF_BYTES = 1 << 20;
 
@@ -144,43 +85,9 @@ async function settleAll(ps: Promise<unknown>[]): Promise<void> {
   for (const r of rs) if (r.status === 'rejected') throw r.reason;
 }
 
-/** Run fn over the items of `next` with at most `limit` in flight; stop starting new ones on the first error. */
-async function runLimited<T>(next: () => T | undefined, limit: number, fn: (t: T) => Promise<void>): Promise<void> {
-  let failed = false;
-  let err: unknown;
-  const worker = async (): Promise<void> => {
-    while (!failed) {
-      const item = next();
-      if (item === undefined) return;
-      try {
-        await fn(item);
-      } catch (e) {
-        if (!failed) { failed = true; err = e; }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, limit) }, worker));
-  if (failed) throw err;
-}
 
 function sameMemory(a: Buffer, b: Buffer): boolean {
   return a.buffer === b.buffer && a.byteOffset === b.byteOffset;
-}
-
-/** Identity string: the best LU-associated designator plus the unit serial. */
-export function buildIdentity(designators: Designator[], serial: string | undefined, inq?: StandardInquiry): string {
-  const lu = designators.filter((d) => d.association === ASSOC.LU);
-  const pick = (type: number): Designator | undefined => lu.find((d) => d.type === type);
-  const d = pick(DESIG.NAA) ?? pick(DESIG.EUI64) ?? pick(DESIG.SCSI_NAME) ?? pick(DESIG.UUID) ?? pick(DESIG.T10);
-  const parts: string[] = [];
-  if (d) {
-    const prefix = d.type === DESIG.NAA ? 'naa.' : d.type === DESIG.EUI64 ? 'eui.' : d.type === DESIG.SCSI_NAME ? 'name:'
-      : d.type === DESIG.UUID ? 'uuid.' : 't10:';
-    parts.push(prefix + d.value);
-  }
-  if (serial) parts.push(`sn:${serial}`);
-  if (parts.length === 0 && inq) parts.push(`inq:${inq.vendor}/${inq.product}`);
-  return parts.join('|');
 }
 
 export class LogicalUnit {
@@ -396,7 +303,7 @@ export class LogicalUnit {
    * caching page), READ CAPACITY(16) falling back to (10).
    */
   async open(): Promise<LunInfo> {
-    this._info = await this.identify();
+    this._info = await identify(this, this.log);
     const i = this._info;
     const fields = {
       vendor: i.vendor, product: i.product, identity: i.identity, blockSize: i.blockSize, blocks: String(i.blocks),
@@ -413,12 +320,10 @@ export class LogicalUnit {
    */
   async revalidate(): Promise<LunInfo> {
     const old = this.info;
-    const now = await this.identify();
-    if (now.identity !== old.identity || now.blockSize !== old.blockSize) {
+    const now = await identify(this, this.log);
+    if (!sameDevice(old, now)) {
       this.log.error({ was: old.identity, now: now.identity }, 'LUN identity changed');
-      throw new ScsiError('ELUN_CHANGED',
-        `LUN ${this.lun} changed: was ${old.identity || '(no id)'} (${old.blockSize} B blocks), now ${now.identity || '(no id)'} (${now.blockSize} B blocks)`,
-        SAM_STAT_GOOD);
+      throw new ScsiError('ELUN_CHANGED', `LUN ${this.lun} changed: was ${describeDevice(old)}, now ${describeDevice(now)}`, SAM_STAT_GOOD);
     }
     if (now.blocks !== old.blocks) this.log.warn({ was: String(old.blocks), now: String(now.blocks) }, 'LUN size changed');
     // keep what we learnt the device refuses
@@ -430,158 +335,6 @@ export class LogicalUnit {
     now.capabilities = old.capabilities;
     Object.assign(old, now);
     return old;
-  }
-
-  private async identify(): Promise<LunInfo> {
-    try {
-      await this.testUnitReady();
-    } catch (e) {
-      if (e instanceof ScsiError && e.senseKey === SK.ILLEGAL_REQUEST && e.asc === 0x25) {
-        throw new ScsiError('ENOLUN', `no logical unit at LUN ${this.lun} (${e.message})`, e.status, e.senseKey, e.asc, e.ascq);
-      }
-      throw e;
-    }
-
-    const inq = await this.inquiry();
-    if (inq.peripheralQualifier === 1 || inq.peripheralQualifier === 3) {
-      throw new ScsiError('ENOLUN',
-        `no logical unit at LUN ${this.lun} (peripheral qualifier ${inq.peripheralQualifier})`, SAM_STAT_GOOD);
-    }
-    if (inq.deviceType !== PDT_DISK) {
-      throw new ScsiError('ESCSI_UNSUPPORTED',
-        `LUN ${this.lun} is not a disk (peripheral device type 0x${inq.deviceType.toString(16).padStart(2, '0')}: ${deviceTypeName(inq.deviceType)})`,
-        SAM_STAT_GOOD);
-    }
-
-    // VPD pages: only those the device lists; a failing page is skipped, not fatal.
-    let pages: number[] = [];
-    try {
-      pages = parseVpdSupportedPages(await this.vpd(0x00, true));
-    } catch (e) {
-      if (!(e instanceof ScsiError)) throw e;
-      this.log.debug({ err: e.message }, 'no VPD pages');
-    }
-    const page = async <T>(code: number, parse: (b: Buffer) => T): Promise<T | undefined> => {
-      if (!pages.includes(code)) return undefined;
-      try {
-        return parse(await this.vpd(code, true));
-      } catch (e) {
-        if (!(e instanceof ScsiError)) throw e;
-        this.log.warn({ page: code, err: e.message }, 'VPD page unreadable, ignored');
-        return undefined;
-      }
-    };
-    const serial = await page(0x80, parseVpdUnitSerial);
-    const designators = (await page(0x83, parseVpdDeviceId)) ?? [];
-    const bl: BlockLimits | undefined = await page(0xb0, parseVpdBlockLimits);
-    const bc = await page(0xb1, parseVpdBlockCharacteristics);
-    const lbp: LogicalBlockProvisioning | undefined = await page(0xb2, parseVpdLbp);
-
-    // MODE SENSE: all pages for the header and, with luck, the caching page.
-    let ms: ModeSenseData | undefined;
-    let caching: CachingPage | undefined;
-    try {
-      ms = await this.modeSense(cdb.MODE_PAGE_ALL, true);
-      caching = findCachingPage(ms);
-    } catch (e) {
-      if (!(e instanceof ScsiError)) throw e;
-      this.log.debug({ err: e.message }, 'MODE SENSE for all pages refused');
-    }
-    if (!caching) {
-      try {
-        const m8 = await this.modeSense(cdb.MODE_PAGE_CACHING, true);
-        ms ??= m8;
-        caching = findCachingPage(m8);
-      } catch (e) {
-        if (!(e instanceof ScsiError)) throw e;
-        this.log.debug({ err: e.message }, 'MODE SENSE caching page refused');
-      }
-    }
-    if (!ms) this.log.warn('MODE SENSE unsupported: assuming writable, no FUA, write cache on');
-
-    // READ CAPACITY(16), falling back to (10) on ILLEGAL REQUEST.
-    let c16: Capacity16 | undefined;
-    try {
-      c16 = await this.readCapacity16(true);
-    } catch (e) {
-      if (!isIllegalRequest(e)) throw e;
-      this.log.debug('READ CAPACITY(16) refused, using READ CAPACITY(10)');
-    }
-    let blockSize: number;
-    let blocks: bigint;
-    if (c16) {
-      blockSize = c16.blockLength;
-      blocks = c16.returnedLba + 1n;
-    } else {
-      const c10 = await this.readCapacity10();
-      if (c10.returnedLba === 0xffffffff) {
-        throw new ScsiError('ESCSI_UNSUPPORTED',
-          `LUN ${this.lun} is larger than READ CAPACITY(10) can say and refuses READ CAPACITY(16)`, SAM_STAT_GOOD);
-      }
-      blockSize = c10.blockLength;
-      blocks = BigInt(c10.returnedLba) + 1n;
-    }
-    if (blockSize < MIN_BLOCK || blockSize > MAX_BLOCK || (blockSize & (blockSize - 1)) !== 0) {
-      throw new ScsiError('ESCSI_UNSUPPORTED', `LUN ${this.lun} has an unsupported block size of ${blockSize} bytes`, SAM_STAT_GOOD);
-    }
-    if (c16?.protEn) this.log.warn({ pType: c16.pType }, 'LUN is formatted with protection information; reading/writing without it');
-
-    const limits: LunLimits = {
-      maxTransferBytes: (bl?.maxTransferLength ?? 0) * blockSize,
-      optimalTransferBytes: (bl?.optimalTransferLength ?? 0) * blockSize,
-      optimalGranularityBytes: (bl?.optimalTransferLengthGranularity ?? 0) * blockSize,
-      maxUnmapBlocks: bl ? bl.maxUnmapLbaCount : UNLIMITED32,
-      maxUnmapDescriptors: bl ? bl.maxUnmapBlockDescriptorCount : 1,
-      maxWriteSameBlocks: bl ? Number(bl.maxWriteSameLength > BigInt(UNLIMITED32) ? BigInt(UNLIMITED32) : bl.maxWriteSameLength) : 0,
-      unmapGranularityBytes: (bl?.optimalUnmapGranularity ?? 0) * blockSize,
-      unmapAlignmentBytes: bl?.ugaValid ? bl.unmapGranularityAlignment * blockSize : 0,
-    };
-    const provisioning: LunProvisioning = {
-      lbpme: c16?.lbpme ?? false,
-      lbprz: (c16?.lbprz ?? false) || (lbp?.lbprz ?? false),
-      lbpu: lbp?.lbpu ?? false,
-      lbpws: lbp?.lbpws ?? false,
-      lbpws10: lbp?.lbpws10 ?? false,
-      anc: lbp?.ancSup ?? false,
-      type: lbp?.provisioningType ?? 0,
-    };
-    const capabilities: LunCapabilities = {
-      // UNMAP only when B2 says LBPU (like qemu), and B0 (if any) allows some blocks and descriptors.
-      unmap: provisioning.lbpu && (!bl || (limits.maxUnmapBlocks > 0 && limits.maxUnmapDescriptors > 0)),
-      // Optimistic: learnt false on ILLEGAL REQUEST.
-      writeSame: true,
-      writeSameUnmap: provisioning.lbprz && provisioning.lbpws,
-      getLbaStatus: provisioning.lbpme,
-      sync16: c16 !== undefined,
-      rw16: c16 !== undefined,
-    };
-    return {
-      lun: this.lun,
-      deviceType: inq.deviceType,
-      vendor: inq.vendor,
-      product: inq.product,
-      revision: inq.revision,
-      serial: serial || undefined,
-      designators,
-      identity: buildIdentity(designators, serial || undefined, inq),
-      blockSize,
-      blocks,
-      sizeBytes: blocks * BigInt(blockSize),
-      physicalBlockSize: blockSize * 2 ** Math.min(c16?.logicalPerPhysicalExponent ?? 0, 15),
-      lowestAlignedLba: c16?.lowestAlignedLba ?? 0,
-      writeProtect: ms?.writeProtect ?? false,
-      // No caching page: assume a write cache, so flushes are advertised and sent (harmless if none).
-      writeCache: caching ? caching.wce : true,
-      dpoFua: ms?.dpoFua ?? false,
-      // Like Linux sd: rotational unless B1 says non-rotating (1); no B1 page = rotational.
-      rotational: bc ? bc.mediumRotationRate !== 1 : true,
-      protectionEnabled: c16?.protEn ?? false,
-      limits,
-      provisioning,
-      capabilities,
-      vpdPages: pages,
-      inquiry: inq,
-    };
   }
 
   // ------------------------------------------------------------ I/O
@@ -848,12 +601,25 @@ export class LogicalUnit {
   }
 }
 
-const DEVICE_TYPES: Record<number, string> = {
-  0x00: 'disk', 0x01: 'tape', 0x03: 'processor', 0x05: 'CD/DVD', 0x07: 'optical memory', 0x08: 'media changer',
-  0x0c: 'storage array controller', 0x0d: 'enclosure', 0x0e: 'simplified direct-access', 0x11: 'object storage',
-  0x1e: 'well known LU', 0x1f: 'unknown',
-};
-
-export function deviceTypeName(t: number): string {
-  return DEVICE_TYPES[t] ?? 'other';
+/**
+ * Probe the LUN `lun` over `transport` (e.g. a session's executeDirect right
+ * after a login, before anything queued is sent there) and check it is the
+ * device `expected` describes: same identity and block size. Returns what
+ * was found (a size change is logged, not refused); throws ScsiError
+ * ELUN_CHANGED naming both devices: "<what> is another device now: was ...,
+ * now ...".
+ */
+export async function probeSameLun(
+  transport: ScsiTransport, lun: number, expected: LunInfo, opts: LunOptions & { what: string },
+): Promise<LunInfo> {
+  const { what, ...lunOpts } = opts;
+  const log = lunOpts.log ?? rootLogger();
+  const probe = new LogicalUnit(transport, lun, { ...lunOpts, log, identityCheck: true });
+  const got = await probe.open();
+  if (!sameDevice(expected, got)) {
+    log.error({ was: expected.identity, now: got.identity }, 'LUN identity changed behind the same address: refusing it');
+    throw new ScsiError('ELUN_CHANGED', `${what} is another device now: was ${describeDevice(expected)}, now ${describeDevice(got)}`, 0);
+  }
+  if (got.blocks !== expected.blocks) log.warn({ was: String(expected.blocks), now: String(got.blocks) }, 'LUN size changed');
+  return got;
 }

@@ -10,7 +10,7 @@
 // commands are outstanding. Commands start in CmdSN order; their backend I/O
 // may complete in any order (SIMPLE task attribute semantics).
 
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { ProtocolError } from '../errors';
 import type { Logger } from '../log';
 import { rootLogger } from '../log';
@@ -18,7 +18,6 @@ import {
   AsyncEvent, BHS_LENGTH, DEFAULT_MAX_RECV_DSL, LoginStage, LogoutReason, LogoutResponseCode, Opcode, opcodeName,
   RejectReason, RESERVED_TAG, TmfFunction, TmfResponse,
 } from '../iscsi/constants';
-import { chapResponse, decodeChapBinary, encodeChapBinary, isSupportedChapAlgorithm, chapDigestLength } from '../iscsi/chap';
 import { crc32c, digestBytes, DigestError } from '../iscsi/crc32c';
 import { PduFramer } from '../iscsi/framer';
 import { KEYS, parseNumber } from '../iscsi/negotiation';
@@ -32,54 +31,12 @@ import { encodeText, splitText, TextCollector, TextPair } from '../iscsi/text';
 import { SK } from '../scsi/sense';
 import { SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION, SAM_STAT_GOOD, SAM_STAT_TASK_SET_FULL } from '../scsi/transport';
 import type { FaultController, MalformedKind } from './faults';
+import { DEFAULT_TARGET_LIMITS, TargetLoginEngine, type ChapConfig, type TargetEntry, type TargetLimits } from './login-engine';
 import { fixedSense, LogicalUnits, ScsiResult, MAX_TRANSFER_BYTES } from './scsi-device';
 
-export interface ChapConfig {
-  user: string;
-  secret: string;
-  /** Mutual CHAP: the name and secret this target answers the initiator's challenge with. */
-  mutualUser?: string;
-  mutualSecret?: string;
-  /** Algorithms accepted, in the order of preference used when the initiator offers several (default MD5, SHA-1, SHA-256, SHA3-256). */
-  algorithms?: number[];
-}
-
-export interface TargetEntry {
-  name: string;
-  alias?: string;
-  units: LogicalUnits;
-  chap?: ChapConfig;
-}
-
-/** What the target accepts in operational negotiation. */
-export interface TargetLimits {
-  maxRecvDataSegmentLength: number;
-  maxBurstLength: number;
-  firstBurstLength: number;
-  maxOutstandingR2T: number;
-  immediateData: boolean;
-  initialR2T: boolean;
-  /** Digest values acceptable to us, in order. */
-  headerDigest: ('CRC32C' | 'None')[];
-  dataDigest: ('CRC32C' | 'None')[];
-  /** Commands the initiator may have outstanding (CmdSN window). */
-  queueDepth: number;
-  /** Write data buffered per connection before R2Ts are held back (a single command may exceed it). */
-  maxBufferedWriteBytes: number;
-}
-
-export const DEFAULT_TARGET_LIMITS: TargetLimits = {
-  maxRecvDataSegmentLength: 262144,
-  maxBurstLength: 16776192,
-  firstBurstLength: 262144,
-  maxOutstandingR2T: 16,
-  immediateData: true,
-  initialR2T: false,
-  headerDigest: ['CRC32C', 'None'],
-  dataDigest: ['CRC32C', 'None'],
-  queueDepth: 128,
-  maxBufferedWriteBytes: 256 * 1024 * 1024,
-};
+// The login-phase types live with the login engine; re-exported for importers of engine.ts.
+export { DEFAULT_TARGET_LIMITS } from './login-engine';
+export type { ChapConfig, TargetEntry, TargetLimits } from './login-engine';
 
 export interface EngineIo {
   /** Write these buffers in order (one PDU). */
@@ -162,8 +119,6 @@ interface Task {
   invalid?: ScsiResult;
 }
 
-const SECURITY_KEYS = new Set(['AuthMethod', 'CHAP_A', 'CHAP_I', 'CHAP_C', 'CHAP_N', 'CHAP_R']);
-const DEFAULT_CHAP_ORDER = [5, 6, 7, 8];
 
 let nextEngineId = 1;
 
@@ -175,34 +130,23 @@ export class TargetConnectionEngine {
   private readonly framer: PduFramer;
   private readonly io: EngineIo;
   private readonly faults?: FaultController;
-  private readonly random: (n: number) => Buffer;
   private digests: DigestOptions = { headerDigest: false, dataDigest: false };
 
-  // login
-  private loginStarted = false;
-  private isid = 0;
-  private tsih = 0;
-  private cid = 0;
-  private sessionType: 'Normal' | 'Discovery' = 'Normal';
-  initiatorName = '';
-  target: TargetEntry | undefined;
-  private authState: 'start' | 'need-chap-a' | 'need-chap-r' | 'done' = 'start';
-  private authMethod: 'None' | 'CHAP' | undefined;
-  private chapAlg = 0;
-  private chapId = 0;
-  private chapChallenge: Buffer = EMPTY;
-  private readonly loginText = new TextCollector(64 * 1024);
-  private readonly negotiated = new Map<string, string>();
-  private mrdslDeclared = false;
-  private tpgtSent = false;
-  private currentStage = -1;
+  /** The login phase (login-engine.ts): who the initiator is, what was negotiated. */
+  private readonly login: TargetLoginEngine;
 
   // full feature phase
   private statSN = 1;
   private expCmdSN = 0;
   private maxCmdSNSent = 0;
-  /** Peer's MaxRecvDataSegmentLength: our largest data segment. */
-  peerMrdsl = DEFAULT_MAX_RECV_DSL;
+  /** Peer's MaxRecvDataSegmentLength: our largest data segment (from login, then Text negotiation). */
+  private peerMrdslValue = DEFAULT_MAX_RECV_DSL;
+  get peerMrdsl(): number {
+    return this.peerMrdslValue;
+  }
+  private set peerMrdsl(n: number) {
+    this.peerMrdslValue = n;
+  }
   private params = {
     maxBurstLength: 262144, firstBurstLength: 65536, maxOutstandingR2T: 1, immediateData: true, initialR2T: true,
   };
@@ -232,9 +176,12 @@ export class TargetConnectionEngine {
   constructor(private readonly opts: EngineOptions) {
     this.io = opts.io;
     this.faults = opts.faults;
-    this.random = opts.random ?? randomBytes;
     this.limits = { ...DEFAULT_TARGET_LIMITS, ...opts.limits };
     this.log = (opts.log ?? rootLogger()).child({ conn: this.id });
+    this.login = new TargetLoginEngine({
+      targets: opts.targets, discoveryChap: opts.discoveryChap, allocateTsih: opts.allocateTsih, faults: opts.faults,
+      limits: this.limits, random: opts.random ?? randomBytes, log: this.log,
+    });
     this.nopInIntervalMs = opts.nopInIntervalMs ?? 0;
     this.nopInTimeoutMs = opts.nopInTimeoutMs ?? Math.max(5000, 2 * this.nopInIntervalMs);
     this.framer = new PduFramer({
@@ -254,12 +201,36 @@ export class TargetConnectionEngine {
   }
 
   get session(): SessionInfo {
-    return { initiatorName: this.initiatorName, isid: this.isid, targetName: this.target?.name, sessionType: this.sessionType, tsih: this.tsih };
+    const l = this.login;
+    return { initiatorName: l.initiatorName, isid: l.isid, targetName: l.target?.name, sessionType: l.sessionType, tsih: l.tsih };
+  }
+
+  /** The initiator's name (from its login). */
+  get initiatorName(): string {
+    return this.login.initiatorName;
+  }
+
+  /** The target logged in to (Normal sessions). */
+  get target(): TargetEntry | undefined {
+    return this.login.target;
+  }
+
+  private get sessionType(): 'Normal' | 'Discovery' {
+    return this.login.sessionType;
   }
 
   /** Negotiated values (for tests and logs). */
   get negotiatedParams(): ReadonlyMap<string, string> {
-    return this.negotiated;
+    return this.login.negotiated;
+  }
+
+  /**
+   * Test hook (documented, not for product code): pretend the initiator
+   * declared this MaxRecvDataSegmentLength, below the 512 the protocol
+   * allows, to exercise splitting into many small PDUs.
+   */
+  testSetPeerMrdsl(n: number): void {
+    this.peerMrdsl = n;
   }
 
   private setState(s: EngineState): void {
@@ -511,318 +482,46 @@ export class TargetConnectionEngine {
     const data = o.pairs && o.pairs.length > 0 ? encodeText(o.pairs) : EMPTY;
     this.send({
       opcode: 0x23, transit: o.transit, continue: false, csg: req.csg, nsg: o.transit ? o.nsg : 0,
-      versionMax: 0, versionActive: 0, isid: this.isid, tsih: status === 0 && o.transit && o.nsg === LoginStage.FULL_FEATURE_PHASE ? this.tsih : 0,
+      versionMax: 0, versionActive: 0, isid: this.login.isid, tsih: status === 0 && o.transit && o.nsg === LoginStage.FULL_FEATURE_PHASE ? this.login.tsih : 0,
       itt: req.itt, statSN: this.statSN++ >>> 0, expCmdSN: this.expCmdSN, maxCmdSN: this.maxCmdSNSent,
       statusClass: status >> 8, statusDetail: status & 0xff, data,
     });
   }
 
   private loginFail(req: LoginRequestPdu, status: number, why: string): void {
-    this.log.info({ status: `0x${status.toString(16).padStart(4, '0')}`, initiator: this.initiatorName, why }, 'login refused');
+    this.log.info({ status: `0x${status.toString(16).padStart(4, '0')}`, initiator: this.login.initiatorName, why }, 'login refused');
     this.loginResponse(req, { transit: false, nsg: 0, status });
     this.endAfterFlush = true;
     this.pump();
   }
 
   private onLogin(req: LoginRequestPdu): void {
-    if (!this.loginStarted) {
-      this.loginStarted = true;
-      this.isid = req.isid;
-      this.cid = req.cid;
-      this.expCmdSN = req.cmdSN;
+    if (!this.login.started) this.expCmdSN = req.cmdSN;
+    const out = this.login.step(req);
+    switch (out.kind) {
+      case 'fail':
+        this.loginFail(req, out.status, out.why);
+        return;
+      case 'respond':
+        this.loginResponse(req, out);
+        return;
+      case 'complete':
+        this.loginResponse(req, { transit: true, nsg: out.nsg, pairs: out.pairs });
+        this.enterFullFeature();
+        return;
     }
-    if (req.versionMin > 0) return this.loginFail(req, 0x0205, `unsupported version ${req.versionMin}`);
-    if (req.csg === 2 || req.csg === 3 || (req.transit && (req.nsg === 2 || req.nsg <= req.csg))) {
-      return this.loginFail(req, 0x0200, `bad stage transition CSG=${req.csg} NSG=${req.nsg}`);
-    }
-    if (req.isid !== this.isid) return this.loginFail(req, 0x0200, 'ISID changed during login');
-    if (req.tsih !== 0) return this.loginFail(req, 0x020a, 'adding a connection to a session is not supported');
-    const pairs = this.loginText.add(req.data, req.continue);
-    if (pairs === undefined) {
-      // More text to come (C bit): acknowledge with an empty response.
-      this.loginResponse(req, { transit: false, nsg: 0 });
-      return;
-    }
-    const keys = new Map<string, string>(pairs);
-    const first = this.currentStage === -1;
-    if (first) {
-      const iname = keys.get('InitiatorName');
-      if (!iname) return this.loginFail(req, 0x0207, 'no InitiatorName');
-      try {
-        this.initiatorName = normalizeIscsiName(iname, 'InitiatorName');
-      } catch {
-        return this.loginFail(req, 0x0200, `bad InitiatorName ${iname}`);
-      }
-      const st = keys.get('SessionType') ?? 'Normal';
-      if (st !== 'Normal' && st !== 'Discovery') return this.loginFail(req, 0x0209, `SessionType ${st}`);
-      this.sessionType = st;
-      if (st === 'Normal') {
-        const tn = keys.get('TargetName');
-        if (!tn) return this.loginFail(req, 0x0207, 'no TargetName');
-        let norm: string;
-        try {
-          norm = normalizeIscsiName(tn, 'TargetName');
-        } catch {
-          return this.loginFail(req, 0x0203, `unknown target ${tn}`);
-        }
-        this.target = this.opts.targets.get(norm);
-        if (!this.target) return this.loginFail(req, 0x0203, `unknown target ${tn}`);
-      }
-      const rej = this.faults?.takeLoginReject();
-      if (rej) return this.loginFail(req, (rej.statusClass << 8) | rej.statusDetail, 'fault injection');
-      this.log.debug({ initiator: this.initiatorName, target: this.target?.name, sessionType: st }, 'login started');
-    }
-    if (req.csg !== this.currentStage) this.currentStage = req.csg;
-
-    const answers: TextPair[] = [];
-    if (first && this.sessionType === 'Normal' && !this.tpgtSent) {
-      answers.push(['TargetPortalGroupTag', '1']);
-      if (this.target?.alias) answers.push(['TargetAlias', this.target.alias]);
-      this.tpgtSent = true;
-    }
-    // Normal sessions: the target's account, required if set. Discovery sessions: the
-    // discoveryChap account (required), else any target's account when the initiator prefers CHAP.
-    let accounts: ChapConfig[];
-    let chapRequired: boolean;
-    if (this.sessionType === 'Normal') {
-      accounts = this.target?.chap ? [this.target.chap] : [];
-      chapRequired = accounts.length > 0;
-    } else if (this.opts.discoveryChap) {
-      accounts = [this.opts.discoveryChap];
-      chapRequired = true;
-    } else {
-      accounts = [...this.opts.targets.values()].flatMap((t) => (t.chap ? [t.chap] : []));
-      chapRequired = false;
-    }
-    const chap = chapRequired ? accounts[0] : undefined;
-
-    if (req.csg === LoginStage.SECURITY_NEGOTIATION) {
-      const sec = this.securityStep(keys, accounts, chapRequired, answers);
-      if (sec !== undefined) return this.loginFail(req, sec.status, sec.why);
-      for (const [k, v] of pairs) if (!SECURITY_KEYS.has(k)) this.answerOperational(k, v, answers, first);
-    } else {
-      if (chap && this.authState !== 'done') return this.loginFail(req, 0x0201, 'operational stage without authentication');
-      if (this.authState === 'start' && this.authMethod === undefined) this.authState = 'done';
-      for (const [k, v] of pairs) {
-        if (SECURITY_KEYS.has(k)) return this.loginFail(req, 0x0200, `${k} in the operational stage`);
-        this.answerOperational(k, v, answers, first);
-      }
-      if (!this.mrdslDeclared) {
-        answers.push(['MaxRecvDataSegmentLength', String(this.limits.maxRecvDataSegmentLength)]);
-        this.mrdslDeclared = true;
-      }
-    }
-
-    let transit = false;
-    if (req.transit) {
-      if (req.csg === LoginStage.SECURITY_NEGOTIATION) {
-        if (this.authState === 'done') transit = true;
-        else if (this.authState === 'start' && !chap) {
-          this.authState = 'done';
-          transit = true;
-        } else if (this.authState === 'start' && chap) {
-          return this.loginFail(req, 0x0201, 'authentication required');
-        }
-      } else {
-        transit = true;
-      }
-    }
-    if (transit && req.nsg === LoginStage.FULL_FEATURE_PHASE && !this.mrdslDeclared) {
-      // Skipping the operational stage: declare our limit anyway.
-      answers.push(['MaxRecvDataSegmentLength', String(this.limits.maxRecvDataSegmentLength)]);
-      this.mrdslDeclared = true;
-    }
-    if (transit && req.nsg === LoginStage.FULL_FEATURE_PHASE) {
-      this.tsih = this.opts.allocateTsih?.() ?? 1;
-      this.loginResponse(req, { transit: true, nsg: req.nsg, pairs: answers });
-      this.enterFullFeature();
-      return;
-    }
-    this.loginResponse(req, { transit, nsg: req.nsg, pairs: answers });
-  }
-
-  /** Security stage keys; returns a failure, or undefined to go on. */
-  private securityStep(keys: Map<string, string>, accounts: ChapConfig[], required: boolean, answers: TextPair[]): { status: number; why: string } | undefined {
-    const am = keys.get('AuthMethod');
-    if (am !== undefined && this.authMethod === undefined) {
-      const offered = am.split(',');
-      const ci = offered.indexOf('CHAP');
-      const ni = offered.indexOf('None');
-      if (required || (accounts.length > 0 && ci >= 0 && (ni < 0 || ci < ni))) {
-        if (!offered.includes('CHAP')) return { status: 0x0201, why: `AuthMethod ${am} without CHAP` };
-        this.authMethod = 'CHAP';
-        this.authState = 'need-chap-a';
-      } else if (offered.includes('None')) {
-        this.authMethod = 'None';
-        this.authState = 'done';
-      } else {
-        return { status: 0x0201, why: `AuthMethod ${am} without None (no CHAP account configured)` };
-      }
-      answers.push(['AuthMethod', this.authMethod]);
-    }
-    if (this.authState === 'need-chap-a' && keys.has('CHAP_A')) {
-      const allowed = accounts[0]?.algorithms ?? DEFAULT_CHAP_ORDER;
-      const offered = keys.get('CHAP_A')!.split(',').map((s) => Number(s.trim()));
-      const pick = offered.find((a) => allowed.includes(a) && isSupportedChapAlgorithm(a));
-      if (pick === undefined) return { status: 0x0201, why: `no acceptable CHAP_A in ${keys.get('CHAP_A')}` };
-      this.chapAlg = pick;
-      this.chapId = this.random(1)[0];
-      this.chapChallenge = this.random(Math.max(16, chapDigestLength(pick)));
-      answers.push(['CHAP_A', String(pick)], ['CHAP_I', String(this.chapId)], ['CHAP_C', encodeChapBinary(this.chapChallenge)]);
-      this.authState = 'need-chap-r';
-      return undefined;
-    }
-    if (this.authState === 'need-chap-r' && (keys.has('CHAP_N') || keys.has('CHAP_R'))) {
-      const n = keys.get('CHAP_N');
-      const r = keys.get('CHAP_R');
-      if (n === undefined || r === undefined) return { status: 0x0201, why: 'CHAP_N or CHAP_R missing' };
-      let got: Buffer;
-      try {
-        got = decodeChapBinary(r, 'CHAP_R');
-      } catch {
-        return { status: 0x0201, why: 'malformed CHAP_R' };
-      }
-      const chap = accounts.find((a) => a.user === n);
-      const want = chap ? chapResponse(this.chapAlg, this.chapId, chap.secret, this.chapChallenge) : EMPTY;
-      if (!chap || got.length !== want.length || !timingSafeEqual(got, want)) {
-        return { status: 0x0201, why: `CHAP authentication of "${n}" failed` };
-      }
-      const ci = keys.get('CHAP_I');
-      const cc = keys.get('CHAP_C');
-      if (ci !== undefined || cc !== undefined) {
-        if (ci === undefined || cc === undefined) return { status: 0x0201, why: 'mutual CHAP: CHAP_I or CHAP_C missing' };
-        if (chap.mutualSecret === undefined) return { status: 0x0201, why: 'mutual CHAP requested but no target secret is configured' };
-        let theirs: Buffer;
-        try {
-          theirs = decodeChapBinary(cc, 'CHAP_C');
-        } catch {
-          return { status: 0x0201, why: 'malformed CHAP_C' };
-        }
-        const id = Number(ci);
-        if (!/^\d{1,3}$/.test(ci) || id > 255 || theirs.length === 0 || theirs.length > 1024) {
-          return { status: 0x0201, why: 'bad mutual CHAP_I/CHAP_C' };
-        }
-        if (theirs.equals(this.chapChallenge)) return { status: 0x0201, why: 'mutual CHAP challenge reflected' };
-        answers.push(
-          ['CHAP_N', chap.mutualUser ?? this.target?.name ?? 'target'],
-          ['CHAP_R', encodeChapBinary(chapResponse(this.chapAlg, id, chap.mutualSecret, theirs))],
-        );
-      }
-      this.authState = 'done';
-      this.log.debug({ user: n, alg: this.chapAlg, mutual: ci !== undefined }, 'CHAP authentication succeeded');
-    }
-    return undefined;
-  }
-
-  /** Answer one operational key (RFC 7143 section 13 result functions). */
-  private answerOperational(key: string, value: string, answers: TextPair[], first: boolean): void {
-    if (value === 'NotUnderstood' || value === 'Irrelevant' || value === 'Reject') return;
-    const d = KEYS.get(key);
-    if (!d) {
-      answers.push([key, 'NotUnderstood']);
-      return;
-    }
-    if (d.kind === 'declarative') {
-      switch (key) {
-        case 'MaxRecvDataSegmentLength': {
-          const n = parseNumber(value);
-          if (n !== undefined && n >= 512 && n <= 16777215) this.peerMrdsl = n;
-          return;
-        }
-        case 'InitiatorName':
-        case 'SessionType':
-        case 'TargetName':
-          if (!first) this.log.debug({ key }, 'identity key repeated in a later login PDU');
-          return;
-        default:
-          return; // InitiatorAlias and others need no answer
-      }
-    }
-    if (this.negotiated.has(key) && d.use !== 'all') {
-      // Answered before: repeat the answer.
-      answers.push([key, this.negotiated.get(key)!]);
-      return;
-    }
-    const L = this.limits;
-    const yn = (b: boolean): string => (b ? 'Yes' : 'No');
-    let answer: string;
-    switch (d.type) {
-      case 'boolean': {
-        if (value !== 'Yes' && value !== 'No') { answer = 'Reject'; break; }
-        const theirs = value === 'Yes';
-        let mine: boolean;
-        switch (key) {
-          case 'InitialR2T': mine = L.initialR2T; break;
-          case 'ImmediateData': mine = L.immediateData; break;
-          case 'DataPDUInOrder': case 'DataSequenceInOrder': mine = true; break;
-          default: mine = false; // markers
-        }
-        answer = yn(d.result === 'and' ? mine && theirs : mine || theirs);
-        break;
-      }
-      case 'numeric': {
-        const n = parseNumber(value);
-        if (n === undefined || n < d.min! || n > d.max!) { answer = 'Reject'; break; }
-        let mine: number;
-        switch (key) {
-          case 'MaxConnections': mine = 1; break;
-          case 'MaxBurstLength': mine = L.maxBurstLength; break;
-          case 'FirstBurstLength': mine = L.firstBurstLength; break;
-          case 'MaxOutstandingR2T': mine = L.maxOutstandingR2T; break;
-          case 'DefaultTime2Wait': mine = 0; break;
-          case 'DefaultTime2Retain': mine = 0; break;
-          case 'ErrorRecoveryLevel': mine = 0; break;
-          case 'iSCSIProtocolLevel': mine = 1; break;
-          default: mine = n;
-        }
-        answer = String(d.result === 'max' ? Math.max(mine, n) : Math.min(mine, n));
-        break;
-      }
-      case 'list': {
-        let acceptable: string[];
-        switch (key) {
-          case 'HeaderDigest': acceptable = L.headerDigest; break;
-          case 'DataDigest': acceptable = L.dataDigest; break;
-          case 'TaskReporting': acceptable = ['RFC3720']; break;
-          default: acceptable = [];
-        }
-        answer = value.split(',').map((s) => s.trim()).find((v) => acceptable.includes(v)) ?? 'Reject';
-        break;
-      }
-      default:
-        answer = key === 'OFMarkInt' || key === 'IFMarkInt' ? 'Irrelevant' : 'NotUnderstood';
-    }
-    this.negotiated.set(key, answer);
-    answers.push([key, answer]);
   }
 
   private enterFullFeature(): void {
-    const num = (k: string, dflt: number): number => {
-      const v = this.negotiated.get(k);
-      const n = v === undefined ? undefined : parseNumber(v);
-      return n ?? dflt;
-    };
-    const bool = (k: string, dflt: boolean): boolean => {
-      const v = this.negotiated.get(k);
-      return v === 'Yes' ? true : v === 'No' ? false : dflt;
-    };
-    const mbl = num('MaxBurstLength', 262144);
-    this.params = {
-      maxBurstLength: mbl,
-      firstBurstLength: Math.min(num('FirstBurstLength', 65536), mbl),
-      maxOutstandingR2T: num('MaxOutstandingR2T', 1),
-      immediateData: bool('ImmediateData', true),
-      initialR2T: bool('InitialR2T', true),
-    };
-    this.digests = {
-      headerDigest: this.negotiated.get('HeaderDigest') === 'CRC32C',
-      dataDigest: this.negotiated.get('DataDigest') === 'CRC32C',
-    };
+    const ff = this.login.fullFeatureSettings();
+    this.params = ff.params;
+    this.digests = ff.digests;
+    this.peerMrdsl = ff.peerMrdsl;
     this.framer.headerDigest = this.digests.headerDigest;
     this.framer.dataDigest = this.digests.dataDigest;
-    this.framer.maxDataSegmentLength = this.mrdslDeclared ? this.limits.maxRecvDataSegmentLength : DEFAULT_MAX_RECV_DSL;
+    this.framer.maxDataSegmentLength = ff.maxRecvDataSegmentLength;
     this.setState('full-feature');
-    this.log.info({ initiator: this.initiatorName, target: this.target?.name, type: this.sessionType, tsih: this.tsih, ...this.params, ...this.digests, peerMrdsl: this.peerMrdsl }, 'login complete');
+    this.log.info({ initiator: this.initiatorName, target: this.target?.name, type: this.sessionType, tsih: this.login.tsih, ...this.params, ...this.digests, peerMrdsl: this.peerMrdsl }, 'login complete');
     this.opts.onLoggedIn?.(this.session);
     if (this.nopInIntervalMs > 0) {
       this.pingTimer = setInterval(() => this.ping(), this.nopInIntervalMs);

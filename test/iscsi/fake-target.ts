@@ -10,7 +10,7 @@ import {
   R2tPdu, RejectPdu, ScsiCommandPdu, ScsiResponsePdu, TaskMgmtRequestPdu, TaskMgmtResponsePdu, TextResponsePdu,
 } from '../../src/iscsi/pdu';
 import { decodeText, encodeText, TextPair } from '../../src/iscsi/text';
-import { EngineClock, EngineParams, SessionEngine, SessionEngineOptions } from '../../src/iscsi/session';
+import { EngineClock, EngineParams, SessionEngine, SessionEngineOptions } from '../../src/iscsi/session-engine';
 
 export class ManualClock implements EngineClock {
   t = 1_000_000;

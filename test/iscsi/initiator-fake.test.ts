@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { IscsiNbdError } from '../../src/errors';
 import { AsyncEvent } from '../../src/iscsi/constants';
 import { IscsiSession, type IscsiSessionOptions } from '../../src/iscsi/initiator';
-import type { AsyncEventInfo } from '../../src/iscsi/session';
+import type { AsyncEventInfo } from '../../src/iscsi/session-engine';
 import { NopOutPdu, ScsiCommandPdu } from '../../src/iscsi/pdu';
 import { asyncMsg, dataIn, FakeConn, FakeTargetOptions, nopIn, scsiResp, startFakeTarget } from './fake-target';
 

@@ -8,7 +8,7 @@ import {
   DataOutPdu, decodePdu, encodeBhs, encodeLun, NopOutPdu, Pdu, ScsiCommandPdu, TaskMgmtRequestPdu, TextRequestPdu,
 } from '../../src/iscsi/pdu';
 import { encodeText } from '../../src/iscsi/text';
-import { AsyncEventInfo, CommandTimeoutInfo, SessionEngine } from '../../src/iscsi/session';
+import { AsyncEventInfo, CommandTimeoutInfo, SessionEngine } from '../../src/iscsi/session-engine';
 import type { ScsiResponse } from '../../src/scsi/transport';
 import {
   asyncMsg, dataIn, logoutResp, nopIn, pattern, r2t, reject, scsiResp, setup, textResp, tick, tmfResp,
@@ -106,7 +106,7 @@ test('ITTs skip 0xffffffff and ITTs still in flight', async () => {
   // Drive the allocator around to 0xfffffffe again with `a` still in flight.
   h.e.receive(scsiResp(cb.itt));
   await b;
-  (h.e as unknown as { nextItt: number }).nextItt = 0xfffffffe;
+  h.e.testSetNextItt(0xfffffffe);
   const c = h.e.submit({ lun: 0, cdb: TUR });
   const [cc] = h.take().map(cmd);
   assert.equal(cc.itt, 0);

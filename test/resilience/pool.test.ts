@@ -6,12 +6,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { SessionPool, PoolMember } from '../../src/bridge/pool';
-import { createPendingTask, PendingTask } from '../../src/iscsi/session';
+import { createPendingTask, PendingTask } from '../../src/iscsi/session-engine';
+import type { SessionState } from '../../src/iscsi/session-state';
 import { TransportError } from '../../src/errors';
 import type { ScsiRequest, ScsiResponse } from '../../src/scsi/transport';
 
 class FakeMember extends EventEmitter implements PoolMember {
-  state = 'logged-in';
+  state: SessionState = 'logged-in';
   parked: PendingTask[] = [];
   ran: PendingTask[] = [];
   readonly maxTransferBytes = 65536;
@@ -44,7 +45,7 @@ class FakeMember extends EventEmitter implements PoolMember {
     this.ran = [];
     this.set('recovering');
   }
-  set(state: string): void {
+  set(state: SessionState): void {
     this.state = state;
     this.emit('state', state);
   }

@@ -445,7 +445,7 @@ test('SendTargets: request split with the C bit, long answer split to the initia
   // and check the pieces reassemble (C bit, TTT continuation).
   const h2 = new Harness();
   await h2.login([['MaxRecvDataSegmentLength', '512']], 'Discovery');
-  (h2.engine as unknown as { peerMrdsl: number }).peerMrdsl = 64;
+  h2.engine.testSetPeerMrdsl(64);
   h2.send({ opcode: 0x04, immediate: true, final: true, continue: false, lun: 0n, itt: 4, ttt: 0xffffffff, cmdSN: h2.cmdSN, expStatSN: 0, data: text });
   const parts: Buffer[] = [];
   for (let i = 0; i < 20; i++) {

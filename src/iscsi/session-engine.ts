@@ -29,28 +29,14 @@ import {
 } from './pdu';
 import { snAdd, snDiff, snGt, snLte } from './serial';
 import { TagTable } from '../tag-table';
+import { systemClock, type EngineClock, type TimerHandle } from './clock';
+import type { CtlInit, CtlOp, CtlResult, LogoutOp, PingOp, TextOp, TmfOp } from './ctl-op';
 import { SEND_TARGETS_REPEATABLE, TextCollector, TextPair, encodeText } from './text';
 
 // ---------------------------------------------------------------- clock
 
-export type TimerHandle = unknown;
-
-/** Timers the engine uses; tests inject a manual one. */
-export interface EngineClock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): TimerHandle;
-  clearTimeout(h: TimerHandle): void;
-}
-
-export const systemClock: EngineClock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => {
-    const t = setTimeout(fn, ms);
-    t.unref();
-    return t;
-  },
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
-};
+export { systemClock } from './clock';
+export type { EngineClock, TimerHandle } from './clock';
 
 // ---------------------------------------------------------------- options
 
@@ -176,29 +162,7 @@ interface Task {
   startedAt: number;
 }
 
-type CtlKind = 'ping' | 'tmf' | 'text' | 'logout';
-
-interface CtlOp {
-  kind: CtlKind;
-  itt: number;
-  resolve: (v: unknown) => void;
-  reject: (e: Error) => void;
-  timer?: TimerHandle;
-  // TMF
-  func?: number;
-  refItt?: number;
-  tmfLun?: bigint;
-  /** ABORT TASK: reject the aborted task with this instead of ESCSI_ABORTED. */
-  abortError?: Error;
-  /** LUN RESET: send the aborted tasks again (new ITT/CmdSN) instead of failing them. */
-  requeue?: boolean;
-  // Text
-  collector?: TextCollector;
-  rounds?: number;
-  firstData?: Buffer;
-}
-
-type Queued = { kind: 'scsi'; task: Task } | { kind: 'text'; op: CtlOp; ttt: number; data: Buffer };
+type Queued = { kind: 'scsi'; task: Task } | { kind: 'text'; op: TextOp; ttt: number; data: Buffer };
 
 const ATTR: Record<string, number> = {
   simple: TaskAttr.SIMPLE,
@@ -492,7 +456,7 @@ export class SessionEngine extends EventEmitter {
       if (q.kind === 'scsi') {
         this.queuedScsi--;
         if (q.task.pending.settled) {
-          this.clearTaskTimer(q.task);
+          this.disarmDeadline(q.task);
           continue;
         }
         this.issue(q.task, out);
@@ -505,6 +469,15 @@ export class SessionEngine extends EventEmitter {
 
   private send(out: Buffer[]): void {
     this.onSend(out);
+  }
+
+  /**
+   * Test hook (documented, not for product code): make the ITT allocator try
+   * `itt` next, so wrap-around past 0xffffffff is testable without 2^32
+   * commands. SessionEngineOptions.firstItt does the same at construction.
+   */
+  testSetNextItt(itt: number): void {
+    this.nextItt = itt >>> 0;
   }
 
   private allocItt(): number {
@@ -540,7 +513,7 @@ export class SessionEngine extends EventEmitter {
     }
     const unsolicitedPdus = unsolEnd > imm.length;
     const cmd: ScsiCommandPdu = {
-      opcode: 0x01,
+      opcode: Opcode.SCSI_COMMAND,
       immediate: false,
       final: !unsolicitedPdus,
       read: t.readLen > 0,
@@ -571,7 +544,7 @@ export class SessionEngine extends EventEmitter {
     for (let o = offset; o < end; o += mx) {
       const e = Math.min(end, o + mx);
       const pdu: DataOutPdu = {
-        opcode: 0x05,
+        opcode: Opcode.DATA_OUT,
         final: e === end,
         lun: t.lun,
         itt: t.itt,
@@ -589,28 +562,32 @@ export class SessionEngine extends EventEmitter {
 
   // ------------------------------------------------------------ control operations
 
-  private addCtl(kind: CtlKind, timeoutMs: number, onTimeout?: () => void): { op: CtlOp; promise: Promise<unknown> } {
-    let resolve!: (v: unknown) => void;
+  private addCtl<O extends CtlOp>(init: CtlInit<O>, timeoutMs: number, onTimeout?: () => void): { op: O; promise: Promise<CtlResult<O>> } {
+    let resolve!: (v: CtlResult<O>) => void;
     let reject!: (e: Error) => void;
-    const promise = new Promise<unknown>((a, b) => {
+    const promise = new Promise<CtlResult<O>>((a, b) => {
       resolve = a;
       reject = b;
     });
-    const op: CtlOp = { kind, itt: this.allocItt(), resolve, reject };
-    op.resolve = (v) => {
-      this.finishCtl(op);
-      resolve(v);
-    };
-    op.reject = (e) => {
-      this.finishCtl(op);
-      reject(e);
-    };
+    // The one place a variant is assembled: init carries its own fields.
+    const op = {
+      ...init,
+      itt: this.allocItt(),
+      resolve: (v: CtlResult<O>) => {
+        this.finishCtl(op);
+        resolve(v);
+      },
+      reject: (e: Error) => {
+        this.finishCtl(op);
+        reject(e);
+      },
+    } as unknown as O;
     this.ctl.set(op.itt, op);
     if (timeoutMs > 0) {
       op.timer = this.clock.setTimeout(() => {
         op.timer = undefined;
         if (onTimeout) onTimeout();
-        op.reject(new TransportError('ETIMEOUT', `${kind} (ITT ${hex32(op.itt)}) not answered within ${timeoutMs} ms`));
+        op.reject(new TransportError('ETIMEOUT', `${op.kind} (ITT ${hex32(op.itt)}) not answered within ${timeoutMs} ms`));
       }, timeoutMs);
     }
     return { op, promise };
@@ -629,14 +606,14 @@ export class SessionEngine extends EventEmitter {
   /** NOP-Out ping (immediate). An unanswered ping kills the engine. */
   ping(timeoutMs = this.nopTimeoutMs, data: Buffer = EMPTY): Promise<void> {
     if (this.st !== 'full-feature' && this.st !== 'logging-out') return Promise.reject(this.notReady());
-    const { op, promise } = this.addCtl('ping', timeoutMs, () => {
+    const { op, promise } = this.addCtl<PingOp>({ kind: 'ping' }, timeoutMs, () => {
       this.fail(new TransportError('ETIMEOUT', `target did not answer a NOP-Out ping within ${timeoutMs} ms`));
     });
     this.send(encodePduVectors({
-      opcode: 0x00, immediate: true, lun: 0n, itt: op.itt, ttt: RESERVED_TAG, cmdSN: this.cmdSN,
+      opcode: Opcode.NOP_OUT, immediate: true, lun: 0n, itt: op.itt, ttt: RESERVED_TAG, cmdSN: this.cmdSN,
       expStatSN: this.expStatSN, data,
     }, this.digests));
-    return promise.then(() => undefined);
+    return promise;
   }
 
   /**
@@ -670,18 +647,13 @@ export class SessionEngine extends EventEmitter {
     extra: { abortError?: Error; requeue?: boolean } = {},
   ): Promise<number> {
     if (this.st !== 'full-feature') return Promise.reject(this.notReady());
-    const { op, promise } = this.addCtl('tmf', timeoutMs);
-    op.func = func;
-    op.refItt = refItt;
-    op.tmfLun = lun;
-    op.abortError = extra.abortError;
-    op.requeue = extra.requeue;
+    const { op, promise } = this.addCtl<TmfOp>({ kind: 'tmf', func, refItt, lun, abortError: extra.abortError, requeue: extra.requeue }, timeoutMs);
     this.log.info({ func, itt: op.itt, refItt: refItt === RESERVED_TAG ? undefined : refItt }, 'sending task management request');
     this.send(encodePduVectors({
-      opcode: 0x02, immediate: true, func, lun, itt: op.itt, referencedTaskTag: refItt, cmdSN: this.cmdSN,
+      opcode: Opcode.TASK_MGMT_REQUEST, immediate: true, func, lun, itt: op.itt, referencedTaskTag: refItt, cmdSN: this.cmdSN,
       expStatSN: this.expStatSN, refCmdSN, expDataSN,
     }, this.digests));
-    return promise as Promise<number>;
+    return promise;
   }
 
   /**
@@ -694,20 +666,19 @@ export class SessionEngine extends EventEmitter {
     if (data.length > this.params.maxXmitDataSegmentLength) {
       return Promise.reject(new RequestError('EINVAL', 'text request longer than the target accepts in one PDU'));
     }
-    const { op, promise } = this.addCtl('text', timeoutMs);
-    op.collector = new TextCollector(1024 * 1024, { allowDuplicates: SEND_TARGETS_REPEATABLE });
-    op.rounds = 0;
+    const collector = new TextCollector(1024 * 1024, { allowDuplicates: SEND_TARGETS_REPEATABLE });
+    const { op, promise } = this.addCtl<TextOp>({ kind: 'text', collector, rounds: 0 }, timeoutMs);
     this.queue.push({ kind: 'text', op, ttt: RESERVED_TAG, data });
     this.dispatch();
-    return promise as Promise<TextPair[]>;
+    return promise;
   }
 
-  private issueText(op: CtlOp, ttt: number, data: Buffer, out: Buffer[]): void {
+  private issueText(op: TextOp, ttt: number, data: Buffer, out: Buffer[]): void {
     if (!this.ctl.has(op.itt)) return; // timed out meanwhile
     const cmdSN = this.cmdSN;
     this.cmdSN = snAdd(this.cmdSN, 1);
     for (const b of encodePduVectors({
-      opcode: 0x04, immediate: false, final: true, continue: false, lun: 0n, itt: op.itt, ttt, cmdSN,
+      opcode: Opcode.TEXT_REQUEST, immediate: false, final: true, continue: false, lun: 0n, itt: op.itt, ttt, cmdSN,
       expStatSN: this.expStatSN, data,
     }, this.digests)) out.push(b);
   }
@@ -716,11 +687,11 @@ export class SessionEngine extends EventEmitter {
   logout(reason: number = LogoutReason.CLOSE_SESSION, timeoutMs = 10000): Promise<LogoutResponsePdu> {
     if (this.st !== 'full-feature') return Promise.reject(this.notReady());
     this.setState('logging-out');
-    const { op, promise } = this.addCtl('logout', timeoutMs);
+    const { op, promise } = this.addCtl<LogoutOp>({ kind: 'logout' }, timeoutMs);
     this.send(encodePduVectors({
-      opcode: 0x06, immediate: true, reason, itt: op.itt, cid: this.cid, cmdSN: this.cmdSN, expStatSN: this.expStatSN,
+      opcode: Opcode.LOGOUT_REQUEST, immediate: true, reason, itt: op.itt, cid: this.cid, cmdSN: this.cmdSN, expStatSN: this.expStatSN,
     }, this.digests));
-    return promise as Promise<LogoutResponsePdu>;
+    return promise;
   }
 
   // ------------------------------------------------------------ teardown and recovery
@@ -748,8 +719,8 @@ export class SessionEngine extends EventEmitter {
     this.nopTimer = undefined;
     if (this.deadlineTimer !== undefined) this.clock.clearTimeout(this.deadlineTimer);
     this.deadlineTimer = undefined;
-    for (const t of this.tasks.values()) this.clearTaskTimer(t);
-    for (const q of this.queue) if (q.kind === 'scsi') this.clearTaskTimer(q.task);
+    for (const t of this.tasks.values()) this.disarmDeadline(t);
+    for (const q of this.queue) if (q.kind === 'scsi') this.disarmDeadline(q.task);
   }
 
   /**
@@ -760,14 +731,14 @@ export class SessionEngine extends EventEmitter {
   drainTasks(): PendingTask[] {
     const out: PendingTask[] = [];
     for (const t of this.tasks.values()) {
-      this.clearTaskTimer(t);
+      this.disarmDeadline(t);
       if (!t.pending.settled && !t.failed) out.push(t.pending);
     }
     this.tasks.clear();
     this.failedTasks = 0;
     for (const q of this.queue) {
       if (q.kind === 'scsi') {
-        this.clearTaskTimer(q.task);
+        this.disarmDeadline(q.task);
         if (!q.task.pending.settled) out.push(q.task.pending);
       } else {
         q.op.reject(connLost('iSCSI connection lost'));
@@ -784,7 +755,8 @@ export class SessionEngine extends EventEmitter {
     for (const p of this.drainTasks()) p.reject(err);
   }
 
-  private clearTaskTimer(t: Task): void {
+  /** Take a task out of the shared command-deadline scan (see armDeadline). */
+  private disarmDeadline(t: Task): void {
     t.deadline = 0;
   }
 
@@ -882,7 +854,7 @@ export class SessionEngine extends EventEmitter {
     if (t.failed) return;
     t.failed = err;
     if (this.tasks.get(t.itt) === t) this.failedTasks++;
-    this.clearTaskTimer(t);
+    this.disarmDeadline(t);
     this.log.warn({ itt: t.itt, err: err.message }, 'SCSI task failed');
     t.pending.reject(err);
     if (!t.sent) {
@@ -894,7 +866,7 @@ export class SessionEngine extends EventEmitter {
   }
 
   private removeTask(t: Task): void {
-    this.clearTaskTimer(t);
+    this.disarmDeadline(t);
     if (this.tasks.get(t.itt) === t) {
       this.tasks.delete(t.itt);
       if (t.failed) this.failedTasks--;
@@ -1017,7 +989,7 @@ export class SessionEngine extends EventEmitter {
       // The target pings us: answer with its LUN and TTT (and its data).
       const data = pdu.data.length > 0 ? Buffer.from(pdu.data.subarray(0, this.params.maxXmitDataSegmentLength)) : EMPTY;
       this.send(encodePduVectors({
-        opcode: 0x00, immediate: true, lun: pdu.lun, itt: RESERVED_TAG, ttt: pdu.ttt, cmdSN: this.cmdSN,
+        opcode: Opcode.NOP_OUT, immediate: true, lun: pdu.lun, itt: RESERVED_TAG, ttt: pdu.ttt, cmdSN: this.cmdSN,
         expStatSN: this.expStatSN, data,
       }, this.digests));
     }
@@ -1033,13 +1005,13 @@ export class SessionEngine extends EventEmitter {
     if (op.func === TmfFunction.ABORT_TASK) {
       // After the response the target sends nothing more for that task.
       if (ok || pdu.response === TmfResponse.TASK_DOES_NOT_EXIST) {
-        const t = this.tasks.get(op.refItt!);
+        const t = this.tasks.get(op.refItt);
         if (t) this.abortLocal(t, op.abortError);
       }
     } else if (op.func === TmfFunction.LOGICAL_UNIT_RESET && ok) {
       const again: PendingTask[] = [];
       for (const t of [...this.tasks.values()]) {
-        if (t.lun !== op.tmfLun) continue;
+        if (t.lun !== op.lun) continue;
         if (op.requeue && !t.failed && !t.pending.settled && t.pending.attempts < MAX_REQUEUE_ATTEMPTS) {
           this.removeTask(t);
           again.push(t.pending);
@@ -1069,8 +1041,8 @@ export class SessionEngine extends EventEmitter {
     let pairs: TextPair[] | undefined;
     try {
       // C=1: the text continues in the next response. F=0: more responses follow.
-      op.collector!.add(pdu.data, true);
-      if (!pdu.continue && pdu.final) pairs = op.collector!.add(EMPTY, false);
+      op.collector.add(pdu.data, true);
+      if (!pdu.continue && pdu.final) pairs = op.collector.add(EMPTY, false);
     } catch (e) {
       op.reject(e as Error);
       return;
@@ -1079,7 +1051,7 @@ export class SessionEngine extends EventEmitter {
       op.resolve(pairs);
       return;
     }
-    if (++op.rounds! > MAX_TEXT_ROUNDS) {
+    if (++op.rounds > MAX_TEXT_ROUNDS) {
       op.reject(new ProtocolError(`Text exchange did not end within ${MAX_TEXT_ROUNDS} responses`));
       return;
     }
