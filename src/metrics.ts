@@ -21,9 +21,14 @@ export interface SessionSample {
 }
 export interface ExportSample {
   name: string;
+  /** The export's state (EXPORT_STATES); absent: every state series at 0. */
+  state?: string;
   queued: number;
   sessions: SessionSample[];
 }
+
+/** The `state` label of iscsi_nbd_export_state (the export state machine in bridge/manager.ts). */
+export const EXPORT_STATES = ['starting', 'ready', 'degraded', 'recovering', 'failed', 'draining', 'closed'] as const;
 
 export const SESSION_STATES = ['idle', 'connecting', 'logged-in', 'recovering', 'failed', 'closing', 'closed'] as const;
 
@@ -206,6 +211,23 @@ export class Metrics {
           for (const ss of e.sessions) {
             for (const st of SESSION_STATES) this.set({ export: e.name, session: String(ss.index), portal: ss.portal, state: st }, ss.state === st ? 1 : 0);
           }
+        }
+      },
+    });
+  })();
+  readonly exportState: client.Gauge<'export' | 'state'> = (() => {
+    const self = this;
+    return new client.Gauge({
+      name: 'iscsi_nbd_export_state',
+      help: 'The export state: 1 for the current state, 0 for the others (starting, ready, degraded, recovering, failed, draining, closed)',
+      labelNames: ['export', 'state'] as const,
+      registers: [this.registry],
+      collect() {
+        if (!self.source) return;
+        this.reset();
+        for (const e of self.sample()) {
+          for (const st of EXPORT_STATES) this.set({ export: e.name, state: st }, e.state === st ? 1 : 0);
+          if (e.state !== undefined && !(EXPORT_STATES as readonly string[]).includes(e.state)) this.set({ export: e.name, state: e.state }, 1);
         }
       },
     });
@@ -412,9 +434,9 @@ export interface MetricsServerOptions {
   host: string;
   port: number;
   metrics: Metrics;
-  /** /readyz: true when every export has at least one logged-in session. */
+  /** /readyz: true when every export is ready or degraded and every mapped device attached. */
   ready: () => boolean;
-  /** Extra detail for /readyz. */
+  /** The JSON body's `detail` for /readyz (each export and device with its state). */
   readyDetail?: () => unknown;
 }
 

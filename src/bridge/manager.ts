@@ -3,14 +3,15 @@ import type { Export } from './export';
 import { LunExport } from './lun-export';
 import { InstrumentedExport } from './instrumented';
 import { SessionPool } from './pool';
-import { LogicalUnit } from '../scsi/lun';
-import { IscsiSession } from '../iscsi/initiator';
+import { LogicalUnit, probeSameLun } from '../scsi/lun';
+import { withContext } from '../util/context';
+import { IscsiSession, backoffDelay, type ReconnectBackoff } from '../iscsi/initiator';
 import { discover } from '../iscsi/discovery';
 import { parseIscsiUrl, parseLunUrl, IscsiUrl, formatHostPort } from '../iscsi/url';
-import { ConfigError, IscsiNbdError, ScsiError } from '../errors';
+import { ConfigError, IscsiNbdError } from '../errors';
 import { rootLogger, Logger } from '../log';
 import type { Metrics } from '../metrics';
-import { countSense } from '../metrics';
+import { countSense, EXPORT_STATES } from '../metrics';
 import type { DigestPref, ExportConfig, TimeoutsConfig } from '../config';
 import { DEFAULT_TIMEOUTS } from '../config';
 import type { SessionAuth } from '../credentials';
@@ -28,7 +29,27 @@ export interface ManagerOptions {
   log?: Logger;
 }
 
-export type ExportState = 'opening' | 'ready' | 'draining' | 'closed' | 'failed';
+/**
+ * One state machine per export (README "Export states"):
+ *
+ *   starting --opened--> ready <--> degraded <--> recovering <--> ready
+ *   starting --open failed--> failed --retry (backoff) opened--> ready/degraded
+ *   any --close()--> draining --> closed
+ *
+ * ready: every session logged in; degraded: some logged in, some down;
+ * recovering: none logged in, sessions reconnecting (I/O queued within the
+ * replacement timeout, failed with EIO after it); failed: could not be
+ * opened, retried with OPEN_RETRY_BACKOFF until it opens or is removed.
+ * Offered to NBD clients (SERVING_STATES): ready, degraded, recovering.
+ */
+export { EXPORT_STATES };
+export type ExportState = (typeof EXPORT_STATES)[number];
+
+/** The states in which an export is offered to NBD clients. */
+export const SERVING_STATES: readonly ExportState[] = ['ready', 'degraded', 'recovering'];
+
+/** Re-opening a failed export: 1 s doubling to 60 s, +/- 20 %. */
+export const OPEN_RETRY_BACKOFF: ReconnectBackoff = { initialMs: 1000, maxMs: 60_000, jitter: 0.2 };
 
 interface Portal {
   host: string;
@@ -40,7 +61,16 @@ interface Portal {
  * sessions spread over the target's portals.
  */
 export class BridgedExport extends EventEmitter {
-  state: ExportState = 'opening';
+  state: ExportState = 'starting';
+  /** Why the export is failed (or the last open attempt failed). */
+  lastError?: Error;
+  /** Open attempts that failed in a row (reset by a successful open). */
+  failedAttempts = 0;
+  /** When the next open attempt is due (ms since the epoch), while failed and retrying. */
+  nextRetryAt?: number;
+  private retryTimer?: NodeJS.Timeout;
+  private opening?: Promise<void>;
+  private stopped = false;
   readonly url: IscsiUrl;
   readonly portals: Portal[];
   sessions: IscsiSession[] = [];
@@ -67,11 +97,43 @@ export class BridgedExport extends EventEmitter {
     return this.spec.name;
   }
 
-  private setState(s: ExportState): void {
+  private setState(s: ExportState, reason?: string): void {
     if (s === this.state) return;
-    this.log.debug({ from: this.state, to: s }, 'export state');
+    // Once draining, only `closed` follows.
+    if ((this.state === 'draining' && s !== 'closed') || this.state === 'closed') return;
+    const from = this.state;
     this.state = s;
-    this.emit('state', s);
+    const fields = { from, to: s, ...(reason ? { reason } : {}) };
+    if (s === 'degraded' || s === 'recovering' || s === 'failed') this.log.warn(fields, 'export state');
+    else this.log.info(fields, 'export state');
+    this.emit('state', s, from);
+  }
+
+  /** ready/degraded/recovering/failed from the sessions, once the export is open. */
+  private updateHealth(): void {
+    if (this.stopped || !this.export) return;
+    if (!['starting', 'ready', 'degraded', 'recovering', 'failed'].includes(this.state)) return;
+    const up = this.sessions.filter((s) => s.state === 'logged-in').length;
+    if (up === this.sessions.length) {
+      this.lastError = undefined;
+      this.setState('ready');
+    } else if (up > 0) {
+      this.lastError = undefined;
+      this.setState('degraded', `${this.sessions.length - up} of ${this.sessions.length} iSCSI sessions down`);
+    } else {
+      // Past the replacement timeout (sessions `failed`) I/O fails with EIO,
+      // but the sessions keep reconnecting: still `recovering`, and still
+      // offered, so a client sees EIO (not "unknown export") and the export
+      // comes back by itself. A refused session (another LUN behind the
+      // address) is the same: it keeps checking.
+      const timedOut = this.sessions.some((s) => s.state === 'failed');
+      if (timedOut) {
+        const refused = this.sessions.find((s) => s.refused)?.refused;
+        this.lastError = refused ?? new IscsiNbdError('ECONNLOST',
+          `no iSCSI session came back within the replacement timeout (${this.opts.timeouts.replacement} s): I/O fails until one does; still reconnecting`);
+      }
+      this.setState('recovering', this.lastError?.message ?? 'no iSCSI session logged in; I/O is queued for the replacement timeout');
+    }
   }
 
   private newSession(portal: Portal, index: number): IscsiSession {
@@ -94,6 +156,7 @@ export class BridgedExport extends EventEmitter {
       log: this.log.child({ session: index, portal: formatHostPort(portal.host, portal.port) }),
       verifyLogin: (sess) => this.checkIdentity(sess, index),
     });
+    s.on('state', () => this.updateHealth());
     const m = this.opts.metrics;
     if (m) {
       const labels = { export: this.name, session: String(index), portal: formatHostPort(portal.host, portal.port) };
@@ -114,25 +177,79 @@ export class BridgedExport extends EventEmitter {
   private async checkIdentity(sess: IscsiSession, index: number): Promise<void> {
     const lun = this.lun;
     if (!lun?.isOpen) return; // the first login: this is where the identity comes from
-    const want = lun.info;
-    const probe = new LogicalUnit({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, {
+    await probeSameLun({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, lun.info, {
+      what: `export "${this.name}": LUN ${lun.lun} of ${this.url.target}`,
       log: this.log.child({ session: index, check: 'identity' }),
-      identityCheck: true,
       commandTimeoutMs: this.opts.timeouts.command * 1000,
       maxRetries: 4,
     });
-    const got = await probe.open();
-    if (got.identity !== want.identity || got.blockSize !== want.blockSize) {
-      const msg = `export "${this.name}": LUN ${lun.lun} of ${this.url.target} is another device now: ` +
-        `was ${want.identity || '(no id)'} (${want.blockSize} B blocks), now ${got.identity || '(no id)'} (${got.blockSize} B blocks)`;
-      this.log.error({ session: index, was: want.identity, now: got.identity }, 'LUN identity changed behind the same address: refusing it');
-      throw new ScsiError('ELUN_CHANGED', msg, 0);
-    }
-    if (got.blocks !== want.blocks) this.log.warn({ was: String(want.blocks), now: String(got.blocks) }, 'LUN size changed');
   }
 
   /** Log in, identify the LUN and build the export. Throws with a message a person can act on. */
-  async open(): Promise<void> {
+  open(): Promise<void> {
+    const p = this.openOnce().finally(() => {
+      if (this.opening === p) this.opening = undefined;
+    });
+    this.opening = p;
+    return p;
+  }
+
+  /**
+   * open(), and if that fails: stay `failed` and try again with backoff
+   * (OPEN_RETRY_BACKOFF) until it works or the export is closed. Resolves
+   * after the first attempt, with its error (or undefined).
+   */
+  async openWithRetry(backoff: ReconnectBackoff = OPEN_RETRY_BACKOFF): Promise<Error | undefined> {
+    try {
+      await this.open();
+      return undefined;
+    } catch (err) {
+      this.scheduleRetry(backoff);
+      return err as Error;
+    }
+  }
+
+  private scheduleRetry(backoff: ReconnectBackoff): void {
+    if (this.stopped) return;
+    const delay = backoffDelay(this.failedAttempts - 1, backoff);
+    this.nextRetryAt = Date.now() + delay;
+    this.log.warn({ err: this.lastError?.message, attempt: this.failedAttempts, retryInMs: delay }, 'export could not be opened; retrying');
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.nextRetryAt = undefined;
+      if (this.stopped) return;
+      this.open().then(
+        () => this.log.info({ attempts: this.failedAttempts + 1 }, 'export opened after retrying'),
+        () => this.scheduleRetry(backoff),
+      ).finally(() => {
+        if (this.state !== 'failed') this.failedAttempts = 0;
+      });
+    }, delay);
+  }
+
+  private async openOnce(): Promise<void> {
+    // A retry starts from nothing: the sessions of the failed attempt are closed.
+    this.sessions = [];
+    this.pool = undefined;
+    this.lun = undefined;
+    this.export = undefined;
+    try {
+      await this.openSteps();
+    } catch (err) {
+      this.failedAttempts++;
+      this.lastError = err as Error;
+      this.setState('failed', (err as Error).message);
+      throw err;
+    }
+    if (this.stopped) {
+      await this.closeSessions();
+      throw new IscsiNbdError('ESHUTDOWN', `export "${this.name}" was closed while it was opening`);
+    }
+    this.lastError = undefined;
+    this.updateHealth();
+  }
+
+  private async openSteps(): Promise<void> {
     const lunNo = this.url.lun ?? 0;
     if (this.spec.discoverPortals) await this.addDiscoveredPortals();
     const count = Math.max(1, this.spec.sessions ?? this.opts.sessions);
@@ -141,9 +258,8 @@ export class BridgedExport extends EventEmitter {
     try {
       await first.connect();
     } catch (err) {
-      this.setState('failed');
       await this.closeSessions();
-      throw wrap(err, `export "${this.name}": cannot log in to ${this.url.target} at ${formatHostPort(this.portals[0].host, this.portals[0].port)}`);
+      throw withContext(err, `export "${this.name}": cannot log in to ${this.url.target} at ${formatHostPort(this.portals[0].host, this.portals[0].port)}`);
     }
     this.pool = new SessionPool([...this.sessions], { log: this.log, waitForMemberMs: this.opts.timeouts.replacement * 1000 });
     this.lun = new LogicalUnit(countSense(this.pool, this.opts.metrics, this.name), lunNo, {
@@ -154,9 +270,8 @@ export class BridgedExport extends EventEmitter {
     try {
       await this.lun.open();
     } catch (err) {
-      this.setState('failed');
       await this.closeSessions();
-      throw wrap(err, `export "${this.name}": LUN ${lunNo} of ${this.url.target}`);
+      throw withContext(err, `export "${this.name}": LUN ${lunNo} of ${this.url.target}`);
     }
     // The rest of the pool, spread over the portals; a portal that is down
     // now keeps retrying in the background.
@@ -184,7 +299,6 @@ export class BridgedExport extends EventEmitter {
       },
       'export ready',
     );
-    this.setState('ready');
   }
 
   private async addDiscoveredPortals(): Promise<void> {
@@ -205,9 +319,14 @@ export class BridgedExport extends EventEmitter {
     }
   }
 
-  /** True when at least one session is logged in. */
+  /** Offered to NBD clients: open, with a session logged in or recovering. */
+  get isServing(): boolean {
+    return SERVING_STATES.includes(this.state) && this.export !== undefined;
+  }
+
+  /** Ready for /readyz: every session, or at least one path, logged in. */
   get isReady(): boolean {
-    return this.state === 'ready' && this.sessions.some((s) => s.state === 'logged-in');
+    return (this.state === 'ready' || this.state === 'degraded') && this.sessions.some((s) => s.state === 'logged-in');
   }
 
   private async closeSessions(): Promise<void> {
@@ -227,7 +346,16 @@ export class BridgedExport extends EventEmitter {
   /** Flush, log out of every session. Called once no NBD client uses the export. */
   async close(): Promise<void> {
     if (this.state === 'closed') return;
+    this.stopped = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.nextRetryAt = undefined;
     this.setState('draining');
+    if (this.opening) {
+      // An attempt in progress: its sessions are dropped, so it ends now.
+      for (const s of this.sessions) s.close();
+      await this.opening.catch(() => undefined);
+    }
     if (this.lun && this.sessions.some((s) => s.state === 'logged-in')) {
       try {
         await this.lun.flush();
@@ -245,6 +373,9 @@ export class BridgedExport extends EventEmitter {
     return {
       name: this.name,
       state: this.state,
+      ...(this.lastError ? { error: this.lastError.message } : {}),
+      ...(this.state === 'failed' && this.failedAttempts > 0 ? { failedAttempts: this.failedAttempts } : {}),
+      ...(this.nextRetryAt !== undefined ? { nextRetryInMs: Math.max(0, this.nextRetryAt - Date.now()) } : {}),
       url: this.url.redacted(),
       target: this.url.target!,
       lun: this.url.lun ?? 0,
@@ -266,11 +397,6 @@ export class BridgedExport extends EventEmitter {
   }
 }
 
-/** The same error code, with the export and target named in front. */
-function wrap(err: unknown, context: string): Error {
-  if (err instanceof IscsiNbdError) return new IscsiNbdError(err.code, `${context}: ${err.message}`, { cause: err });
-  return new IscsiNbdError('EIO', `${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
-}
 
 /** All exports, by name: the NBD server's registry. */
 export class ExportManager {
@@ -283,20 +409,34 @@ export class ExportManager {
 
   get(name: string): Export | undefined {
     const e = this.exports.get(name);
-    return e && e.state === 'ready' ? e.export : undefined;
+    return e?.isServing ? e.export : undefined;
   }
 
   list(): Export[] {
-    return [...this.exports.values()].filter((e) => e.state === 'ready' && e.export).map((e) => e.export!);
+    return [...this.exports.values()].filter((e) => e.isServing).map((e) => e.export!);
   }
 
   get defaultName(): string | undefined {
     return this.exports.keys().next().value;
   }
 
-  /** Every export has at least one logged-in session. */
+  /** Every export is ready or degraded (true when there is none). */
   ready(): boolean {
-    return this.exports.size > 0 && [...this.exports.values()].every((e) => e.isReady);
+    return [...this.exports.values()].every((e) => e.isReady);
+  }
+
+  /**
+   * Add an export that keeps trying: if it cannot be opened now it stays
+   * (state `failed`, not offered to clients) and is retried with backoff
+   * until it opens or is removed. Resolves after the first attempt with
+   * that attempt's error, if any.
+   */
+  async start(spec: ExportConfig): Promise<{ export: BridgedExport; error?: Error }> {
+    if (this.exports.has(spec.name)) throw new ConfigError('ECONFIG', `export "${spec.name}" exists already`);
+    const e = new BridgedExport(spec, this.opts);
+    this.exports.set(spec.name, e);
+    const error = await e.openWithRetry();
+    return { export: e, ...(error ? { error } : {}) };
   }
 
   async add(spec: ExportConfig): Promise<BridgedExport> {

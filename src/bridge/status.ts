@@ -36,7 +36,14 @@ export interface SessionStatus {
 
 export interface ExportStatus {
   name: string;
+  /** starting, ready, degraded, recovering, failed, draining or closed (see ExportState). */
   state: string;
+  /** Why it is failed (or why the last open attempt failed). */
+  error?: string;
+  /** Failed open attempts in a row, while failed. */
+  failedAttempts?: number;
+  /** Milliseconds until the next open attempt, while failed and retrying. */
+  nextRetryInMs?: number;
   url: string;
   target: string;
   lun: number;

@@ -6,6 +6,7 @@ import { discoverCommand } from './discover';
 import { demoCommand } from './demo';
 import { targetCommand } from './target';
 import { statusCommand } from './status';
+import { reloadCommand } from './reload';
 import { copyCommand } from './copy';
 import { checkConfigCommand } from './check-config';
 import { mapCommand, unmapCommand, listMappedCommand } from './map';
@@ -50,6 +51,7 @@ export const COMMANDS: readonly CommandModule<object, never>[] = [
   needsLun(mapCommand, ['url']),
   unmapCommand,
   listMappedCommand,
+  reloadCommand,
 ] as unknown as CommandModule<object, never>[];
 
 /** The names of the commands (`map <url>` -> `map`). */

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import net from 'node:net';
 import type { Argv, CommandModule } from 'yargs';
 import {
@@ -43,6 +44,8 @@ export function options<T>(y: Argv<T>) {
     .option('state-dir', { type: 'string', describe: 'where mapped devices are recorded (default /var/lib/iscsi-nbd as root)' })
     .option('io-timeout', { type: 'number', describe: `mapped devices: seconds before the kernel re-sends an unanswered request (default ${DEFAULT_TIMEOUTS.io})` })
     .option('reattach-timeout', { type: 'number', describe: `mapped devices: seconds the kernel holds I/O for a restarting daemon (default ${DEFAULT_TIMEOUTS.reattach})` })
+    .option('strict', { type: 'boolean', describe: 'refuse to start when any export cannot be opened (exit with its code) instead of retrying it in the background' })
+    .option('pid-file', { type: 'string', describe: 'write the daemon\'s pid to this file once it serves (removed on stop); refuse to start if it names a running iscsi-nbd' })
     .option('print-attach', { type: 'boolean', describe: 'print the nbd-client command and /etc/nbdtab line of each export once it is ready (default: when stdout is a terminal)' })
     .check((argv) => {
       const dup = duplicateExportFlags(argv.export as string[] | undefined);
@@ -77,6 +80,55 @@ export interface ServeArgs extends SecretOptions, LogArgs {
   'initiator-name'?: string;
   digest?: DaemonConfig['digest'];
   'print-attach'?: boolean;
+  strict?: boolean;
+  'pid-file'?: string;
+}
+
+/** The pid a pid file names, when that process is a running iscsi-nbd (a stale or reused pid is not). */
+export function pidFileOwner(file: string): number | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ConfigError('ECONFIG', `cannot read the pid file ${file}: ${(err as Error).message}`);
+  }
+  const pid = Number(text.trim());
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return undefined;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return undefined;
+  }
+  try {
+    // The daemon names itself iscsi-nbd (nameProcess); anything else has the pid by chance.
+    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+    const comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    return /iscsi-nbd/.test(cmdline) || comm === 'iscsi-nbd' ? pid : undefined;
+  } catch {
+    return undefined; // gone meanwhile
+  }
+}
+
+/** Write our pid atomically (a temporary file renamed over it). */
+export function writePidFile(file: string): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  try {
+    fs.writeFileSync(tmp, `${process.pid}\n`, { mode: 0o644 });
+    fs.renameSync(tmp, file);
+  } catch (err) {
+    fs.rmSync(tmp, { force: true });
+    throw new ConfigError('ECONFIG', `cannot write the pid file ${file}: ${(err as Error).message}`);
+  }
+}
+
+/** Remove the pid file if it still names this process. */
+export function removePidFile(file: string): void {
+  try {
+    if (fs.readFileSync(file, 'utf8').trim() === String(process.pid)) fs.rmSync(file, { force: true });
+  } catch {
+    // gone already
+  }
 }
 
 /**
@@ -198,6 +250,11 @@ export function attachInstructions(exports: readonly AttachExport[], addresses: 
 
 export async function run(argv: ServeArgs): Promise<void> {
   const { cfg, file } = buildConfigAndFile(argv, warn);
+  const pidFile = argv['pid-file'];
+  if (pidFile) {
+    const other = pidFileOwner(pidFile);
+    if (other !== undefined) throw new ConfigError('ECONFIG', `the pid file ${pidFile} names iscsi-nbd pid ${other}, which still runs: stop it first, or give another --pid-file`);
+  }
   const hostProblems = await checkListenHosts(cfg, { file });
   const hostErr = problemsError(hostProblems);
   if (hostErr) throw hostErr;
@@ -217,7 +274,7 @@ export async function run(argv: ServeArgs): Promise<void> {
   const { notifySystemd } = await import('../daemon/notify');
   let daemon: Awaited<ReturnType<typeof startDaemon>>;
   try {
-    daemon = await startDaemon(cfg, { secrets: argv, reloadConfig: argv.config ? () => buildConfig(argv) : undefined });
+    daemon = await startDaemon(cfg, { secrets: argv, reloadConfig: argv.config ? () => buildConfig(argv) : undefined, strict: argv.strict === true });
   } catch (err) {
     // The metrics server's listen() error comes out of startDaemon as it is.
     const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
@@ -228,13 +285,27 @@ export async function run(argv: ServeArgs): Promise<void> {
     throw err;
   }
   const what = [...cfg.exports.map((e) => e.name), ...daemon.devices.list().map((m) => m.device)];
+  if (pidFile) {
+    try {
+      writePidFile(pidFile);
+    } catch (err) {
+      await daemon.stop('pid file');
+      throw err;
+    }
+  }
   // Signals first: a person who reads the lines below and presses Ctrl-C gets a clean stop.
-  installSignals(daemon);
+  const running = daemon;
+  installSignals({
+    reload: () => running.reload(),
+    stop: (reason) => running.stop(reason).finally(() => {
+      if (pidFile) removePidFile(pidFile);
+    }),
+  });
   notifySystemd('READY=1\nSTATUS=serving ' + (what.join(', ') || 'no exports yet; waiting for iscsi-nbd map'));
   if (argv['print-attach'] ?? process.stdout.isTTY === true) {
     const ready: AttachExport[] = [];
     for (const e of daemon.manager.exports.values()) {
-      if (e.lun?.isOpen) ready.push({ name: e.name, blockSize: e.lun.info.blockSize });
+      if (e.isServing && e.lun?.isOpen) ready.push({ name: e.name, blockSize: e.lun.info.blockSize });
     }
     process.stdout.write(attachInstructions(ready, daemon.server.addresses()));
   }

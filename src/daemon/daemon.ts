@@ -14,7 +14,7 @@ import { DeviceManager, KernelNbd, MapRequest } from './devices';
 import { MappingStore } from './mapping-store';
 import { claimStateDir, releaseStateDir } from './owner';
 import { parseDevice } from '../nbd/netlink/kernel';
-import { planReload } from './reload';
+import { planReload, type ReloadPlan } from './reload';
 import { clientStatus, DaemonStatus, exportsStatus } from './status';
 
 // The composition root: one daemon process = the export manager (iSCSI
@@ -28,6 +28,31 @@ export interface DaemonOptions {
   reloadConfig?: () => DaemonConfig;
   /** The kernel's NBD devices (tests pass a fake); default: netlink. */
   kernel?: () => Promise<KernelNbd>;
+  /**
+   * The old behaviour (`serve --strict`): an export that cannot be opened at
+   * the start aborts the start with its error. Otherwise it is reported
+   * `failed` and retried with backoff while the others are served.
+   */
+  strict?: boolean;
+}
+
+/** What a reload did (the control op `reload` answers it; SIGHUP logs it). */
+export interface ReloadOutcome {
+  /** The new config was read and applied, and every export in the plan opened. */
+  ok: boolean;
+  /** Why the new config was refused (nothing changed then). */
+  refused?: string;
+  plan?: ReloadPlan;
+  /** Added or changed exports that could not be opened (they stay `failed` and keep retrying). */
+  errors: { export: string; error: string }[];
+  /** Every export after the reload, with its state. */
+  exports: { name: string; state: string }[];
+}
+
+/** /readyz's detail: each export and each mapped device with its state. */
+export interface ReadyDetail {
+  exports: { name: string; state: string; error?: string }[];
+  devices: { device: string; state: string; error?: string }[];
 }
 
 export interface RunningDaemon {
@@ -36,8 +61,10 @@ export interface RunningDaemon {
   devices: DeviceManager;
   initiatorName: string;
   status(): DaemonStatus;
+  /** /readyz: every export ready or degraded, every mapped device attached. */
+  ready(): { ready: boolean; detail: ReadyDetail };
   stop(reason?: string): Promise<void>;
-  reload(): Promise<void>;
+  reload(): Promise<ReloadOutcome>;
 }
 
 function readPem(file: string, what: string): Buffer {
@@ -59,7 +86,11 @@ function tlsOptions(cfg: DaemonConfig): NbdTlsOptions | undefined {
   };
 }
 
-/** Start everything a config describes. Every export is opened before a single client is accepted. */
+/**
+ * Start everything a config describes. Every export is tried once before a
+ * single client is accepted; one that fails stays `failed` and is retried
+ * in the background (unless opts.strict: then the start fails).
+ */
 export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): Promise<RunningDaemon> {
   const log = rootLogger();
   const metrics = cfg.metrics ? new Metrics() : undefined;
@@ -86,11 +117,15 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
       }),
   };
   const manager = new ExportManager(managerOptions);
-  const results = await Promise.allSettled(cfg.exports.map((e) => manager.add(e)));
+  const results = await Promise.allSettled(cfg.exports.map((e) => (opts.strict ? manager.add(e) : manager.start(e))));
   const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed.length > 0) {
     await manager.closeAll();
     throw failed[0].reason;
+  }
+  const notOpen = [...manager.exports.values()].filter((e) => e.state === 'failed');
+  if (notOpen.length > 0) {
+    log.warn({ exports: notOpen.map((e) => e.name) }, 'starting without the exports that could not be opened; they are retried in the background');
   }
 
   const server = new NbdServer({ exports: manager, tls: tlsOptions(cfg), handshakeTimeoutMs: cfg.timeouts.handshake * 1000, log: log.child({ component: 'exports' }) });
@@ -139,10 +174,19 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     await devices.ensure(cfg.devices.map((d) => ({ url: d.url, device: d.device === undefined ? undefined : parseDevice(d.device), connections: d.connections, readOnly: d.readOnly })));
   }
 
+  const ready = (): { ready: boolean; detail: ReadyDetail } => {
+    const mappings = devices.list();
+    const detail: ReadyDetail = {
+      exports: [...manager.exports.values()].map((e) => ({ name: e.name, state: e.state, ...(e.lastError ? { error: e.lastError.message } : {}) })),
+      devices: mappings.map((d) => ({ device: d.device, state: d.state, ...(d.error ? { error: d.error } : {}) })),
+    };
+    return { ready: manager.ready() && mappings.every((d) => d.state === 'attached'), detail };
+  };
   metrics?.setSource(() => {
     metrics.setDevices(devices.list());
     return [...manager.exports.values(), ...mapped.exports.values()].map((e) => ({
       name: e.name,
+      state: e.state,
       queued: e.pool?.queued ?? 0,
       sessions: e.sessions.map((ss, index) => {
         const st = ss.stats;
@@ -154,7 +198,7 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     ? await (async () => {
         const m = parseListen(cfg.metrics!, 9810);
         if ('path' in m) throw new ConfigError('ECONFIG', '--metrics wants HOST:PORT');
-        return startMetricsServer({ host: m.host, port: m.port, metrics: metrics!, ready: () => manager.ready(), readyDetail: () => manager.status().map((s) => ({ name: s.name, state: s.state })) }).catch(
+        return startMetricsServer({ host: m.host, port: m.port, metrics: metrics!, ready: () => ready().ready, readyDetail: () => ready().detail }).catch(
           async (err: NodeJS.ErrnoException) => {
             await Promise.all([server.close({ drainMs: 0 }), manager.closeAll()]);
             const where = formatHostPort(m.host, m.port);
@@ -181,15 +225,19 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     }
   };
 
-  const doReload = async (): Promise<void> => {
-    if (!opts.reloadConfig) return;
+  const exportStates = (): ReloadOutcome['exports'] => [...manager.exports.values()].map((e) => ({ name: e.name, state: e.state }));
+  const doReload = async (): Promise<ReloadOutcome> => {
+    if (!opts.reloadConfig) {
+      log.info('reload: the daemon was started without --config; nothing to re-read');
+      return { ok: false, refused: 'the daemon was started without --config: there is no file to re-read', errors: [], exports: exportStates() };
+    }
     let next: DaemonConfig;
     try {
       next = opts.reloadConfig();
     } catch (err) {
       log.error({ err }, 'reload refused: the config file is not valid; keeping the running exports');
       metrics?.recordReload(false);
-      return;
+      return { ok: false, refused: (err as Error)?.message ?? String(err), errors: [], exports: exportStates() };
     }
     const plan = planReload([...manager.exports.values()].map((e) => e.spec), next.exports);
     log.info(plan, 'reload: plan');
@@ -204,21 +252,40 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
         log.info({ export: name }, 'reload: export closed');
       }),
     );
+    const errors: ReloadOutcome['errors'] = [];
     await Promise.all(
       [...plan.change, ...plan.add].map(async (name) => {
         try {
-          await manager.add(want.get(name)!);
-          log.info({ export: name }, 'reload: export added');
+          // Like at the start: an export that cannot be opened stays, failed, and is retried.
+          const { error } = await manager.start(want.get(name)!);
+          if (error) {
+            errors.push({ export: name, error: error.message });
+            log.error({ export: name, err: error }, 'reload: export could not be opened; it keeps retrying');
+          } else {
+            log.info({ export: name }, 'reload: export added');
+          }
         } catch (err) {
+          errors.push({ export: name, error: (err as Error)?.message ?? String(err) });
           log.error({ export: name, err }, 'reload: export could not be opened');
         }
       }),
     );
-    log.info({ exports: [...manager.exports.keys()] }, 'reload: done');
-    metrics?.recordReload(true);
+    const ok = errors.length === 0;
+    log.info({ exports: [...manager.exports.keys()], failed: errors.map((e) => e.export) }, 'reload: done');
+    metrics?.recordReload(ok);
+    return { ok, plan, errors, exports: exportStates() };
   };
 
-  let reloading: Promise<void> = Promise.resolve();
+  let reloading: Promise<unknown> = Promise.resolve();
+  const reload = (): Promise<ReloadOutcome> => {
+    // One reload at a time: a second SIGHUP (or `iscsi-nbd reload`) waits for the first.
+    const run = reloading.then(() => doReload());
+    reloading = run.catch((err) => {
+      log.error({ err }, 'reload failed');
+      metrics?.recordReload(false);
+    });
+    return run;
+  };
   let stopping: Promise<void> | undefined;
   const handlers: Record<string, ControlHandler> = {
     status,
@@ -231,6 +298,11 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
       sameStateDir(req);
       await devices.unmap(parseDevice(String(req.device)), req.force === true);
       return { device: `/dev/nbd${parseDevice(String(req.device))}` };
+    },
+    reload: async () => {
+      const o = await reload();
+      if (o.refused) throw new ConfigError('ECONFIG', `reload refused, the running exports are kept: ${o.refused}`);
+      return o;
     },
     'list-mapped': (req) => {
       sameStateDir(req);
@@ -247,6 +319,7 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     devices,
     initiatorName: iname,
     status,
+    ready,
     stop(reason = 'stop') {
       if (!stopping) {
         stopping = (async () => {
@@ -263,11 +336,7 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
       }
       return stopping;
     },
-    reload() {
-      // One reload at a time: a second SIGHUP waits for the first.
-      reloading = reloading.then(() => doReload()).catch((err) => log.error({ err }, 'reload failed'));
-      return reloading;
-    },
+    reload,
   };
 }
 
@@ -289,6 +358,6 @@ export function installSignals(daemon: Pick<RunningDaemon, 'stop' | 'reload'>): 
   process.on('SIGHUP', () => {
     log.info('SIGHUP: reloading exports');
     notifySystemd('RELOADING=1');
-    daemon.reload().finally(() => notifySystemd('READY=1'));
+    daemon.reload().catch(() => undefined).finally(() => notifySystemd('READY=1'));
   });
 }

@@ -134,7 +134,7 @@ test('serve refuses to start on an export it cannot open, naming the export', { 
   const serve = async (exp: string, extra: string[] = []) => {
     const port = await freePort();
     return runCli(['serve', '--listen', `127.0.0.1:${port}`, '--control', path.join(dir, 'c.sock'), '--initiator-name', TEST_INITIATOR,
-      '--log-level', 'error', '--log-format', 'json', '--export', exp, ...extra], { timeoutMs: 60000, env: { ISCSI_NBD_STATE_DIR: dir } });
+      '--log-level', 'error', '--log-format', 'json', '--strict', '--export', exp, ...extra], { timeoutMs: 60000, env: { ISCSI_NBD_STATE_DIR: dir } });
   };
   const cases: Array<[string, string, number | null, RegExp]> = [
     ['wrong target', `vol1=iscsi://${tgt.portal}/iqn.2026-11.test.iscsi-nbd:nope/1`, 5, /target not found/i],

@@ -149,7 +149,7 @@ test('Normal sessions stay strict: a refused CHAP login is an error, never retri
   t.after(() => front.close());
   const dir = tmpdir(t, 'cli-strict-');
   const port = await freePort();
-  const r = await runCli(['serve', '--listen', `127.0.0.1:${port}`, '--initiator-name', INITIATOR, '--control', `${dir}/c.sock`, '--log-level', 'error',
+  const r = await runCli(['serve', '--strict', '--listen', `127.0.0.1:${port}`, '--initiator-name', INITIATOR, '--control', `${dir}/c.sock`, '--log-level', 'error',
     '--export', `v=iscsi://${CHAP.user}%${CHAP.secret}@${front.portal}/${T1}/0`], { timeoutMs: 30_000, env: cleanEnv(dir) });
   assert.equal(r.code, 4, describeRun(r, 'serve with CHAP refused'));
   assert.match(r.stderr, /authentication failed/);
@@ -200,7 +200,7 @@ test('tgtd: an ACL that does not list us: discover and serve name the initiator 
   assert.match(d.stderr, /not offered/);
   assert.match(d.stderr, hint);
   const port = await freePort();
-  const s = await runCli(['serve', '--listen', String(port), '--initiator-name', INITIATOR, '--control', `${dir}/c.sock`, '--log-level', 'error',
+  const s = await runCli(['serve', '--strict', '--listen', String(port), '--initiator-name', INITIATOR, '--control', `${dir}/c.sock`, '--log-level', 'error',
     '--export', `v=${tgt.url(1, 1)}`], { timeoutMs: 30_000, env: cleanEnv(dir) });
   assert.equal(s.code, 5, describeRun(s, 'serve, not in the ACL'));
   assert.match(s.stderr, /target not found/);

@@ -145,10 +145,11 @@ test('TLS files are checked before any login; --tls-cert without --tls is a warn
   assert.equal(swapped.code, 6, describeRun(swapped, 'swapped'));
   assert.match(swapped.stderr, /--tls-cert: .*key\.pem holds no certificate: it holds a private key \(swapped with the key\?\)/);
   assert.match(swapped.stderr, /--tls-key: .*cert\.pem holds no private key: it holds a certificate \(swapped with the certificate\?\)/);
-  const noMode = await runCli(['serve', ...exp, '--tls-cert', cert], { timeoutMs: 30_000, env: env(dir) });
+  // --strict: an export that cannot be opened ends the start (exit 3) instead of being retried.
+  const noMode = await runCli(['serve', '--strict', ...exp, '--tls-cert', cert], { timeoutMs: 30_000, env: env(dir) });
   assert.match(noMode.stderr, /^iscsi-nbd: warning: --tls-cert: ignored without --tls on or --tls require \(TLS is off\)$/m);
   assert.equal(noMode.code, 3, describeRun(noMode, 'went on to log in (nothing listens there)'));
-  const good = await runCli(['serve', ...exp, '--tls', 'on', '--tls-cert', cert, '--tls-key', key], { timeoutMs: 30_000, env: env(dir) });
+  const good = await runCli(['serve', '--strict', ...exp, '--tls', 'on', '--tls-cert', cert, '--tls-key', key], { timeoutMs: 30_000, env: env(dir) });
   assert.equal(good.code, 3, describeRun(good, 'PEM files that look right: on to the login'));
 });
 

@@ -12,14 +12,13 @@ import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
 import { freePort } from '../helpers/ports';
 import { skipUnless } from '../helpers/tools';
-import { startCli, runCliAsync, runTool, httpGet, metricValue, until, sleep, type Proc } from './harness';
+import { nbdPython } from '../helpers/libnbd';
+import { startCli, runCliAsync, runTool, httpGet, metricValue, until, sleep, type Proc } from '../helpers/process';
 
 const skip = skipUnless('tgtd', 'tgtadm', 'qemu-io', 'nbdsh');
 const SECRET = 'S3cretPassw0rdOps';
 const TSECRET = 'Mutu4lSecretXyz';
 const MiB = 1024 * 1024;
-// nbdsh runs whatever python3 is first on PATH; the Debian one has the nbd module.
-const SYS_PATH = { PATH: `/usr/bin:/bin:${process.env.PATH ?? ''}` };
 
 let tgtd: Tgtd | undefined;
 let dir = '';
@@ -98,7 +97,7 @@ test('metrics, health, readiness, status and no secrets anywhere', { skip, timeo
   }
 
   // status while a client is attached to "a".
-  const holder = runTool('nbdsh', ['-u', `nbd://127.0.0.1:${nbd}/a`, '-c', 'import time; time.sleep(6)'], 20000, SYS_PATH);
+  const holder = nbdPython('h = connect(sys.argv[1])\nimport time; time.sleep(6)', [`nbd://127.0.0.1:${nbd}/a`], { timeoutMs: 20000 });
   try {
     const js = await until(async () => {
       const r = await runCliAsync(['status', '--control', control, '--json'], 15000);
@@ -153,10 +152,11 @@ test('the password in --export is hidden from ps', { skip, timeout: 60000 }, asy
   await p.stop();
 });
 
-test('a wrong CHAP secret: exit 4 and the secret is not echoed', { skip, timeout: 60000 }, async () => {
+test('a wrong CHAP secret: exit 4 (with --strict) and the secret is not echoed', { skip, timeout: 60000 }, async () => {
   const wrong = `iscsi://opsuser%WrongPassw0rdXy@${tgtd!.portal}/${tgtd!.iqn(2)}/1`;
   const nbd = await freePort();
-  const r = await runCliAsync(['serve', '--listen', `127.0.0.1:${nbd}`, '--control', path.join(dir, 'wrong.sock'), '--log-level', 'debug', '--log-format', 'json', '--export', `w=${wrong}`], 45000, { ISCSI_NBD_STATE_DIR: dir });
+  // Without --strict the daemon would start and keep retrying the export (test/lifecycle).
+  const r = await runCliAsync(['serve', '--strict', '--listen', `127.0.0.1:${nbd}`, '--control', path.join(dir, 'wrong.sock'), '--log-level', 'debug', '--log-format', 'json', '--strict', '--export', `w=${wrong}`], 45000, { ISCSI_NBD_STATE_DIR: dir });
   assert.equal(r.code, 4, r.err.slice(-3000));
   assert.match(r.err, /EAUTH/);
   assert.ok(!r.err.includes('WrongPassw0rdXy'), 'secret echoed');
@@ -184,6 +184,7 @@ test('SIGHUP adds and removes exports and never drops a busy one', { skip, timeo
 
   // A client keeps writing and reading back on "a" across the reload.
   const script = [
+    'h = connect(sys.argv[1])',
     'import time',
     'buf = bytes([0xab]) * 65536',
     't = time.time(); n = 0',
@@ -194,7 +195,7 @@ test('SIGHUP adds and removes exports and never drops a busy one', { skip, timeo
     '    n += 1',
     'print("ops", n)',
   ].join('\n');
-  const busy = runTool('nbdsh', ['-u', `nbd://127.0.0.1:${nbd}/a`, '-c', script], 60000, SYS_PATH);
+  const busy = nbdPython(script, [`nbd://127.0.0.1:${nbd}/a`], { timeoutMs: 60000 });
   await sleep(1500);
   write(['a', 'c']);
   process.kill(p.child.pid!, 'SIGHUP');
@@ -205,8 +206,8 @@ test('SIGHUP adds and removes exports and never drops a busy one', { skip, timeo
   assert.equal(metricValue(mt, 'iscsi_nbd_iscsi_session_up', { export: 'b' }), undefined, 'removed export still has session series');
   assert.equal(metricValue(mt, 'iscsi_nbd_nbd_requests_total', { export: 'b' }), undefined, 'removed export still has request series');
   const r = await busy;
-  assert.equal(r.code, 0, `the busy client on "a" failed across the reload: ${r.out}${r.err}`);
-  assert.match(r.out, /ops [1-9]/);
+  assert.equal(r.code, 0, `the busy client on "a" failed across the reload: ${r.stdout}${r.stderr}`);
+  assert.match(r.stdout, /ops [1-9]/);
   assert.doesNotMatch(p.err(), /"export":"a"[^\n]*"msg":"reload: export (removed|changed)/);
 
   // The new export works; an invalid config is refused and changes nothing.
