@@ -9,6 +9,7 @@ import { isStream, isUrl } from '../copy/sides';
 import { servedByDaemon } from '../copy/served';
 import { LogArgs, setupLogging, withCommonOptions } from './common';
 import { stderrIsJson, tell } from '../log';
+import { humanBytes } from '../util/size';
 
 // `iscsi-nbd copy SRC DST`: the command line around the copy engine
 // (src/copy): options, progress on stderr, Ctrl-C and the summary line.
@@ -46,17 +47,6 @@ export interface CopyArgs extends SecretOptions, LogArgs {
   digest?: DigestPref;
 }
 
-function human(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
-
 interface Progress {
   update(done: number): void;
   stop(): void;
@@ -80,11 +70,11 @@ function makeProgress(mode: CopyArgs['progress'], total: number | undefined, wha
       },
       cliProgress.Presets.shades_classic,
     );
-    bar.start(Math.max(total, 1), 0, { doneH: human(0), totalH: human(total), speed: '-' });
+    bar.start(Math.max(total, 1), 0, { doneH: humanBytes(0), totalH: humanBytes(total), speed: '-' });
     return {
       update: (done) => {
         const s = (Date.now() - started) / 1000;
-        bar.update(done, { doneH: human(done), speed: s > 0 ? `${human(done / s)}/s` : '-' });
+        bar.update(done, { doneH: humanBytes(done), speed: s > 0 ? `${humanBytes(done / s)}/s` : '-' });
       },
       stop: () => bar.stop(),
     };
@@ -96,13 +86,13 @@ function makeProgress(mode: CopyArgs['progress'], total: number | undefined, wha
     const s = (Date.now() - started) / 1000;
     const rate = s > 0 ? done / s : 0;
     if (total === undefined) {
-      const text = `${what}: ${human(done)}, ${human(rate)}/s`;
+      const text = `${what}: ${humanBytes(done)}, ${humanBytes(rate)}/s`;
       tell('info', text, { phase: what, done, rate: Math.round(rate) }, text);
       return;
     }
     const eta = rate > 0 ? Math.round((total - done) / rate) : 0;
     const pct = total > 0 ? Math.floor((done * 100) / total) : 100;
-    const text = `${what}: ${pct}% ${human(done)} of ${human(total)}, ${human(rate)}/s, ETA ${eta} s`;
+    const text = `${what}: ${pct}% ${humanBytes(done)} of ${humanBytes(total)}, ${humanBytes(rate)}/s, ETA ${eta} s`;
     tell('info', text, { phase: what, done, total, pct, rate: Math.round(rate), etaSeconds: eta }, text);
   };
   return {
@@ -143,8 +133,8 @@ function progressReporter(mode: CopyArgs['progress']): { onProgress: (p: CopyPro
 export function summaryLine(s: CopySummary): string {
   const rate = s.seconds > 0 ? s.bytes / s.seconds : 0;
   return (
-    `copied ${s.bytes} bytes (${human(s.bytes)})${s.stream ? ' from stdin' : ''} in ${s.seconds.toFixed(1)} s, ${human(rate)}/s: ` +
-    `${human(s.dataBytes)} data, ${human(s.zeroBytes)} zeros${s.skippedReadBytes ? ` (${human(s.skippedReadBytes)} never read)` : ''}` +
+    `copied ${s.bytes} bytes (${humanBytes(s.bytes)})${s.stream ? ' from stdin' : ''} in ${s.seconds.toFixed(1)} s, ${humanBytes(rate)}/s: ` +
+    `${humanBytes(s.dataBytes)} data, ${humanBytes(s.zeroBytes)} zeros${s.skippedReadBytes ? ` (${humanBytes(s.skippedReadBytes)} never read)` : ''}` +
     `${s.paddedBytes ? `; the last block was padded with ${s.paddedBytes} zero bytes` : ''}` +
     `${s.verified ? '; verified' : ''}\n`
   );

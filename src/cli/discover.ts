@@ -11,6 +11,7 @@ import { readSecret } from '../config';
 import { initiatorName } from '../daemon/paths';
 import { exitCodeFor, LogArgs, setupLogging, withCommonOptions } from './common';
 import type { DigestPref } from '../config';
+import { humanBytes } from '../util/size';
 
 export interface DiscoverArgs extends SecretOptions, LogArgs {
   url: string;
@@ -108,17 +109,6 @@ async function inspectTarget(t: DiscoveredTarget, portal: { host: string; port: 
   return report;
 }
 
-function human(bytes: bigint): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let v = Number(bytes);
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v % 1 === 0 ? v : v.toFixed(1)} ${units[i]}`;
-}
-
 export async function run(argv: DiscoverArgs): Promise<void> {
   // An interactive command: only warnings unless a level was asked for (the
   // shared option defaults to info, which would bury the answer in log lines).
@@ -153,7 +143,7 @@ export async function run(argv: DiscoverArgs): Promise<void> {
           out.push(`  Lun ${l.lun}: error: ${l.error}`);
           continue;
         }
-        const size = l.size !== undefined ? `  ${human(BigInt(l.size))} (${l.size} bytes), block ${l.blockSize}${l.writeProtect ? ', read-only' : ''}` : '';
+        const size = l.size !== undefined ? `  ${humanBytes(BigInt(l.size), { trim: true })} (${l.size} bytes), block ${l.blockSize}${l.writeProtect ? ', read-only' : ''}` : '';
         out.push(`  Lun ${l.lun}: ${l.deviceTypeName}  ${l.vendor} ${l.product} ${l.revision}`.trimEnd() + size);
       }
     }

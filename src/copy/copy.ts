@@ -5,6 +5,7 @@ import type { SecretOptions } from '../credentials';
 import type { DigestPref } from '../config';
 import { initiatorName as resolveInitiatorName } from '../daemon/paths';
 import { detectImageFormat, HEAD_BYTES, notRawError } from './format';
+import { runLimited } from '../util/limit';
 import { FileSide, isStream, isUrl, LunSide, Side, StreamSink, StreamSource } from './sides';
 
 // The copy engine behind `iscsi-nbd copy SRC DST`: an image file to a LUN, a
@@ -123,25 +124,19 @@ export async function forChunks(
   ctl: ChunkControl = {},
 ): Promise<void> {
   let next = 0;
-  let failed: unknown;
-  const worker = async (): Promise<void> => {
-    const buf = Buffer.allocUnsafe(chunk * bufs);
-    while (failed === undefined && next < total && !ctl.signal?.aborted) {
+  const slotBufs: Buffer[] = [];
+  await runLimited(
+    (): [number, number] | undefined => {
+      if (next >= total || ctl.signal?.aborted) return undefined;
       const off = next;
       const len = Math.min(chunk, total - off);
       next += len;
-      try {
-        await fn(off, len, buf);
-      } catch (err) {
-        if (failed === undefined) {
-          failed = err;
-          ctl.onFail?.(err);
-        }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, parallel) }, worker));
-  if (failed !== undefined) throw failed;
+      return [off, len];
+    },
+    parallel,
+    ([off, len], slot) => fn(off, len, (slotBufs[slot] ??= Buffer.allocUnsafe(chunk * bufs))),
+    ctl.onFail,
+  );
 }
 
 /** Read a range, skipping the read where the side knows it is zeros. */

@@ -8,6 +8,7 @@ import { rootLogger } from '../log';
 import { authFor, SecretOptions } from '../credentials';
 import type { DigestPref } from '../config';
 import { HEAD_BYTES, VHD_FOOTER_BYTES } from './format';
+import { withContext } from '../util/context';
 
 // The two ends of a copy: an image file (or block device), a LUN over iSCSI,
 // or a stream (`-`: stdin as a source, stdout as a destination).
@@ -260,11 +261,6 @@ export class LunSide implements Side {
       this.session.close();
     }
   }
-}
-
-export function withContext(err: unknown, context: string): Error {
-  if (err instanceof IscsiNbdError) return new IscsiNbdError(err.code, `${context}: ${err.message}`, { cause: err });
-  return new IscsiNbdError('EIO', `${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
 }
 
 /**

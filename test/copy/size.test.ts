@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseSize } from '../../src/target/backend';
 import { lunSpecKind } from '../../src/cli/target';
-import { runCliAsync } from '../ops/harness';
+import { runCliAsync } from '../helpers/process';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { MemoryBackend } from '../../src/target/backend';
 import { TargetServer } from '../../src/target/server';
-import { CLI, REPO_ROOT, childEnv } from '../ops/harness';
+import { CLI, REPO_ROOT, childEnv } from '../helpers/process';
 
 export const TGT = 'iqn.2026-11.io.test:copy';
 export const INITIATOR = 'iqn.2026-11.io.test:copy-initiator';

@@ -7,9 +7,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { startTgtdWithLuns } from '../helpers/tgtd';
-import { startBridge, tmpdir, describeRun, PY } from '../helpers/bridge';
+import { startBridge, tmpdir, describeRun } from '../helpers/bridge';
+import { nbdPython } from '../helpers/libnbd';
 import { skipUnless } from '../helpers/tools';
-import { run } from '../nbd/util';
+import { run } from '../helpers/process';
 
 const MiB = 1024 * 1024;
 
@@ -108,23 +109,17 @@ test('4 KiB LUN: concurrent 512-byte writes into the same blocks (read-modify-wr
   t.after(() => tgt.stop());
   const b = await startBridge({ exports: [['disk', tgt.url(1, 1)]], sessions: 2 });
   t.after(() => b.stop());
-  const dir = tmpdir(t);
-  const script = path.join(dir, 'rmw.py');
   // Two connections, each with many writes in flight at once (aio), every
   // 512-byte sector of 16 blocks written with a distinct pattern; the
   // sectors of one 4 KiB block are interleaved between the connections.
-  fs.writeFileSync(script, `
-import nbd, sys, hashlib
+  const r = await nbdPython(`
 uri = sys.argv[1]
 BLOCKS = 16
 def pat(sector, rnd):
     return bytes([(sector * 7 + rnd * 13 + 1) & 0xff]) * 512
 hs = []
 for i in range(2):
-    h = nbd.NBD()
-    h.set_strict_mode(0)  # libnbd would refuse sub-4K requests itself
-    h.connect_uri(uri)
-    hs.append(h)
+    hs.append(connect(uri, strict=False))  # libnbd would refuse sub-4K requests itself
 # Fill with a background pattern first (aligned).
 hs[0].pwrite(b'\\xee' * (BLOCKS * 4096 + 8192), 0)
 hs[0].flush()
@@ -204,8 +199,7 @@ if got != bytes(expect):
 print('OK')
 for h in hs:
     h.shutdown()
-`);
-  const r = await run(PY, [script, b.uri('disk')], { timeoutMs: 60000 });
+`, [b.uri('disk')], { timeoutMs: 60000 });
   assert.equal(r.code, 0, describeRun(r, 'rmw script'));
   assert.equal(r.stdout.trim(), 'OK', describeRun(r, 'rmw script'));
 });

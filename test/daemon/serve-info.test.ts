@@ -3,11 +3,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
 import { startTgtdWithLuns } from '../helpers/tgtd';
-import { startBridge, tmpdir, describeRun, PY } from '../helpers/bridge';
+import { startBridge, describeRun } from '../helpers/bridge';
+import { nbdPython } from '../helpers/libnbd';
 import { skipUnless } from '../helpers/tools';
-import { run } from '../nbd/util';
+import { run } from '../helpers/process';
 
 const MiB = 1024 * 1024;
 
@@ -54,12 +54,8 @@ test('nbdinfo on tgtd LUNs: sizes, block sizes, capabilities, --list, read-only,
   }
 
   // Write data on the thin LUN, trim part of it, and look at the map.
-  const dir = tmpdir(t);
-  const script = path.join(dir, 'trim.py');
-  fs.writeFileSync(script, `
-import nbd, sys
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
+  const w = await nbdPython(`
+h = connect(sys.argv[1])
 h.pwrite(b'\\x5a' * (4 * 1024 * 1024), 0)
 h.flush()
 h.trim(1024 * 1024, 1024 * 1024)
@@ -67,8 +63,7 @@ h.flush()
 assert h.pread(4096, 0) == b'\\x5a' * 4096
 assert h.pread(4096, 2 * 1024 * 1024) == b'\\x5a' * 4096
 h.shutdown()
-`);
-  const w = await run(PY, [script, b.uri('d4k')], { timeoutMs: 30000 });
+`, [b.uri('d4k')], { timeoutMs: 30000 });
   assert.equal(w.code, 0, describeRun(w, 'write+trim'));
   const m = await run('nbdinfo', ['--map', '--json', b.uri('d4k')], { timeoutMs: 20000 });
   assert.equal(m.code, 0, describeRun(m, 'nbdinfo --map'));
@@ -80,42 +75,35 @@ h.shutdown()
   assert.equal(at(2 * MiB).type & 1, 0, `data after the trim is allocated: ${m.stdout}`);
   assert.equal(at(8 * MiB).type & 1, 1, `never-written space is a hole: ${m.stdout}`);
   // The hole reads as zeros; odd trims, zeroes and block status requests.
-  const z = await run(PY, ['-c', `
-import nbd, sys, json
-h = nbd.NBD(); h.set_strict_mode(0); h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION); h.connect_uri(sys.argv[1])
+  const z = await nbdPython(`
+h = connect(sys.argv[1], strict=False, meta=True)
 size = h.get_size()
 MiB = 1024 * 1024
-out = {}
-def tryit(name, fn):
-    try:
-        fn(); out[name] = 0
-    except nbd.Error as e:
-        out[name] = e.errnum
-out['hole_zero'] = h.pread(MiB, MiB) == bytes(MiB)
+res['hole_zero'] = h.pread(MiB, MiB) == bytes(MiB)
 # A trim smaller than a block unmaps nothing and leaves the data alone.
 tryit('trim_sub_block', lambda: h.trim(512, 2 * MiB + 512))
-out['sub_trim_kept'] = h.pread(4096, 2 * MiB) == b'\x5a' * 4096
+res['sub_trim_kept'] = h.pread(4096, 2 * MiB) == b'\x5a' * 4096
 # A trim with ragged edges unmaps only the whole blocks inside.
 tryit('trim_ragged', lambda: h.trim(3 * 4096, 2 * MiB + 4096 + 512))
-out['ragged_edges_kept'] = h.pread(512, 2 * MiB + 4096) == b'\x5a' * 512 and h.pread(512, 2 * MiB + 4 * 4096) == b'\x5a' * 512
+res['ragged_edges_kept'] = h.pread(512, 2 * MiB + 4096) == b'\x5a' * 512 and h.pread(512, 2 * MiB + 4 * 4096) == b'\x5a' * 512
 tryit('trim_past_end', lambda: h.trim(8192, size - 4096))
 tryit('trim_fua', lambda: h.trim(4096, 3 * MiB, nbd.CMD_FLAG_FUA))
-out['trim_fua_zero'] = h.pread(4096, 3 * MiB) == bytes(4096)
+res['trim_fua_zero'] = h.pread(4096, 3 * MiB) == bytes(4096)
 tryit('zero_unmap', lambda: h.zero(MiB // 2, 3 * MiB + 8192))
 tryit('zero_no_hole', lambda: h.zero(8192, 2 * MiB + 65536, nbd.CMD_FLAG_NO_HOLE))
 tryit('zero_fast', lambda: h.zero(MiB // 4, 3 * MiB + 8192, nbd.CMD_FLAG_FAST_ZERO))
-out['zeroed'] = h.pread(MiB // 2, 3 * MiB + 8192) == bytes(MiB // 2) and h.pread(8192, 2 * MiB + 65536) == bytes(8192)
-out['after_zero'] = h.pread(4096, 3 * MiB + 8192 + MiB // 2) == b'\x5a' * 4096
+res['zeroed'] = h.pread(MiB // 2, 3 * MiB + 8192) == bytes(MiB // 2) and h.pread(8192, 2 * MiB + 65536) == bytes(8192)
+res['after_zero'] = h.pread(4096, 3 * MiB + 8192 + MiB // 2) == b'\x5a' * 4096
 ext = []
 tryit('block_status', lambda: h.block_status(2 * MiB, 0, lambda ctx, off, entries, err: ext.append(list(entries)) or 0))
 # [0, 1M) data, [1M, 2M) the trimmed hole.
 e = ext[0] if len(ext) == 1 else []
-out['extents'] = e[:4]
+res['extents'] = e[:4]
 tryit('block_status_past_end', lambda: h.block_status(8192, size - 4096, lambda *a: 0))
 tryit('block_status_unaligned', lambda: h.block_status(1000, 2 * MiB + 512, lambda *a: 0))
-out['connected'] = h.aio_is_ready()
+res['connected'] = h.aio_is_ready()
 h.shutdown()
-print(json.dumps(out))`, b.uri('d4k')], { timeoutMs: 20000 });
+done()`, [b.uri('d4k')], { timeoutMs: 20000 });
   assert.equal(z.code, 0, describeRun(z, 'thin LUN requests'));
   assert.deepEqual(JSON.parse(z.stdout.trim()), {
     hole_zero: true, trim_sub_block: 0, sub_trim_kept: true, trim_ragged: 0, ragged_edges_kept: true,
@@ -136,18 +124,14 @@ test('--read-only: nbdinfo says read-only and writes fail with EPERM', { skip: s
   assert.equal(e['export-size'], 8 * MiB);
   assert.equal(e.can_flush, true, 'flush stays harmless on a read-only export');
   for (const k of ['can_fua', 'can_trim', 'can_zero', 'can_fast_zero']) assert.equal(e[k], false, `read-only: ${k}`);
-  const w = await run(PY, ['-c', `
-import nbd, sys, json
-h = nbd.NBD(); h.set_strict_mode(0); h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION); h.connect_uri(sys.argv[1])
-out = {}
-for name, fn in [('write', lambda: h.pwrite(b'x' * 512, 0)), ('zero', lambda: h.zero(512, 0)), ('trim', lambda: h.trim(512, 0))]:
-    try:
-        fn(); out[name] = 0
-    except nbd.Error as e:
-        out[name] = e.errnum
-out['read'] = h.pread(512, 0) == bytes(512)
+  const w = await nbdPython(`
+h = connect(sys.argv[1], strict=False, meta=True)
+tryit('write', lambda: h.pwrite(b'x' * 512, 0))
+tryit('zero', lambda: h.zero(512, 0))
+tryit('trim', lambda: h.trim(512, 0))
+res['read'] = h.pread(512, 0) == bytes(512)
 h.shutdown()
-print(json.dumps(out))`, b.uri('ro')], { timeoutMs: 20000 });
+done()`, [b.uri('ro')], { timeoutMs: 20000 });
   assert.equal(w.code, 0, describeRun(w, 'nbdsh'));
   assert.deepEqual(JSON.parse(w.stdout.trim()), { write: 1, zero: 1, trim: 1, read: true });
   // Nothing reached the backing file.

@@ -5,11 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
 import { startTgtdWithLuns } from '../helpers/tgtd';
-import { startBridge, tmpdir, describeRun, PY } from '../helpers/bridge';
+import { startBridge } from '../helpers/bridge';
+import { nbdJson } from '../helpers/libnbd';
 import { skipUnless } from '../helpers/tools';
-import { run } from '../nbd/util';
 
 const MiB = 1024 * 1024;
 
@@ -18,34 +17,9 @@ test('bad requests get the spec answer, the connection survives, data is untouch
   t.after(() => tgt.stop());
   const b = await startBridge({ exports: [['d512', tgt.url(1, 1)], ['d4k', tgt.url(1, 2)]], sessions: 2 });
   t.after(() => b.stop());
-  const dir = tmpdir(t);
-  const script = path.join(dir, 'bad.py');
-  fs.writeFileSync(script, `
-import nbd, sys, json, hashlib, os
-res = {}
-def conn(uri):
-    h = nbd.NBD()
-    h.set_strict_mode(0)
-    h.connect_uri(uri)
-    return h
-def tryit(name, fn):
-    try:
-        fn()
-        res[name] = 0
-    except nbd.Error as e:
-        res[name] = e.errnum
-def digest(h):
-    m = hashlib.sha256()
-    size = h.get_size()
-    off = 0
-    while off < size:
-        n = min(4 * 1024 * 1024, size - off)
-        m.update(h.pread(n, off))
-        off += n
-    return m.hexdigest()
-
+  const res = await nbdJson('nbdsh script', `
 # ---- 512-byte LUN ----
-h = conn(sys.argv[1])
+h = connect(sys.argv[1], strict=False)
 size = h.get_size()
 # Known, non-zero content everywhere we poke.
 h.pwrite(os.urandom(1024 * 1024), 0)
@@ -75,7 +49,7 @@ res['readback'] = h.pread(512, 4096) == b'k' * 512
 h.shutdown()
 
 # ---- 4096-byte LUN ----
-g = conn(sys.argv[2])
+g = connect(sys.argv[2], strict=False)
 gsize = g.get_size()
 res['min_4k'] = g.get_block_size(nbd.SIZE_MINIMUM)
 base = bytearray(os.urandom(64 * 1024))
@@ -116,11 +90,7 @@ res['connected_4k'] = g.aio_is_ready()
 g.shutdown()
 
 # ---- like the kernel: simple replies only, no block size asked, 512-byte I/O on the 4 KiB LUN ----
-k = nbd.NBD()
-k.set_strict_mode(0)
-k.set_request_structured_replies(False)
-k.set_request_block_size(False)
-k.connect_uri(sys.argv[2])
+k = connect(sys.argv[2], strict=False, structured=False, block_size=False)
 res['kernel_structured'] = k.get_structured_replies_negotiated()
 tryit('kernel_write_512', lambda: k.pwrite(b'\x77' * 512, 16384 + 1536, nbd.CMD_FLAG_FUA))
 base[16384 + 1536:16384 + 2048] = b'\x77' * 512
@@ -130,11 +100,8 @@ res['kernel_read_512'] = k.pread(512, 16384 + 1536) == b'\x77' * 512
 tryit('kernel_read_past_end', lambda: k.pread(512, gsize))
 res['kernel_layout'] = k.pread(64 * 1024, 0) == bytes(base)
 k.shutdown()
-print(json.dumps(res))
-`);
-  const r = await run(PY, [script, b.uri('d512'), b.uri('d4k')], { timeoutMs: 90000 });
-  assert.equal(r.code, 0, describeRun(r, 'nbdsh script'));
-  const res = JSON.parse(r.stdout.trim().split('\n').pop()!);
+done()
+`, [b.uri('d512'), b.uri('d4k')], { timeoutMs: 90000 });
   const EINVAL = 22, ENOSPC = 28, ENOTSUP = 95;
   assert.deepEqual(res, {
     read_past_end: EINVAL, read_at_end: EINVAL, write_past_end: ENOSPC, zero_past_end: ENOSPC,

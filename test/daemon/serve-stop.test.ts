@@ -6,9 +6,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startTgtdWithLuns } from '../helpers/tgtd';
-import { startBridge, runCli, tmpdir, describeRun, PY } from '../helpers/bridge';
+import { startBridge, runCli, tmpdir, describeRun } from '../helpers/bridge';
+import { nbdPython } from '../helpers/libnbd';
 import { skipUnless } from '../helpers/tools';
-import { run } from '../nbd/util';
+import { run } from '../helpers/process';
 
 const MiB = 1024 * 1024;
 const BLOCK = 64 * 1024;
@@ -35,11 +36,9 @@ test('SIGTERM while clients write: exit 0 within seconds, sessions logged out, a
 
   // A libnbd writer on [32 MiB, 48 MiB): 8 writes in flight, each block's
   // content names its generation; every acknowledged (block, generation) is printed.
-  const script = path.join(dir, 'writer.py');
-  fs.writeFileSync(script, `
-import nbd, sys, struct
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
+  const writer = nbdPython(`
+import struct
+h = connect(sys.argv[1])
 REGION, BLOCK, BLOCKS = ${REGION}, ${BLOCK}, ${BLOCKS}
 def content(i, gen):
     return struct.pack('>II', i, gen) * (BLOCK // 8)
@@ -67,8 +66,7 @@ except Exception as e:
 for item in inflight:
     print('ISSUED', item[1], item[2])
 print('ISSUED', n)
-`);
-  const writer = run(PY, ['-u', script, b.uri('disk')], { timeoutMs: 60000 });
+`, [b.uri('disk')], { timeoutMs: 60000, unbuffered: true });
   await sleep(1500);
   // The control socket answers while the clients are busy.
   const status = await runCli(['status', '--control', b.control, '--json'], { timeoutMs: 15000 });

@@ -6,9 +6,11 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import fs from 'node:fs';
 import { startTgtdWithLuns } from '../helpers/tgtd';
-import { startBridge, tmpdir, describeRun, PY } from '../helpers/bridge';
+import { startBridge, tmpdir, describeRun } from '../helpers/bridge';
+import { nbdPython } from '../helpers/libnbd';
 import { skipUnless, onPath } from '../helpers/tools';
-import { run, makePki } from '../nbd/util';
+import { run } from '../helpers/process';
+import { makePki } from '../helpers/pki';
 
 const MiB = 1024 * 1024;
 
@@ -34,12 +36,8 @@ test('serve --tls require: TLS clients work end to end, plain and rogue clients 
   assert.equal(j.exports[0]['export-size'], 8 * MiB);
 
   // Data over TLS reaches the LUN on the target.
-  const w = await run(PY, ['-c', `
-import nbd, sys
-h = nbd.NBD()
-h.set_tls(nbd.TLS_REQUIRE)
-h.set_tls_certificates(sys.argv[2])
-h.connect_uri(sys.argv[1])
+  const w = await nbdPython(`
+h = connect(sys.argv[1], tls_certs=sys.argv[2])
 h.pwrite(b'tls!' * 1024, 65536, nbd.CMD_FLAG_FUA)
 assert h.pread(4096, 65536) == b'tls!' * 1024
 # Large reads in flight together, three rounds: their reply buffers are
@@ -60,7 +58,7 @@ for rnd in range(3):
         assert h.aio_command_completed(c)
         assert bytes(buf.to_bytearray()) == data[i * K:(i + 1) * K], (rnd, i)
 print(h.get_tls_negotiated())
-h.shutdown()`, `nbds://localhost:${b.port}/disk`, path.join(dir, 'good')], { timeoutMs: 30000 });
+h.shutdown()`, [`nbds://localhost:${b.port}/disk`, path.join(dir, 'good')], { timeoutMs: 30000 });
   assert.equal(w.code, 0, describeRun(w, 'libnbd TLS write/read'));
   assert.equal(w.stdout.trim(), 'True');
   const fd = fs.openSync(tgt.lunInfo(1, 1).path, 'r');

@@ -12,19 +12,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort } from './ports';
+import { repoRoot, tmpdir, describeRun } from './process';
+
+export { repoRoot, tmpdir, describeRun };
 
 const LOG_LIMIT = 512 * 1024;
 export const TEST_INITIATOR = 'iqn.2026-11.test.iscsi-nbd:bridge';
-
-/** The repository root (the directory holding bin/iscsi-nbd.js). */
-export function repoRoot(): string {
-  let d = __dirname;
-  for (let i = 0; i < 6; i++) {
-    if (fs.existsSync(path.join(d, 'bin', 'iscsi-nbd.js'))) return d;
-    d = path.dirname(d);
-  }
-  throw new Error(`bin/iscsi-nbd.js not found above ${__dirname}`);
-}
 
 export const CLI = (): string => path.join(repoRoot(), 'bin', 'iscsi-nbd.js');
 
@@ -254,19 +247,4 @@ async function startOnce(o: BridgeOptions): Promise<Bridge> {
     await sleep(100);
   }
   return b;
-}
-
-/** /usr/bin/python3 (the one with Debian's nbd module), else python3 on PATH. */
-export const PY = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
-
-/** A temp dir removed after the test. */
-export function tmpdir(t: { after: (f: () => void) => void }, prefix = 'bridge-data-'): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
-  return d;
-}
-
-/** A message for assert when a process did not succeed. */
-export function describeRun(r: CliResult, what: string): string {
-  return `${what}: exit ${r.code}${r.signal ? ` signal ${r.signal}` : ''}${r.timedOut ? ' (timed out)' : ''}\n${r.stderr}${r.stdout}`.slice(0, 8000);
 }

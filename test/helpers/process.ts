@@ -1,12 +1,26 @@
-// Shared by the ops tests: run the real CLI (bin/iscsi-nbd.js) as a child
-// process in its own group, capture its output, and always stop it.
+// Child processes for tests: run the real CLI (bin/iscsi-nbd.js) or any
+// program in its own process group, capture its output, and always stop it.
+// (Moved from test/ops/harness.ts, which re-exports it; run() came from
+// test/nbd/util.ts.)
 
-import { userText } from '../helpers/cli-text';
+import { userText } from './cli-text';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 
-// dist/test/ops/ -> repository root
+/** The repository root (the directory holding bin/iscsi-nbd.js). */
+export function repoRoot(): string {
+  let d = __dirname;
+  for (let i = 0; i < 6; i++) {
+    if (fs.existsSync(path.join(d, 'bin', 'iscsi-nbd.js'))) return d;
+    d = path.dirname(d);
+  }
+  throw new Error(`bin/iscsi-nbd.js not found above ${__dirname}`);
+}
+
+// dist/test/helpers/ -> repository root
 export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 export const CLI = path.join(REPO_ROOT, 'bin', 'iscsi-nbd.js');
 
@@ -160,4 +174,36 @@ export async function until<T>(fn: () => Promise<T | undefined | false> | T | un
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
     await sleep(200);
   }
+}
+
+export interface RunResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; timedOut: boolean }
+
+/** Run a program in its own process group; kill the group after timeoutMs. */
+export function run(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { detached: true, stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const kill = (): void => { try { if (child.pid) process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ } };
+    const t = setTimeout(() => { timedOut = true; kill(); }, opts.timeoutMs ?? 30_000);
+    child.on('error', (err) => { stderr += String(err); });
+    child.on('close', (code, signal) => { clearTimeout(t); kill(); resolve({ code, signal, stdout, stderr, timedOut }); });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+/** A temp dir removed after the test. */
+export function tmpdir(t: { after: (f: () => void) => void }, prefix = 'bridge-data-'): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** A message for assert when a process did not succeed. */
+export function describeRun(r: { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; timedOut: boolean }, what: string): string {
+  return `${what}: exit ${r.code}${r.signal ? ` signal ${r.signal}` : ''}${r.timedOut ? ' (timed out)' : ''}\n${r.stderr}${r.stdout}`.slice(0, 8000);
 }

@@ -11,7 +11,9 @@ import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { NbdServer, NbdServerOptions } from '../../src/nbd/server';
 import { MemoryExport, memoryRegistry } from '../helpers/memory-export';
-import { run, makePki } from './util';
+import { run, tmpdir as tmpdirFor } from '../helpers/process';
+import { makePki } from '../helpers/pki';
+import { nbdJson, nbdPython } from '../helpers/libnbd';
 import { haveAll } from '../helpers/tools';
 
 /** In CI a missing tool never skips: the test runs and fails. */
@@ -19,7 +21,6 @@ function have(cmd: string): boolean {
   return haveAll(cmd);
 }
 
-const PY = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const MiB = 1024 * 1024;
 
 async function serve(t: { after: (f: () => Promise<void>) => void }, exps: MemoryExport[], opts: Partial<NbdServerOptions> = {}) {
@@ -29,11 +30,7 @@ async function serve(t: { after: (f: () => Promise<void>) => void }, exps: Memor
   return { srv, port: a.port, uri: (name: string) => `nbd://127.0.0.1:${a.port}/${name}` };
 }
 
-function tmpdir(t: { after: (f: () => void) => void }): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-test-'));
-  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
-  return d;
-}
+const tmpdir = (t: { after: (f: () => void) => void }): string => tmpdirFor(t, 'nbd-test-');
 
 function ok(r: { code: number | null; stdout: string; stderr: string; timedOut: boolean }, what: string): void {
   assert.equal(r.timedOut, false, `${what} timed out`);
@@ -118,20 +115,8 @@ test('nbdsh with strict mode off: invalid requests get errors and the connection
   const disk = new MemoryExport({ name: 'disk', size: 8 * MiB, blockSizes: { minimum: 512, preferred: 4096, maximum: 32 * MiB } });
   const ro = new MemoryExport({ name: 'ro', size: MiB, flags: { readOnly: true } });
   const { uri } = await serve(t, [disk, ro]);
-  const dir = tmpdir(t);
-  const script = path.join(dir, 't.py');
-  fs.writeFileSync(script, `
-import nbd, sys, json
-res = {}
-def tryit(name, fn):
-    try:
-        fn()
-        res[name] = 0
-    except nbd.Error as e:
-        res[name] = e.errnum
-h = nbd.NBD()
-h.set_strict_mode(0)
-h.connect_uri(sys.argv[1])
+  const res = await nbdJson('nbdsh script', `
+h = connect(sys.argv[1], strict=False)
 size = h.get_size()
 tryit('read_past_end', lambda: h.pread(1024, size - 512))
 tryit('write_past_end', lambda: h.pwrite(b'x' * 1024, size - 512))
@@ -152,22 +137,14 @@ tryit('write_ok', lambda: h.pwrite(b'k' * 512, 4096, nbd.CMD_FLAG_FUA))
 res['readback'] = h.pread(512, 4096) == b'k' * 512
 res['connected'] = h.aio_is_ready()
 h.shutdown()
-r = nbd.NBD()
-r.set_strict_mode(0)
-r.connect_uri(sys.argv[2])
-tryit_h = r
-def rtry(name, fn):
-    tryit(name, fn)
-rtry('ro_write', lambda: r.pwrite(b'x' * 512, 0))
-rtry('ro_trim', lambda: r.trim(512, 0))
-rtry('ro_zero', lambda: r.zero(512, 0))
+r = connect(sys.argv[2], strict=False)
+tryit('ro_write', lambda: r.pwrite(b'x' * 512, 0))
+tryit('ro_trim', lambda: r.trim(512, 0))
+tryit('ro_zero', lambda: r.zero(512, 0))
 res['ro_read'] = len(r.pread(512, 0))
 r.shutdown()
-print(json.dumps(res))
-`);
-  const r = await run(PY, [script, uri('disk'), uri('ro')], { timeoutMs: 60000 });
-  ok(r, 'nbdsh script');
-  const res = JSON.parse(r.stdout.trim().split('\n').pop()!);
+done()
+`, [uri('disk'), uri('ro')], { timeoutMs: 60000 });
   const EINVAL = 22, ENOSPC = 28, EPERM = 1;
   assert.deepEqual(res, {
     read_past_end: EINVAL, write_past_end: ENOSPC, zero_past_end: ENOSPC, trim_past_end: EINVAL,
@@ -254,21 +231,15 @@ test('TLS optional: plain and TLS clients both work', { skip: (!have('openssl') 
   const { port } = await serve(t, [exp], { tls: { mode: 'on', cert: rd('server-cert.pem'), key: rd('server-key.pem') } });
   const plain = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/disk`], { timeoutMs: 20000 });
   ok(plain, 'plain nbdinfo');
-  const script = path.join(dir, 'tls.py');
-  fs.writeFileSync(script, `
-import nbd, sys
-h = nbd.NBD()
-h.set_tls(nbd.TLS_REQUIRE)
-h.set_tls_certificates(sys.argv[2])
-h.connect_uri(sys.argv[1])
+  fs.mkdirSync(path.join(dir, 'caonly'));
+  fs.copyFileSync(path.join(dir, 'ca-cert.pem'), path.join(dir, 'caonly', 'ca-cert.pem'));
+  const r = await nbdPython(`
+h = connect(sys.argv[1], tls_certs=sys.argv[2])
 h.pwrite(b'tls!' * 128, 0)
 assert h.pread(512, 0) == b'tls!' * 128
 print(h.get_tls_negotiated())
 h.shutdown()
-`);
-  fs.mkdirSync(path.join(dir, 'caonly'));
-  fs.copyFileSync(path.join(dir, 'ca-cert.pem'), path.join(dir, 'caonly', 'ca-cert.pem'));
-  const r = await run(PY, [script, `nbds://localhost:${port}/disk`, path.join(dir, 'caonly')], { timeoutMs: 30000 });
+`, [`nbds://localhost:${port}/disk`, path.join(dir, 'caonly')], { timeoutMs: 30000 });
   ok(r, 'libnbd TLS read/write');
   assert.equal(r.stdout.trim(), 'True');
   assert.equal(exp.peek(0, 4).toString(), 'tls!');
@@ -277,14 +248,8 @@ h.shutdown()
 test('libnbd without structured replies (simple replies only, like the kernel)', { skip: !have('nbdsh') && 'python3-libnbd missing' }, async (t) => {
   const exp = new MemoryExport({ name: 'disk', size: 4 * MiB });
   const { uri, srv } = await serve(t, [exp]);
-  const dir = tmpdir(t);
-  const script = path.join(dir, 'simple.py');
-  fs.writeFileSync(script, `
-import nbd, sys, json
-h = nbd.NBD()
-h.set_request_structured_replies(False)
-h.set_strict_mode(0)
-h.connect_uri(sys.argv[1])
+  const script = `
+h = connect(sys.argv[1], strict=False, structured=False)
 out = {'structured': h.get_structured_replies_negotiated()}
 h.pwrite(b'\\xa5' * 65536, 0, nbd.CMD_FLAG_FUA)
 out['read'] = h.pread(65536, 0) == b'\\xa5' * 65536
@@ -300,10 +265,10 @@ except nbd.Error as e:
 out['after_error'] = h.pread(4, 0) == b'\\xa5' * 4
 h.shutdown()
 print(json.dumps(out))
-`);
+`;
   let sawSimple = false;
   srv.on('state', (i: { state: string; structuredReplies: boolean }) => { if (i.state === 'transmission' && !i.structuredReplies) sawSimple = true; });
-  const r = await run(PY, [script, uri('disk')], { timeoutMs: 30000 });
+  const r = await nbdPython(script, [uri('disk')], { timeoutMs: 30000 });
   ok(r, 'libnbd simple replies');
   assert.deepEqual(JSON.parse(r.stdout.trim()), { structured: false, read: true, zeroed: true, past_end: 22, after_error: true });
   assert.ok(sawSimple);

@@ -8,7 +8,8 @@ import { NbdServer, NbdServerOptions, NbdConnectionInfo } from '../../src/nbd/se
 import * as C from '../../src/nbd/constants';
 import { MemoryExport, memoryRegistry } from '../helpers/memory-export';
 import tls from 'node:tls';
-import { u32, opt, infoData, req, parseOptReplies, makePki } from './util';
+import { u32, opt, infoData, req, parseOptReplies } from './util';
+import { makePki } from '../helpers/pki';
 
 class RawClient {
   readonly sock: net.Socket;

@@ -1,8 +1,6 @@
 // Test helpers for the NBD layer: byte builders (written from the spec
-// layouts, independent of src/nbd/codec.ts), a reply parser, and a process runner.
-import { spawn, execFileSync } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
+// layouts, independent of src/nbd/codec.ts) and a reply parser. The process
+// runner is in test/helpers/process.ts, the TLS fixtures in test/helpers/pki.ts.
 
 export const hex = (s: string): Buffer => Buffer.from(s.replace(/[\s_]/g, ''), 'hex');
 
@@ -78,51 +76,9 @@ export function parseReplies(b: Buffer, readLengths: Map<bigint, number> = new M
 export const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 export async function settle(n = 20): Promise<void> { for (let i = 0; i < n; i++) await tick(); }
 
-export interface RunResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; timedOut: boolean }
-
-/** Run a program in its own process group; kill the group after timeoutMs. */
-export function run(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { detached: true, stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const kill = (): void => { try { if (child.pid) process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ } };
-    const t = setTimeout(() => { timedOut = true; kill(); }, opts.timeoutMs ?? 30_000);
-    child.on('error', (err) => { stderr += String(err); });
-    child.on('close', (code, signal) => { clearTimeout(t); kill(); resolve({ code, signal, stdout, stderr, timedOut }); });
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(opts.input ?? '');
-  });
-}
-
 /** Splits of a buffer: whole, byte by byte, and at every boundary (two pieces). */
 export function splits(b: Buffer): Buffer[][] {
   const out: Buffer[][] = [[b], [...b].map((x) => Buffer.from([x]))];
   for (let i = 1; i < b.length; i++) out.push([b.subarray(0, i), b.subarray(i)]);
   return out;
 }
-
-/** A throwaway CA, server cert (localhost/127.0.0.1), client cert, and an untrusted self-signed client cert. */
-export function makePki(dir: string): void {
-  const o = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore', timeout: 30000 });
-  fs.writeFileSync(path.join(dir, 'srv.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
-  fs.writeFileSync(path.join(dir, 'cli.ext'), 'extendedKeyUsage=clientAuth\n');
-  o(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca-key.pem', '-out', 'ca-cert.pem', '-days', '2', '-subj', '/CN=nbd test CA']);
-  o(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server-key.pem', '-out', 'server.csr', '-subj', '/CN=localhost']);
-  o(['x509', '-req', '-in', 'server.csr', '-CA', 'ca-cert.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', 'server-cert.pem', '-days', '2', '-extfile', 'srv.ext']);
-  o(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'client-key.pem', '-out', 'client.csr', '-subj', '/CN=client']);
-  o(['x509', '-req', '-in', 'client.csr', '-CA', 'ca-cert.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', 'client-cert.pem', '-days', '2', '-extfile', 'cli.ext']);
-  // A client certificate from nobody we trust.
-  o(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'rogue-key.pem', '-out', 'rogue-cert.pem', '-days', '2', '-subj', '/CN=rogue', '-addext', 'extendedKeyUsage=clientAuth']);
-  // libnbd's tls-certificates directory layouts.
-  for (const [sub, cert, key] of [['good', 'client-cert.pem', 'client-key.pem'], ['rogue', 'rogue-cert.pem', 'rogue-key.pem']]) {
-    fs.mkdirSync(path.join(dir, sub));
-    fs.copyFileSync(path.join(dir, 'ca-cert.pem'), path.join(dir, sub, 'ca-cert.pem'));
-    fs.copyFileSync(path.join(dir, cert), path.join(dir, sub, 'client-cert.pem'));
-    fs.copyFileSync(path.join(dir, key), path.join(dir, sub, 'client-key.pem'));
-  }
-}
-

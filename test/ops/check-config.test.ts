@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { runCli } from './harness';
+import { runCli } from '../helpers/process';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'check-config-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));

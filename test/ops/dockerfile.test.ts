@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { REPO_ROOT } from './harness';
+import { REPO_ROOT } from '../helpers/process';
 
 interface Instr { cmd: string; args: string; stage: number; line: number }
 
