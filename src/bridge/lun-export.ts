@@ -3,11 +3,9 @@ import { RangeLock } from './range-lock';
 import type { LogicalUnit, LunInfo } from '../scsi/lun';
 import { rootLogger, Logger } from '../log';
 import { RequestError } from '../errors';
+import { STATE_HOLE as NBD_STATE_HOLE, STATE_ZERO as NBD_STATE_ZERO } from '../nbd/constants';
+import { DEFAULT_MAX_PAYLOAD as NBD_MAX_PAYLOAD } from '../nbd/common';
 
-const MiB = 1024 * 1024;
-const NBD_MAX_PAYLOAD = 32 * MiB;
-const NBD_STATE_HOLE = 1;
-const NBD_STATE_ZERO = 2;
 
 export interface LunExportOptions {
   name: string;
