@@ -5,7 +5,7 @@ import { InstrumentedExport } from './instrumented';
 import { SessionPool } from './pool';
 import { LogicalUnit, probeSameLun } from '../scsi/lun';
 import { withContext } from '../util/context';
-import { IscsiSession, backoffDelay, type ReconnectBackoff } from '../iscsi/initiator';
+import { IscsiSession, backoffDelay, sessionTimeouts, type ReconnectBackoff } from '../iscsi/initiator';
 import { discover } from '../iscsi/discovery';
 import { parseIscsiUrl, parseLunUrl, IscsiUrl, formatHostPort } from '../iscsi/url';
 import { ConfigError, IscsiNbdError } from '../errors';
@@ -144,14 +144,7 @@ export class BridgedExport extends EventEmitter {
       initiatorName: this.opts.initiatorName,
       auth: this.auth,
       digest: this.spec.digest ?? this.opts.digest,
-      timeouts: {
-        connectMs: t.connect * 1000,
-        loginMs: t.login * 1000,
-        commandMs: t.command * 1000,
-        nopIntervalMs: t.nopInterval * 1000,
-        nopTimeoutMs: t.nopTimeout * 1000,
-        replacementMs: t.replacement * 1000,
-      },
+      timeouts: sessionTimeouts(t),
       reconnect: true,
       log: this.log.child({ session: index, portal: formatHostPort(portal.host, portal.port) }),
       verifyLogin: (sess) => this.checkIdentity(sess, index),

@@ -22,7 +22,7 @@
 // and the replacement timeout with a manual clock.
 
 import { EventEmitter } from 'node:events';
-import { DEFAULT_TIMEOUTS as CONFIG_TIMEOUTS } from '../config';
+import { DEFAULT_TIMEOUTS as CONFIG_TIMEOUTS, type TimeoutsConfig } from '../config';
 import { ConfigError, LoginError, ProtocolError, TransportError } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport';
@@ -117,14 +117,21 @@ export interface SessionStats {
   portal: string;
 }
 
-/** Defaults: those the daemon's configuration has (config.ts, seconds) in ms, plus TMF and logout. */
+/** A session's timeouts (ms) from the daemon's configuration (config.ts, seconds). */
+export function sessionTimeouts(t: Pick<TimeoutsConfig, 'connect' | 'login' | 'command' | 'nopInterval' | 'nopTimeout' | 'replacement'>): Partial<SessionTimeouts> {
+  return {
+    connectMs: t.connect * 1000,
+    loginMs: t.login * 1000,
+    commandMs: t.command * 1000,
+    nopIntervalMs: t.nopInterval * 1000,
+    nopTimeoutMs: t.nopTimeout * 1000,
+    replacementMs: t.replacement * 1000,
+  };
+}
+
+/** Defaults: those the daemon's configuration has, plus TMF and logout. */
 export const DEFAULT_TIMEOUTS: SessionTimeouts = {
-  connectMs: CONFIG_TIMEOUTS.connect * 1000,
-  loginMs: CONFIG_TIMEOUTS.login * 1000,
-  commandMs: CONFIG_TIMEOUTS.command * 1000,
-  nopIntervalMs: CONFIG_TIMEOUTS.nopInterval * 1000,
-  nopTimeoutMs: CONFIG_TIMEOUTS.nopTimeout * 1000,
-  replacementMs: CONFIG_TIMEOUTS.replacement * 1000,
+  ...(sessionTimeouts(CONFIG_TIMEOUTS) as Required<Omit<SessionTimeouts, 'tmfMs' | 'logoutMs'>>),
   tmfMs: 10000,
   logoutMs: 10000,
 };
