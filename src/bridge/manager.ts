@@ -69,6 +69,8 @@ export class BridgedExport extends EventEmitter {
   /** When the next open attempt is due (ms since the epoch), while failed and retrying. */
   nextRetryAt?: number;
   private retryTimer?: NodeJS.Timeout;
+  /** A retry's open attempt is running (still `failed`, no timer set). */
+  private retryRunning = false;
   private opening?: Promise<void>;
   private stopped = false;
   readonly url: IscsiUrl;
@@ -211,10 +213,15 @@ export class BridgedExport extends EventEmitter {
       this.retryTimer = undefined;
       this.nextRetryAt = undefined;
       if (this.stopped) return;
+      this.retryRunning = true;
       this.open().then(
         () => this.log.info({ attempts: this.failedAttempts + 1 }, 'export opened after retrying'),
-        () => this.scheduleRetry(backoff),
+        () => {
+          this.retryRunning = false;
+          this.scheduleRetry(backoff);
+        },
       ).finally(() => {
+        this.retryRunning = false;
         if (this.state !== 'failed') this.failedAttempts = 0;
       });
     }, delay);
@@ -368,7 +375,9 @@ export class BridgedExport extends EventEmitter {
       state: this.state,
       ...(this.lastError ? { error: this.lastError.message } : {}),
       ...(this.state === 'failed' && this.failedAttempts > 0 ? { failedAttempts: this.failedAttempts } : {}),
-      ...(this.nextRetryAt !== undefined ? { nextRetryInMs: Math.max(0, this.nextRetryAt - Date.now()) } : {}),
+      // While a retry's attempt runs there is no timer, but the retrying goes on: "now".
+      ...(this.retryRunning ? { nextRetryInMs: 0, retryingNow: true }
+        : this.nextRetryAt !== undefined ? { nextRetryInMs: Math.max(0, this.nextRetryAt - Date.now()) } : {}),
       url: this.url.redacted(),
       target: this.url.target!,
       lun: this.url.lun ?? 0,

@@ -44,6 +44,8 @@ export interface ExportStatus {
   failedAttempts?: number;
   /** Milliseconds until the next open attempt, while failed and retrying. */
   nextRetryInMs?: number;
+  /** An open attempt of the retrying is running now (nextRetryInMs is then 0). */
+  retryingNow?: boolean;
   url: string;
   target: string;
   lun: number;

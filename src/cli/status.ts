@@ -18,7 +18,9 @@ export function render(s: DaemonStatus): string {
     out.push('');
     out.push(`Export: ${e.name} (${e.state})`);
     if (e.error) out.push(`\tError: ${e.error}`);
-    if (e.nextRetryInMs !== undefined) out.push(`\tRetrying: attempt ${(e.failedAttempts ?? 0) + 1} in ${Math.ceil(e.nextRetryInMs / 1000)} s`);
+    if (e.nextRetryInMs !== undefined) {
+      out.push(`\tRetrying: attempt ${(e.failedAttempts ?? 0) + 1} ${e.retryingNow ? 'now' : `in ${Math.ceil(e.nextRetryInMs / 1000)} s`}`);
+    }
     out.push(`\tTarget: ${e.target}, LUN ${e.lun}`);
     out.push(`\tURL: ${e.url}`);
     if (e.size) out.push(`\tSize: ${e.size} bytes, block size ${e.blockSize}, ${e.vendor ?? ''} ${e.product ?? ''}`.trimEnd());

@@ -82,7 +82,7 @@ test('a missing LUN: the daemon serves the other export, reports it failed, and 
   const text = await runCliAsync(['status', '--control', control], 15000);
   assert.equal(text.code, 0, text.err);
   assert.match(text.out, /Export: good \(ready\)/);
-  assert.match(text.out, /Export: bad \(failed\)\n\tError: export "bad": LUN 2[^\n]*\n\tRetrying: attempt \d+ in \d+ s/);
+  assert.match(text.out, /Export: bad \(failed\)\n\tError: export "bad": LUN 2[^\n]*\n\tRetrying: attempt \d+ (in \d+ s|now)/);
 
   const rz = await httpGet(metrics, '/readyz');
   assert.equal(rz.status, 503, rz.body);
@@ -187,9 +187,12 @@ test('iscsi-nbd reload: prints the plan; exit 6 for an invalid file, 1 for an ex
   // SIGHUP runs the same reload.
   write({ a: 1 });
   process.kill(p.child.pid!, 'SIGHUP');
-  await until(async () => (await statusOf(control)).length === 1, 30000, 'SIGHUP reload');
-
-  const m = (await httpGet(metrics, '/metrics')).body;
+  // The reload is done when it is counted, not when d is gone (that happens first).
+  const m = await until(async () => {
+    const body = (await httpGet(metrics, '/metrics')).body;
+    return metricValue(body, 'iscsi_nbd_reload_total', { result: 'success' }) === 2 ? body : undefined;
+  }, 30000, 'SIGHUP reload counted');
+  assert.deepEqual((await statusOf(control)).map((e) => e.name), ['a']);
   assert.equal(metricValue(m, 'iscsi_nbd_reload_total', { result: 'success' }), 2);
   assert.equal(metricValue(m, 'iscsi_nbd_reload_total', { result: 'failure' }), 2);
   assert.equal(metricValue(m, 'iscsi_nbd_last_reload_success'), 1);
