@@ -4,14 +4,15 @@
 //   BHS (48) | AHS (TotalAHSLength*4) | [HeaderDigest 4] |
 //   data (DataSegmentLength) | pad to 4 | [DataDigest 4, only if DSL > 0]
 //
-// Chunks are kept in a list with a cursor; a segment lying inside one chunk is
-// returned as a view, one spanning chunks is copied once. DataSegmentLength is
-// checked against the limit as soon as the BHS is complete, before anything
-// of the data is awaited. Digest settings are sampled when a BHS starts, so a
+// Chunks wait in a ByteQueue (a list read with a cursor): a segment lying in
+// one chunk is returned as a view, one spanning chunks is copied once.
+// DataSegmentLength is checked against the limit as soon as the BHS is
+// complete, before anything of the data is awaited. Digest settings are sampled when a BHS starts, so a
 // callback may switch them on (end of login) between PDUs.
 
 import { ProtocolError } from '../errors';
 import { BHS_LENGTH, DEFAULT_MAX_RECV_DSL, opcodeName, OPCODE_MASK } from './constants';
+import { ByteQueue } from '../util/byte-queue';
 import { crc32c, DigestError, readDigest } from './crc32c';
 import { EMPTY, Frame } from './pdu';
 
@@ -49,10 +50,7 @@ export class PduFramer {
   private readonly onFrame: (frame: Frame) => void;
   private readonly onDataDigestError?: (err: DigestError, frame: Frame) => void;
 
-  private chunks: Buffer[] = [];
-  private head = 0; // index of the first unread chunk
-  private off = 0; // read offset in chunks[head]
-  private avail = 0; // unread bytes across chunks
+  private readonly q = new ByteQueue();
   private stage: Stage = Stage.BHS;
   private err: Error | undefined;
   private inCallback = false;
@@ -88,12 +86,12 @@ export class PduFramer {
 
   /** Bytes received and not yet emitted as part of a frame. */
   get buffered(): number {
-    return this.avail;
+    return this.q.length;
   }
 
   /** True between PDUs (nothing partial buffered). */
   get idle(): boolean {
-    return this.stage === Stage.BHS && this.avail === 0;
+    return this.stage === Stage.BHS && this.q.length === 0;
   }
 
   /** The fatal error that stopped this framer, if any. */
@@ -110,13 +108,10 @@ export class PduFramer {
    */
   push(chunk: Buffer): void {
     if (this.err) throw this.err;
-    if (chunk.length > 0) {
-      this.chunks.push(chunk);
-      this.avail += chunk.length;
-    }
+    this.q.push(chunk);
     try {
       this.drain();
-      if (this.transient) this.keepRemainder();
+      if (this.transient) this.q.ownRemainder();
     } catch (e) {
       // Errors thrown by our own callbacks are the caller's business.
       if (this.inCallback) {
@@ -125,8 +120,7 @@ export class PduFramer {
       }
       if (e instanceof ProtocolError || e instanceof DigestError) {
         this.err = e;
-        this.chunks = [];
-        this.head = this.off = this.avail = 0;
+        this.q.clear();
       }
       throw e;
     }
@@ -135,7 +129,7 @@ export class PduFramer {
   private drain(): void {
     for (;;) {
       if (this.stage === Stage.BHS) {
-        if (this.avail < BHS_LENGTH) return;
+        if (this.q.length < BHS_LENGTH) return;
         const bhs = this.take(BHS_LENGTH);
         const dsl = (bhs[5] << 16) | (bhs[6] << 8) | bhs[7];
         if (dsl > this.maxDataSegmentLength) {
@@ -152,7 +146,7 @@ export class PduFramer {
         this.stage = Stage.AHS;
       }
       if (this.stage === Stage.AHS) {
-        if (this.avail < this.ahsLen + (this.hd ? 4 : 0)) return;
+        if (this.q.length < this.ahsLen + (this.hd ? 4 : 0)) return;
         this.ahs = this.take(this.ahsLen);
         if (this.hd) {
           const expected = readDigest(this.take(4));
@@ -184,24 +178,16 @@ export class PduFramer {
       let data: Buffer;
       if (this.dest) {
         // Stream what has arrived straight into the destination.
-        while (this.destFilled < this.dsl && this.avail > 0) {
-          const first = this.chunks[this.head];
-          const k = Math.min(this.dsl - this.destFilled, first.length - this.off);
-          first.copy(this.dest, this.destFilled, this.off, this.off + k);
-          this.destFilled += k;
-          this.off += k;
-          this.avail -= k;
-          if (this.off === first.length) this.advance();
-        }
+        this.destFilled += this.q.copyTo(this.dest, this.destFilled, this.dsl - this.destFilled);
         const rest = padded - this.dsl;
-        if (this.destFilled < this.dsl || this.avail < rest + (withDigest ? 4 : 0)) return;
+        if (this.destFilled < this.dsl || this.q.length < rest + (withDigest ? 4 : 0)) return;
         const pad = this.take(rest);
         data = this.dest;
         seg = data;
         if (withDigest) this.destCrc = crc32c(pad, crc32c(data));
         this.dest = undefined;
       } else {
-        if (this.avail < padded + (withDigest ? 4 : 0)) return;
+        if (this.q.length < padded + (withDigest ? 4 : 0)) return;
         seg = this.take(padded);
         data = seg.subarray(0, this.dsl);
         if (withDigest) this.destCrc = crc32c(seg);
@@ -228,51 +214,8 @@ export class PduFramer {
     }
   }
 
-  /** The caller will reuse its buffer: keep our own copy of what is not consumed yet. */
-  private keepRemainder(): void {
-    for (let i = this.head; i < this.chunks.length; i++) {
-      const c = this.chunks[i];
-      const from = i === this.head ? this.off : 0;
-      if (from < c.length) this.chunks[i] = Buffer.from(c.subarray(from));
-      else this.chunks[i] = EMPTY;
-      if (i === this.head) this.off = 0;
-    }
-  }
-
-  /** Remove n bytes (n <= avail): a view when they lie in one chunk, else one copy. */
+  /** Remove n bytes (n <= buffered): a view, or a copy when they span chunks or the chunks are transient. */
   private take(n: number): Buffer {
-    if (n === 0) return EMPTY;
-    this.avail -= n;
-    let first = this.chunks[this.head];
-    if (first.length - this.off >= n && !this.transient) {
-      const v = first.subarray(this.off, this.off + n);
-      this.off += n;
-      if (this.off === first.length) this.advance();
-      return v;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let w = 0;
-    while (w < n) {
-      first = this.chunks[this.head];
-      const k = Math.min(n - w, first.length - this.off);
-      first.copy(out, w, this.off, this.off + k);
-      w += k;
-      this.off += k;
-      if (this.off === first.length) this.advance();
-    }
-    return out;
-  }
-
-  private advance(): void {
-    this.chunks[this.head] = EMPTY; // let the chunk be collected
-    this.head++;
-    this.off = 0;
-    if (this.head === this.chunks.length) {
-      this.chunks = [];
-      this.head = 0;
-    } else if (this.head >= 1024) {
-      this.chunks = this.chunks.slice(this.head);
-      this.head = 0;
-    }
+    return this.q.take(n, this.transient);
   }
 }

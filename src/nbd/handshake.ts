@@ -6,7 +6,8 @@ import { rootLogger } from '../log';
 import type { Export } from '../bridge/export';
 import * as C from './constants';
 import * as codec from './codec';
-import { ByteQueue, ExportRegistry, resolveExport, transmissionFlagsFor, effectiveBlockSizes, DEFAULT_MAX_PAYLOAD } from './common';
+import { ExportRegistry, resolveExport, transmissionFlagsFor, effectiveBlockSizes, DEFAULT_MAX_PAYLOAD } from './common';
+import { ByteQueue } from '../util/byte-queue';
 
 export type TlsMode = 'off' | 'on' | 'require';
 

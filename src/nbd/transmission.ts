@@ -12,7 +12,8 @@ import { TagTable } from '../tag-table';
 import { ReplyBufferPool } from './reply-pool';
 import * as C from './constants';
 import * as codec from './codec';
-import { ByteQueue, effectiveBlockSizes, EffectiveBlockSizes, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_BUFFERED } from './common';
+import { effectiveBlockSizes, EffectiveBlockSizes, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_BUFFERED } from './common';
+import { ByteQueue } from '../util/byte-queue';
 
 export interface TransmissionOptions {
   export: Export;
