@@ -54,12 +54,13 @@ export interface Export {
   readonly requestAlignment?: number;
 
   /**
-   * Read `length` bytes at `offset`. When `into` is given (length >= `length`)
-   * the data lands in it and it is returned; otherwise a new buffer is.
-   * Resolve only when all `length` bytes are the export's data: `into` may be
-   * a reused buffer holding an earlier reply (see ReplyBufferPool).
+   * Fill `into[0, length)` with the `length` bytes at `offset` (the read
+   * contract: the data lands in the caller's buffer, and only there; the
+   * caller never copies). Resolve only when all of them are the export's
+   * data: `into` may be a reused buffer holding an earlier reply (see
+   * ReplyBufferPool). On rejection its contents are undefined.
    */
-  read(offset: bigint, length: number, into?: Buffer): Promise<Buffer>;
+  read(offset: bigint, length: number, into: Buffer): Promise<void>;
   write(offset: bigint, data: Buffer, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: bigint, length: number, fua: boolean): Promise<void>;

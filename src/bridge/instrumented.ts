@@ -86,7 +86,7 @@ export class InstrumentedExport implements Export {
     }
   }
 
-  read(offset: bigint, length: number, into?: Buffer): Promise<Buffer> {
+  read(offset: bigint, length: number, into: Buffer): Promise<void> {
     return this.run('read', length, this.inner.read(offset, length, into), offset, length);
   }
   write(offset: bigint, data: Buffer, fua: boolean): Promise<void> {

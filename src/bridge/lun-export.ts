@@ -88,21 +88,17 @@ export class LunExport implements Export {
     return offset % this.bsBig === 0n && length % this.bs === 0;
   }
 
-  read(offset: bigint, length: number, into?: Buffer): Promise<Buffer> {
-    // The aligned case hands the LUN's promise straight back (it resolves to `into`'s view).
-    if (length > 0 && this.aligned(offset, length)) return this.lun.read(offset, length, into);
-    return this.readUnaligned(offset, length, into);
-  }
-
-  private async readUnaligned(offset: bigint, length: number, into?: Buffer): Promise<Buffer> {
-    const dest = into ? into.subarray(0, length) : Buffer.allocUnsafe(length);
-    if (length === 0) return dest;
+  async read(offset: bigint, length: number, into: Buffer): Promise<void> {
+    if (length === 0) return;
+    if (this.aligned(offset, length)) {
+      await this.lun.read(offset, length, into);
+      return;
+    }
     const start = this.alignDown(offset);
     const end = this.alignUp(offset + BigInt(length));
     const tmp = await this.lun.read(start, Number(end - start));
     const skip = Number(offset - start);
-    tmp.copy(dest, 0, skip, skip + length);
-    return dest;
+    tmp.copy(into, 0, skip, skip + length);
   }
 
   async write(offset: bigint, data: Buffer, fua: boolean): Promise<void> {

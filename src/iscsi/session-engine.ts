@@ -227,6 +227,8 @@ export class SessionEngine extends EventEmitter {
 
   private nextItt: number;
   private readonly tasks = new TagTable<Task>();
+  /** The Data-In whose payload the framer is streaming into its task's buffer (placeDataIn). */
+  private placed: { itt: number; offset: number; length: number } | undefined;
   private readonly ctl = new Map<number, CtlOp>();
   private queue: Queued[] = [];
   /** SCSI entries in queue, and tasks in `tasks` that have failed: inFlight without a scan. */
@@ -834,12 +836,17 @@ export class SessionEngine extends EventEmitter {
    * returns undefined and takes the ordinary checked path in onDataIn.
    */
   placeDataIn(bhs: Buffer, dsl: number): Buffer | undefined {
+    // The framer asks once per PDU and hands that PDU to receive() before it
+    // asks again, so one slot says whether the next Data-In is already in place.
+    this.placed = undefined;
     if ((bhs[0] & 0x3f) !== Opcode.DATA_IN) return undefined;
-    const t = this.tasks.get(bhs.readUInt32BE(16));
+    const itt = bhs.readUInt32BE(16);
+    const t = this.tasks.get(itt);
     if (!t || t.failed || t.readLen === 0) return undefined;
     const off = bhs.readUInt32BE(40);
     if (off + dsl > t.readLen) return undefined;
     t.inBuf ??= t.pending.req.dataIn ?? Buffer.allocUnsafe(t.readLen);
+    this.placed = { itt, offset: off, length: dsl };
     return t.inBuf.subarray(off, off + dsl);
   }
 
@@ -882,6 +889,8 @@ export class SessionEngine extends EventEmitter {
   // SCSI Data-In (RFC 7143 11.7): data at BufferOffset, DataSN in order
   // from 0 per command, status with the last one when S is set.
   private onDataIn(pdu: DataInPdu): void {
+    const placed = this.placed;
+    this.placed = undefined;
     const t = this.taskFor(pdu.itt, 'Data-In');
     this.updateWindow(pdu.expCmdSN, pdu.maxCmdSN);
     if (pdu.statusPresent) this.updateStatSN(pdu.statSN);
@@ -899,9 +908,9 @@ export class SessionEngine extends EventEmitter {
         t.nextDataSN = snAdd(t.nextDataSN, 1);
         if (n > 0) {
           t.inBuf ??= t.pending.req.dataIn ?? Buffer.allocUnsafe(t.readLen);
-          // Already in place when the framer streamed it there (placeDataIn).
-          const inPlace = pdu.data.buffer === t.inBuf.buffer && pdu.data.byteOffset === t.inBuf.byteOffset + pdu.bufferOffset;
-          if (!inPlace) pdu.data.copy(t.inBuf, pdu.bufferOffset);
+          if (!placed || placed.itt !== pdu.itt || placed.offset !== pdu.bufferOffset || placed.length !== n) {
+            pdu.data.copy(t.inBuf, pdu.bufferOffset);
+          }
           t.received += n;
         }
       }

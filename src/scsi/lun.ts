@@ -85,11 +85,6 @@ async function settleAll(ps: Promise<unknown>[]): Promise<void> {
   for (const r of rs) if (r.status === 'rejected') throw r.reason;
 }
 
-
-function sameMemory(a: Buffer, b: Buffer): boolean {
-  return a.buffer === b.buffer && a.byteOffset === b.byteOffset;
-}
-
 export class LogicalUnit {
   readonly lun: number;
   private readonly transport: ScsiTransport;
@@ -393,13 +388,13 @@ export class LogicalUnit {
     this.checkRead(c, lba, await this.execute(c, { dataInLength: view.length, dataIn: view }), view);
   }
 
+  /** The data is already in `view` (the transport's dataIn contract); only how much arrived is checked. */
   private checkRead(c: Buffer, lba: bigint, r: ScsiResponse, view: Buffer): void {
-    const d = r.data;
-    if (!d || d.length < view.length || r.residual > 0) {
+    const got = r.data?.length ?? 0;
+    if (got < view.length || r.residual > 0) {
       // Never hand back a buffer with bytes the device did not send.
-      throw new ScsiError('ESCSI_IO', `${cdb.cdbName(c)}: short read at LBA ${lba}: ${d?.length ?? 0} of ${view.length} bytes`, r.status);
+      throw new ScsiError('ESCSI_IO', `${cdb.cdbName(c)}: short read at LBA ${lba}: ${got} of ${view.length} bytes`, r.status);
     }
-    if (!sameMemory(d, view)) d.copy(view, 0, 0, view.length);
   }
 
   /**

@@ -19,7 +19,12 @@ export interface ScsiRequest {
   dataOut?: Buffer;
   /** Bytes expected from the device. */
   dataInLength?: number;
-  /** Optional destination for Data-In (length >= dataInLength): avoids a copy. */
+  /**
+   * Destination for Data-In (length >= dataInLength). The read contract:
+   * when given, the transport writes the data here and nowhere else, and the
+   * response's `data` is `dataIn.subarray(0, received)`; the caller never
+   * copies and may rely on the bytes being in place once the promise resolves.
+   */
   dataIn?: Buffer;
   attr?: TaskAttribute;
   /** Per-command timeout in ms; the transport's default otherwise. */

@@ -83,12 +83,10 @@ export class MemoryExport implements Export {
     }
   }
 
-  async read(offset: bigint, length: number, into?: Buffer): Promise<Buffer> {
+  async read(offset: bigint, length: number, into: Buffer): Promise<void> {
     this.calls.push({ op: 'read', offset, length });
     await this.enter('read', offset, length);
-    const out = into ?? Buffer.alloc(length);
-    this.copyOut(Number(offset), length, out);
-    return into ?? out;
+    this.copyOut(Number(offset), length, into);
   }
 
   async write(offset: bigint, data: Buffer, fua: boolean): Promise<void> {

@@ -4,8 +4,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { IscsiNbdError } from '../../src/errors';
 import { AsyncEvent, RejectReason, TmfFunction, TmfResponse } from '../../src/iscsi/constants';
+import { PduFramer } from '../../src/iscsi/framer';
 import {
-  DataOutPdu, decodePdu, encodeBhs, encodeLun, NopOutPdu, Pdu, ScsiCommandPdu, TaskMgmtRequestPdu, TextRequestPdu,
+  DataOutPdu, decodeFrame, decodePdu, encodeBhs, encodePdu, encodeLun, NopOutPdu, Pdu, ScsiCommandPdu, TaskMgmtRequestPdu, TextRequestPdu,
 } from '../../src/iscsi/pdu';
 import { encodeText } from '../../src/iscsi/text';
 import { AsyncEventInfo, CommandTimeoutInfo, SessionEngine } from '../../src/iscsi/session-engine';
@@ -701,4 +702,47 @@ test('engine stops cleanly: no timers after shutdown', () => {
   assert.equal(h.clock.pending, 0);
   h.e.failAll(new Error('x'));
   assert.ok(h.e instanceof SessionEngine);
+});
+
+test('read contract: Data-In the framer streams into the caller buffer (placeDataIn) is used in place, others are copied', async () => {
+  for (const step of [1, 7, 100, 1 << 20]) {
+    const h = setup();
+    const destA = Buffer.alloc(4096, 0xee);
+    const destB = Buffer.alloc(4096, 0xee);
+    const pa = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 4096, dataIn: destA });
+    const pb = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 4096, dataIn: destB });
+    const [ca, cb] = h.take().map(cmd);
+    const a = pattern(4096, 1);
+    const b = pattern(4096, 2);
+    // Interleaved, with a target ping carrying data in between: a placement
+    // must never be taken for another PDU's.
+    const wire = Buffer.concat([
+      encodePdu(dataIn(ca.itt, { dataSN: 0, bufferOffset: 0, data: a.subarray(0, 1000) })),
+      encodePdu(dataIn(cb.itt, { dataSN: 0, bufferOffset: 2048, data: b.subarray(2048) })),
+      encodePdu(nopIn({ ttt: 0x1234, data: Buffer.from('ping') })),
+      encodePdu(dataIn(ca.itt, { dataSN: 1, bufferOffset: 1000, data: a.subarray(1000), final: true, statusPresent: true })),
+      encodePdu(dataIn(cb.itt, { dataSN: 1, bufferOffset: 0, data: b.subarray(0, 2048), final: true, statusPresent: true })),
+    ]);
+    const framer = new PduFramer({
+      maxDataSegmentLength: 1 << 16,
+      placeData: (bhs, dsl) => h.e.placeDataIn(bhs, dsl),
+      onFrame: (f) => h.e.receive(decodeFrame(f)),
+    });
+    for (let i = 0; i < wire.length; i += step) framer.push(wire.subarray(i, i + step));
+    const [ra, rb] = await Promise.all([pa, pb]);
+    assert.deepEqual(destA, a, `step ${step}`);
+    assert.deepEqual(destB, b, `step ${step}`);
+    destA[0] ^= 0xff;
+    assert.equal(ra.data![0], destA[0], 'the response data is the caller buffer');
+    assert.equal(rb.data!.length, 4096);
+    assert.deepEqual(h.fatal, []);
+  }
+  // Without the framer (nothing placed) the same Data-In is copied.
+  const h = setup();
+  const dest = Buffer.alloc(512);
+  const p = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 512, dataIn: dest });
+  const c = cmd(h.take()[0]);
+  h.e.receive(dataIn(c.itt, { data: pattern(512, 5), final: true, statusPresent: true }));
+  await p;
+  assert.deepEqual(dest, pattern(512, 5));
 });

@@ -65,8 +65,8 @@ test('counters of an export exist at 0 as soon as it is added', async () => {
 test('a second InstrumentedExport for the same name does not reset its counters', async () => {
   const m = new Metrics(false);
   const { exp } = addExport(m, 'a');
-  await exp.read(0n, 512);
-  await exp.read(0n, 512);
+  await exp.read(0n, 512, Buffer.alloc(512));
+  await exp.read(0n, 512, Buffer.alloc(512));
   addExport(m, 'a');
   const s = await scrape(m);
   assert.deepEqual(find(s, 'iscsi_nbd_nbd_requests_total', { export: 'a', op: 'read' }).map((x) => x.value), [2]);
@@ -113,9 +113,9 @@ test('forgetExport deletes every series labelled with the export, pushed or samp
   addExport(m, 'b');
   source.push(sessionsOf('a', 2), sessionsOf('b', 1));
   a.exp.attach();
-  await a.exp.read(0n, 4096);
+  await a.exp.read(0n, 4096, Buffer.alloc(4096));
   a.mem.fail({ op: 'read', error: new RequestError('EINVAL', 'bad'), times: 1 });
-  await assert.rejects(a.exp.read(0n, 1));
+  await assert.rejects(a.exp.read(0n, 1, Buffer.alloc(1)));
   a.exp.detach();
   // What ExportManager pushes per session.
   m.sessionState.set({ export: 'a', session: '0', portal: '127.0.0.1:3260', target: 'iqn.2003-01.org.example:disk1' }, 1);

@@ -23,12 +23,12 @@ test('promtool check metrics finds no problem in a populated scrape', { skip, ti
 
   exp.attach();
   await exp.write(0n, Buffer.alloc(4096, 1), false);
-  await exp.read(0n, 4096);
+  await exp.read(0n, 4096, Buffer.alloc(4096));
   await exp.flush();
   mem.fail({ op: 'write', error: new RequestError('ENOSPC', 'full'), times: 1 });
   await assert.rejects(exp.write(0n, Buffer.alloc(512), true));
   mem.fail({ op: 'read', error: new ScsiError('ESCSI_MEDIUM', 'unrecovered read error', SAM_STAT_CHECK_CONDITION, 3), times: 1 });
-  await assert.rejects(exp.read(0n, 512));
+  await assert.rejects(exp.read(0n, 512, Buffer.alloc(512)));
   mem.fail({ op: 'trim', error: new Error('not one of ours'), times: 1 });
   await assert.rejects(exp.trim(0n, 512, false));
 
