@@ -2,7 +2,7 @@ import dns from 'node:dns';
 import fs from 'node:fs';
 import net from 'node:net';
 import YAML, { LineCounter, isMap, isNode, isScalar } from 'yaml';
-import Ajv, { ErrorObject } from 'ajv';
+import Ajv, { type ErrorObject, type JSONSchemaType } from 'ajv';
 import { ConfigError } from './errors';
 import { parseIscsiUrl, parseLunUrl } from './iscsi/url';
 
@@ -105,99 +105,163 @@ export const DEFAULT_TIMEOUTS: TimeoutsConfig = {
   reattach: 120,
 };
 
-const digestEnum = ['none', 'crc32c', 'prefer-crc32c', 'prefer-none'];
+/** What a config file may hold, as written (before defaults). CONFIG_SCHEMA is checked against it by the compiler. */
+export interface ConfigFileValues {
+  /** host:port, unix:PATH, or a bare port (a YAML number); one or a list. */
+  listen?: string | number | Array<string | number>;
+  initiatorName?: string;
+  sessions?: number;
+  digest?: DigestPref;
+  readOnly?: boolean;
+  logLevel?: LogLevel;
+  metrics?: string | number;
+  control?: string;
+  stateDir?: string;
+  connections?: number;
+  devices?: DeviceConfig[];
+  tls?: Partial<TlsConfig>;
+  timeouts?: Partial<TimeoutsConfig>;
+  exports?: ExportConfig[];
+}
 
-const chapSchema = {
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+
+// The schema and the types above are one fact written twice; the compiler
+// holds them together. JSONSchemaType<T> refuses a schema that misses a key of
+// T or gives a key another type; objectSchema<T>() also refuses a key T does
+// not have, so neither side can drift.
+type NoUnknownKeys<S, T> = S extends { properties: infer P }
+  ? (Exclude<keyof P, keyof T> extends never ? unknown : { keysNotInTheType: Exclude<keyof P, keyof T> })
+  : unknown;
+function objectSchema<T>() {
+  return <S extends JSONSchemaType<T>>(schema: S & NoUnknownKeys<S, T>): JSONSchemaType<T> => schema;
+}
+
+const DIGESTS: DigestPref[] = ['none', 'crc32c', 'prefer-crc32c', 'prefer-none'];
+const LOG_LEVELS: LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+const optString = { type: 'string', nullable: true } as const;
+const optName = { type: 'string', minLength: 1, nullable: true } as const;
+const optBool = { type: 'boolean', nullable: true } as const;
+const seconds = { type: 'number', minimum: 0, maximum: 86400, nullable: true } as const;
+const port = { type: 'integer', minimum: 0, maximum: 65535 } as const;
+const address = { type: 'string', minLength: 1 } as const;
+
+const chapSchema = objectSchema<ChapConfig>()({
   type: 'object',
   additionalProperties: false,
+  required: [],
   properties: {
-    user: { type: 'string', minLength: 1 },
-    secret: { type: 'string', minLength: 1 },
-    secretFile: { type: 'string', minLength: 1 },
-    secretEnv: { type: 'string', minLength: 1 },
-    targetUser: { type: 'string', minLength: 1 },
-    targetSecret: { type: 'string', minLength: 1 },
-    targetSecretFile: { type: 'string', minLength: 1 },
-    targetSecretEnv: { type: 'string', minLength: 1 },
+    user: optName,
+    secret: optName,
+    secretFile: optName,
+    secretEnv: optName,
+    targetUser: optName,
+    targetSecret: optName,
+    targetSecretFile: optName,
+    targetSecretEnv: optName,
   },
-};
+});
 
-export const CONFIG_SCHEMA = {
+const exportSchema = objectSchema<ExportConfig>()({
   type: 'object',
   additionalProperties: false,
+  required: ['name', 'url'],
+  properties: {
+    name: { type: 'string', maxLength: 4096 },
+    url: { type: 'string', pattern: '^iscsi://' },
+    description: { type: 'string', maxLength: 1024, nullable: true },
+    sessions: { type: 'integer', minimum: 1, maximum: 64, nullable: true },
+    readOnly: optBool,
+    portals: { type: 'array', items: { type: 'string', minLength: 1 }, nullable: true },
+    discoverPortals: optBool,
+    digest: { type: 'string', enum: DIGESTS, nullable: true },
+    chap: { ...chapSchema, nullable: true },
+  },
+});
+
+const deviceSchema = objectSchema<DeviceConfig>()({
+  type: 'object',
+  additionalProperties: false,
+  required: ['url'],
+  properties: {
+    url: { type: 'string', minLength: 1 },
+    device: { type: 'string', pattern: '^(/dev/nbd|nbd)?[0-9]+$', nullable: true },
+    connections: { type: 'integer', minimum: 1, maximum: 16, nullable: true },
+    readOnly: optBool,
+  },
+});
+
+const tlsSchema = objectSchema<Partial<TlsConfig>>()({
+  type: 'object',
+  additionalProperties: false,
+  required: [],
+  properties: {
+    mode: { type: 'string', enum: ['off', 'on', 'require'], nullable: true },
+    cert: optString,
+    key: optString,
+    ca: optString,
+    verifyClient: optBool,
+  },
+});
+
+const timeoutsSchema = objectSchema<Partial<TimeoutsConfig>>()({
+  type: 'object',
+  additionalProperties: false,
+  required: [],
+  properties: {
+    replacement: seconds,
+    command: seconds,
+    login: seconds,
+    connect: seconds,
+    nopInterval: seconds,
+    nopTimeout: seconds,
+    handshake: seconds,
+    io: seconds,
+    reattach: seconds,
+  },
+});
+
+export const CONFIG_SCHEMA = objectSchema<ConfigFileValues>()({
+  type: 'object',
+  additionalProperties: false,
+  required: [],
   properties: {
     listen: {
-      oneOf: [
-        { type: 'string', minLength: 1 },
-        { type: 'integer', minimum: 0, maximum: 65535 },
-        { type: 'array', items: { oneOf: [{ type: 'string', minLength: 1 }, { type: 'integer', minimum: 0, maximum: 65535 }] }, minItems: 1 },
-      ],
-    },
-    initiatorName: { type: 'string', minLength: 1, maxLength: 223 },
-    sessions: { type: 'integer', minimum: 1, maximum: 64 },
-    digest: { enum: digestEnum },
-    readOnly: { type: 'boolean' },
-    logLevel: { enum: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] },
-    metrics: { oneOf: [{ type: 'string', minLength: 1 }, { type: 'integer', minimum: 0, maximum: 65535 }] },
-    control: { type: 'string', minLength: 1 },
-    stateDir: { type: 'string', minLength: 1 },
-    connections: { type: 'integer', minimum: 1, maximum: 16 },
-    devices: {
-      type: 'array',
-      items: {
-        type: 'object',
-        additionalProperties: false,
-        required: ['url'],
-        properties: {
-          url: { type: 'string', minLength: 1 },
-          device: { type: 'string', pattern: '^(/dev/nbd|nbd)?[0-9]+$' },
-          connections: { type: 'integer', minimum: 1, maximum: 16 },
-          readOnly: { type: 'boolean' },
-        },
-      },
-    },
-    tls: {
-      type: 'object',
-      additionalProperties: false,
-      properties: {
-        mode: { enum: ['off', 'on', 'require'] },
-        cert: { type: 'string' },
-        key: { type: 'string' },
-        ca: { type: 'string' },
-        verifyClient: { type: 'boolean' },
-      },
-    },
-    timeouts: {
-      type: 'object',
-      additionalProperties: false,
-      properties: Object.fromEntries(
-        Object.keys(DEFAULT_TIMEOUTS).map((k) => [k, { type: 'number', minimum: 0, maximum: 86400 }]),
-      ),
-    },
-    exports: {
-      type: 'array',
-      items: {
-        type: 'object',
-        additionalProperties: false,
-        required: ['name', 'url'],
-        properties: {
-          name: { type: 'string', maxLength: 4096 },
-          url: { type: 'string', pattern: '^iscsi://' },
-          description: { type: 'string', maxLength: 1024 },
-          sessions: { type: 'integer', minimum: 1, maximum: 64 },
-          readOnly: { type: 'boolean' },
-          portals: { type: 'array', items: { type: 'string', minLength: 1 } },
-          discoverPortals: { type: 'boolean' },
-          digest: { enum: digestEnum },
-          chap: chapSchema,
-        },
-      },
-    },
+      // JSONSchemaType has no form for a list of a union: the one key the
+      // compiler takes on trust (test/config.test.ts covers every shape).
+      type: ['string', 'integer', 'array'],
+      nullable: true,
+      oneOf: [address, port, { type: 'array', items: { oneOf: [address, port] }, minItems: 1 }],
+    } as never,
+    initiatorName: { type: 'string', minLength: 1, maxLength: 223, nullable: true },
+    sessions: { type: 'integer', minimum: 1, maximum: 64, nullable: true },
+    digest: { type: 'string', enum: DIGESTS, nullable: true },
+    readOnly: optBool,
+    logLevel: { type: 'string', enum: LOG_LEVELS, nullable: true },
+    metrics: { type: ['string', 'integer'], nullable: true, oneOf: [address, port] },
+    control: optName,
+    stateDir: optName,
+    connections: { type: 'integer', minimum: 1, maximum: 16, nullable: true },
+    devices: { type: 'array', items: deviceSchema, nullable: true },
+    tls: { ...tlsSchema, nullable: true },
+    timeouts: { ...timeoutsSchema, nullable: true },
+    exports: { type: 'array', items: exportSchema, nullable: true },
   },
-} as const;
+});
+
+/**
+ * JSONSchemaType spells an optional key `nullable: true`, but to ajv that
+ * also admits null, and a YAML key left empty (`sessions:`) is null: refuse it
+ * as a wrong type, as a person would expect, by compiling without `nullable`.
+ */
+function withoutNullable(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(withoutNullable);
+  if (typeof v !== 'object' || v === null) return v;
+  return Object.fromEntries(Object.entries(v).filter(([k]) => k !== 'nullable').map(([k, x]) => [k, withoutNullable(x)]));
+}
 
 const ajv = new Ajv({ allErrors: true, strict: false });
-const validate = ajv.compile(CONFIG_SCHEMA);
+const validate = ajv.compile<ConfigFileValues>(withoutNullable(CONFIG_SCHEMA) as JSONSchemaType<ConfigFileValues>);
 
 function describe(e: ErrorObject): string {
   switch (e.keyword) {

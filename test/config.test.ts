@@ -166,6 +166,9 @@ test('out-of-range numbers and wrong types name the key and line', () => {
   assert.match(errorOf('tls:\n  mode: maybe\n'), /bad\.yaml:2: tls\.mode: must be one of off, on, require/);
   assert.match(errorOf('exports:\n  - name: a\n    url: iscsi://h/iqn.2000-01.x:y/0\n    chap: {user: u, pasword: x}\n'), /bad\.yaml:4: exports\.0\.chap\.pasword: unknown key/);
   assert.match(errorOf('listen: []\n'), /bad\.yaml:1: listen/);
+  // A key left empty is YAML null: a wrong type, not "unset".
+  assert.match(errorOf('sessions:\n'), /bad\.yaml:1: sessions: must be integer/);
+  assert.match(errorOf('exports:\n  - name: a\n    url: iscsi://h/iqn.2000-01.x:y/0\n    chap:\n'), /bad\.yaml:4: exports\.0\.chap: must be object/);
 });
 
 test('flags override environment variables, which override the file', () => {
