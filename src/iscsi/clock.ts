@@ -1,6 +1,7 @@
 // The timer source of the initiator: the session engine (command deadlines,
-// NOP keepalive, control-operation timeouts) and IscsiSession (reconnect
-// backoff, replacement timeout, LUN check, logout waits) take every timer
+// NOP keepalive, control-operation timeouts), IscsiSession (reconnect
+// backoff, replacement timeout, LUN check, logout waits) and the connect and
+// login timeouts of the connections it opens take every timer
 // and every "now" from one EngineClock, so tests drive recovery with a
 // manual clock (test/iscsi/fake-target.ts ManualClock).
 

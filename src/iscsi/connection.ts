@@ -10,6 +10,7 @@ import { EventEmitter } from 'node:events';
 import { IscsiNbdError, LoginError, ProtocolError, TransportError } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import { DEFAULT_MAX_RECV_DSL, Opcode, opcodeName } from './constants';
+import { keepAliveClock, type EngineClock } from './clock';
 import { DigestError } from './crc32c';
 import { PduFramer } from './framer';
 import { ChapAlgorithmRejectedError, LoginEngine, LoginOptions, LoginResult, LoginStep } from './login';
@@ -28,6 +29,8 @@ export interface OpenOptions {
   /** Login redirections followed before giving up (EREDIRECT). */
   maxRedirects?: number;
   log?: Logger;
+  /** Timers of the connect and login timeouts (the session's clock; tests drive a manual one). */
+  clock?: EngineClock;
 }
 
 export interface OpenResult {
@@ -51,7 +54,7 @@ interface ChunkReader {
   onChunk?: (chunk: Buffer) => void;
 }
 
-export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS): Promise<net.Socket> {
+export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock: EngineClock = keepAliveClock): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const where = formatHostPort(portal.host, portal.port);
     // One read buffer per connection, reused for every read: no allocation
@@ -69,19 +72,19 @@ export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS): Prom
       },
     }) as net.Socket & { chunkReader?: ChunkReader };
     sock.chunkReader = reader;
-    const timer = setTimeout(() => {
+    const timer = clock.setTimeout(() => {
       sock.destroy();
       reject(new TransportError('ECONNECT', `cannot connect to iSCSI portal ${where}: no answer within ${timeoutMs} ms`));
     }, timeoutMs);
     sock.once('connect', () => {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       sock.removeAllListeners('error');
       sock.setNoDelay(true);
       sock.setKeepAlive(true, 30000);
       resolve(sock);
     });
     sock.once('error', (e: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       sock.destroy();
       const why = e.code === 'ECONNREFUSED' ? 'connection refused (is the target running and listening there?)'
         : e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? 'host name not found'
@@ -108,11 +111,12 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
     loginOpts = { ...loginOpts, chapAlgorithms: [5] };
   }
   for (let redirects = 0; ;) {
-    const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS);
+    const clock = opts.clock ?? keepAliveClock;
+    const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS, clock);
     const conn = new IscsiConnection(sock, log.child({ portal: formatHostPort(portal.host, portal.port) }));
     let step: Exclude<LoginStep, { send: unknown }>;
     try {
-      step = await conn.login(loginOpts, opts.loginTimeoutMs ?? DEFAULT_LOGIN_MS);
+      step = await conn.login(loginOpts, opts.loginTimeoutMs ?? DEFAULT_LOGIN_MS, clock);
     } catch (e) {
       conn.close(e as Error);
       if (e instanceof ChapAlgorithmRejectedError && !md5Retry) {
@@ -222,23 +226,23 @@ export class IscsiConnection extends EventEmitter {
   }
 
   /** Run the login phase; resolves with 'done' or 'redirect'. */
-  login(opts: Omit<LoginOptions, 'logger'>, timeoutMs: number): Promise<Exclude<LoginStep, { send: unknown }>> {
+  login(opts: Omit<LoginOptions, 'logger'>, timeoutMs: number, clock: EngineClock = keepAliveClock): Promise<Exclude<LoginStep, { send: unknown }>> {
     return new Promise((resolve, reject) => {
       if (this.st !== 'login') {
         reject(this.closeReason ?? new TransportError('ECONNLOST', 'connection not in login phase'));
         return;
       }
-      const timer = setTimeout(() => {
+      const timer = clock.setTimeout(() => {
         const e = new TransportError('ETIMEOUT', `iSCSI login did not complete within ${timeoutMs} ms`);
         this.close(e);
       }, timeoutMs);
       this.loginDone = (s) => {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         this.loginDone = this.loginFailed = undefined;
         resolve(s);
       };
       this.loginFailed = (e) => {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         this.loginDone = this.loginFailed = undefined;
         reject(e);
       };

@@ -314,6 +314,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       connectTimeoutMs: this.timeouts.connectMs,
       loginTimeoutMs: this.timeouts.loginMs,
       log: this.log,
+      clock: this.clock,
     });
     const { conn, login } = r;
     if (attempt.cancelled || this.attempt !== attempt || isShutDown(this.st)) {

@@ -1,10 +1,11 @@
 // IscsiSession recovery on a manual clock: every timer of the session
 // (reconnect backoff, replacement timeout) and of its engines comes from the
-// injected clock, so the test decides when each one fires; only the TCP
-// connect and login themselves run in real time.
+// injected clock, so the test decides when each one fires, down to the
+// connect and login timeouts; only the TCP exchanges run in real time.
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { IscsiNbdError } from '../../src/errors';
 import { IscsiSession } from '../../src/iscsi/initiator';
 import { ManualClock, startFakeTarget } from './fake-target';
@@ -32,13 +33,17 @@ function until(cond: () => boolean, ms = 5000): Promise<void> {
   });
 }
 
+// Connect and login timeouts are on the clock too; values no backoff delay takes.
+const CONNECT_MS = 9_001;
+const LOGIN_MS = 9_002;
+
 function session(t: TestContext, port: number, clock: ManualClock, replacementMs = 60_000): IscsiSession {
   const s = new IscsiSession({
     portal: { host: '127.0.0.1', port },
     targetName: 'iqn.2026-11.test:fake',
     initiatorName: 'iqn.2026-11.test:init',
     backoff: { initialMs: 1000, maxMs: 4000, jitter: 0 },
-    timeouts: { nopIntervalMs: 0, commandMs: 0, replacementMs },
+    timeouts: { nopIntervalMs: 0, commandMs: 0, replacementMs, connectMs: CONNECT_MS, loginMs: LOGIN_MS },
     clock,
   });
   t.after(() => s.close());
@@ -81,7 +86,7 @@ test('manual clock: failed reconnects back off exponentially up to maxMs; the re
   await lost;
   const parked = s.execute({ lun: 0, cdb: TUR });
   const parkedErr = parked.then(() => undefined, (e: unknown) => e as IscsiNbdError);
-  const retries = (): number[] => clock.delays.filter((ms) => ms !== 20_000);
+  const retries = (): number[] => clock.delays.filter((ms) => ms !== 20_000 && ms !== CONNECT_MS && ms !== LOGIN_MS);
   assert.deepEqual(retries(), [1000]);
   // Each attempt fails in real time (connection refused) and arms the next delay.
   for (const [i, want] of [[1, 2000], [2, 4000], [3, 4000]] as const) {
@@ -96,5 +101,37 @@ test('manual clock: failed reconnects back off exponentially up to maxMs; the re
   assert.ok(err instanceof IscsiNbdError);
   assert.equal(err.code, 'ECONNLOST');
   s.close();
-  assert.equal(clock.pending, 0, 'close() leaves no timer armed');
+  // A retry that was due may still be connecting (refused in real time); its
+  // connect timer goes with it.
+  await until(() => clock.pending === 0);
+});
+
+test('manual clock: a target that accepts and never answers the login times out when the clock says so', async (t) => {
+  const accepted: net.Socket[] = [];
+  const silent = net.createServer((c) => accepted.push(c));
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  t.after(() => {
+    for (const c of accepted) c.destroy();
+    silent.close();
+  });
+  const clock = new RecordingClock();
+  const s = new IscsiSession({
+    portal: { host: '127.0.0.1', port: (silent.address() as net.AddressInfo).port },
+    targetName: 'iqn.2026-11.test:fake',
+    initiatorName: 'iqn.2026-11.test:init',
+    timeouts: { nopIntervalMs: 0, commandMs: 0, connectMs: 7000, loginMs: 15000 },
+    clock,
+  });
+  t.after(() => s.close());
+  let settled = false;
+  const connecting = s.connect().finally(() => { settled = true; });
+  connecting.catch(() => undefined);
+  // Connected (the connect timer is cleared), then the login waits on its timer.
+  await until(() => accepted.length === 1 && clock.delays.includes(15000));
+  assert.ok(clock.delays.includes(7000), 'the connect timeout was armed on the clock');
+  clock.advance(14_999);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(settled, false, 'nothing times out before the clock reaches the login timeout');
+  clock.advance(1);
+  await assert.rejects(connecting, (e: IscsiNbdError) => e.code === 'ETIMEOUT' && /login did not complete within 15000 ms/.test(e.message));
 });
