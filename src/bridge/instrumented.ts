@@ -74,7 +74,7 @@ export class InstrumentedExport implements Export {
       const name = errnoLabel(errno);
       this.metrics?.nbdErrors.inc({ export: this.name, op, errno: name });
       const where = offset === undefined ? {} : { offset: offset.toString(), length };
-      this.log.warn({ op, ...where, ...more, errno: name, code: errorCodeOf(err), err: (err as Error).message }, `NBD ${op} failed`);
+      this.log.warn({ op, ...where, ...more, errno: name, code: errorCodeOf(err), err }, `NBD ${op} failed`);
       throw err;
     } finally {
       this.inFlight--;

@@ -208,7 +208,7 @@ export class BridgedExport extends EventEmitter {
     if (this.stopped) return;
     const delay = backoffDelay(this.failedAttempts - 1, backoff);
     this.nextRetryAt = Date.now() + delay;
-    this.log.warn({ err: this.lastError?.message, attempt: this.failedAttempts, retryInMs: delay }, 'export could not be opened; retrying');
+    this.log.warn({ err: this.lastError, attempt: this.failedAttempts, retryInMs: delay }, 'export could not be opened; retrying');
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       this.nextRetryAt = undefined;
@@ -282,7 +282,7 @@ export class BridgedExport extends EventEmitter {
       this.pool.add(s);
       more.push(
         s.connect().catch((err) => {
-          this.log.warn({ err: (err as Error).message, session: i }, 'extra session could not log in yet; it keeps retrying');
+          this.log.warn({ err, session: i }, 'extra session could not log in yet; it keeps retrying');
           s.retryInBackground();
         }),
       );
@@ -315,7 +315,7 @@ export class BridgedExport extends EventEmitter {
         if (!this.portals.some((q) => q.host === p.host && q.port === p.port)) this.portals.push({ host: p.host, port: p.port });
       }
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'portal discovery failed; using the configured portals');
+      this.log.warn({ err }, 'portal discovery failed; using the configured portals');
     }
   }
 
@@ -335,7 +335,7 @@ export class BridgedExport extends EventEmitter {
         try {
           if (s.state === 'logged-in') await s.logout();
         } catch (err) {
-          this.log.debug({ err: (err as Error).message }, 'logout failed');
+          this.log.debug({ err }, 'logout failed');
         } finally {
           s.close();
         }
@@ -360,7 +360,7 @@ export class BridgedExport extends EventEmitter {
       try {
         await this.lun.flush();
       } catch (err) {
-        this.log.warn({ err: (err as Error).message }, 'final flush failed');
+        this.log.warn({ err }, 'final flush failed');
       }
     }
     this.pool?.detach();

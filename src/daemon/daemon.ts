@@ -310,7 +310,7 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
     },
   };
   const controlSrv = await startControlServer(control, handlers).catch((err) => {
-    log.warn({ err: (err as Error).message }, 'control socket not available; `iscsi-nbd status` will not reach this daemon');
+    log.warn({ err }, 'control socket not available; `iscsi-nbd status` will not reach this daemon');
     return undefined;
   });
   return {

@@ -12,8 +12,8 @@ export function notifySystemd(state: string): void {
   const args = [`--pid=${process.pid}`, ...state.split('\n')];
   try {
     const child = spawn('systemd-notify', args, { stdio: 'ignore' });
-    child.on('error', (err) => rootLogger().warn({ err: err.message }, 'systemd-notify failed'));
+    child.on('error', (err) => rootLogger().warn({ err }, 'systemd-notify failed'));
   } catch (err) {
-    rootLogger().warn({ err: (err as Error).message }, 'systemd-notify failed');
+    rootLogger().warn({ err }, 'systemd-notify failed');
   }
 }

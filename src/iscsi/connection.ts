@@ -328,9 +328,9 @@ export class IscsiConnection extends EventEmitter {
     this.closeReason = r;
     this.setState('closed');
     if (r instanceof DigestError || r instanceof ProtocolError) {
-      this.log.warn({ err: r.message, code: (r as IscsiNbdError).code }, 'dropping iSCSI connection');
+      this.log.warn({ err: r, code: (r as IscsiNbdError).code }, 'dropping iSCSI connection');
     } else {
-      this.log.debug({ err: r.message }, 'iSCSI connection closed');
+      this.log.debug({ err: r }, 'iSCSI connection closed');
     }
     this.socket.destroy();
     this.loginFailed?.(r);

@@ -137,7 +137,7 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
       failures.set(mode, e);
       if (!isAuthRefusal(e)) throw withAclHint(e, opts.initiatorName);
       if (i < plan.length - 1) {
-        log.info({ err: (e as Error).message, auth: mode }, `discovery login refused ${mode === 'chap' ? 'with' : 'without'} CHAP; trying once ${mode === 'chap' ? 'without' : 'with'} it`);
+        log.info({ err: e, auth: mode }, `discovery login refused ${mode === 'chap' ? 'with' : 'without'} CHAP; trying once ${mode === 'chap' ? 'without' : 'with'} it`);
         continue;
       }
       throw discoveryAuthError(failures, opts.initiatorName);
@@ -153,7 +153,7 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
     const targets = parseSendTargets(pairs, portal);
     log.debug({ targets: targets.length }, 'SendTargets answered');
     await engine.logout(LogoutReason.CLOSE_SESSION, t.logoutMs ?? 5000).catch((e: Error) => {
-      log.debug({ err: e.message }, 'discovery logout not acknowledged');
+      log.debug({ err: e }, 'discovery logout not acknowledged');
     });
     return targets;
   } finally {

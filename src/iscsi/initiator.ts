@@ -405,7 +405,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     const first = !this.refusal;
     this.refusal = err;
     if (first) {
-      this.log.error({ err: err.message, portal: formatHostPort(this.portal.host, this.portal.port) },
+      this.log.error({ err, portal: formatHostPort(this.portal.host, this.portal.port) },
         'a different device answers at this address: refusing it (no command is sent to it); still retrying');
       this.emit('refused', err);
     }
@@ -476,7 +476,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       // (everything in flight is reissued after the new login) and run the
       // command once more.
       if (!(e instanceof ProtocolError) || isShutDown(this.st)) throw e;
-      this.log.warn({ err: e.message }, 'protocol error in a command: dropping the connection and retrying it');
+      this.log.warn({ err: e }, 'protocol error in a command: dropping the connection and retrying it');
       if (link?.live) link.conn.close(e);
       return this.executeOnce(req);
     });
@@ -521,7 +521,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
         if (r === TmfResponse.FUNCTION_COMPLETE || r === TmfResponse.TASK_DOES_NOT_EXIST) return;
         this.log.warn({ itt: info.itt, response: r }, 'ABORT TASK failed; resetting the LUN');
       } catch (e) {
-        this.log.warn({ itt: info.itt, err: (e as Error).message }, 'ABORT TASK failed; resetting the LUN');
+        this.log.warn({ itt: info.itt, err: e }, 'ABORT TASK failed; resetting the LUN');
       }
       if (!link.live || engine.state !== 'full-feature') return;
       try {
@@ -529,7 +529,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
         if (r === TmfResponse.FUNCTION_COMPLETE) return;
         this.log.warn({ lun: info.lun, response: r }, 'LUN RESET failed; dropping the connection');
       } catch (e) {
-        this.log.warn({ lun: info.lun, err: (e as Error).message }, 'LUN RESET failed; dropping the connection');
+        this.log.warn({ lun: info.lun, err: e }, 'LUN RESET failed; dropping the connection');
       }
       drop('task management could not end a timed-out command; reconnecting');
     } finally {
@@ -616,7 +616,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       // connect() reports its own failure; close()/logout() reject the rest.
       return;
     }
-    this.log.warn({ err: reason.message, pending: this.backlog.length }, 'iSCSI connection lost');
+    this.log.warn({ err: reason, pending: this.backlog.length }, 'iSCSI connection lost');
     this.emit('lost', reason);
     if (!this.reconnectEnabled) {
       this.setState('failed');
@@ -665,7 +665,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       await this.establish();
     } catch (e) {
       if (!isPathDown(this.st)) return;
-      this.log.info({ attempt: this.attempts, err: (e as Error).message }, 'iSCSI reconnect failed; retrying');
+      this.log.info({ attempt: this.attempts, err: e }, 'iSCSI reconnect failed; retrying');
       this.scheduleReconnect();
       return;
     }
@@ -703,7 +703,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
         try {
           await engine.logout(LogoutReason.CLOSE_SESSION, this.timeouts.logoutMs);
         } catch (e) {
-          this.log.warn({ err: (e as Error).message }, 'logout not acknowledged; closing anyway');
+          this.log.warn({ err: e }, 'logout not acknowledged; closing anyway');
         }
       }
     }

@@ -790,7 +790,7 @@ export class SessionEngine extends EventEmitter {
       this.dispatchPdu(pdu);
     } catch (e) {
       const err = e instanceof Error ? e : new Error(String(e));
-      this.log.warn({ err: err.message, opcode: opcodeName(pdu.opcode) }, 'iSCSI protocol error; dropping the connection');
+      this.log.warn({ err, opcode: opcodeName(pdu.opcode) }, 'iSCSI protocol error; dropping the connection');
       this.fail(err);
       return;
     }
@@ -862,7 +862,7 @@ export class SessionEngine extends EventEmitter {
     t.failed = err;
     if (this.tasks.get(t.itt) === t) this.failedTasks++;
     this.disarmDeadline(t);
-    this.log.warn({ itt: t.itt, err: err.message }, 'SCSI task failed');
+    this.log.warn({ itt: t.itt, err }, 'SCSI task failed');
     t.pending.reject(err);
     if (!t.sent) {
       const before = this.queue.length;

@@ -125,7 +125,7 @@ export class NbdServer extends EventEmitter {
         srv.on('error', (err) => {
           // An 'error' event nobody listens to would throw; log it instead.
           if (this.listenerCount('error') > 0) this.emit('error', err);
-          else this.log.error({ err: err.message }, 'NBD listener error');
+          else this.log.error({ err }, 'NBD listener error');
         });
         const a = srv.address();
         label = typeof a === 'string' ? a : a ? `${a.address}:${a.port}` : '';
@@ -297,7 +297,7 @@ class Connection {
   }
 
   private listen(): void {
-    this.raw.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
+    this.raw.on('error', (err) => this.log.debug({ err }, 'socket error'));
     this.raw.on('close', () => this.onClose('socket closed'));
     this.raw.on('data', this.onData);
   }
@@ -469,7 +469,7 @@ class Connection {
     try {
       r.export.attach?.();
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'export attach failed');
+      this.log.warn({ err }, 'export attach failed');
     }
     this.setState('transmission');
     if (r.leftover.length) this.tx.push(r.leftover);

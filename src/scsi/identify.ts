@@ -153,7 +153,7 @@ export async function identify(lu: LunProber, log: Logger): Promise<LunInfo> {
     pages = parseVpdSupportedPages(await lu.vpd(0x00, true));
   } catch (e) {
     if (!(e instanceof ScsiError)) throw e;
-    log.debug({ err: e.message }, 'no VPD pages');
+    log.debug({ err: e }, 'no VPD pages');
   }
   const page = async <T>(code: number, parse: (b: Buffer) => T): Promise<T | undefined> => {
     if (!pages.includes(code)) return undefined;
@@ -161,7 +161,7 @@ export async function identify(lu: LunProber, log: Logger): Promise<LunInfo> {
       return parse(await lu.vpd(code, true));
     } catch (e) {
       if (!(e instanceof ScsiError)) throw e;
-      log.warn({ page: code, err: e.message }, 'VPD page unreadable, ignored');
+      log.warn({ page: code, err: e }, 'VPD page unreadable, ignored');
       return undefined;
     }
   };
@@ -179,7 +179,7 @@ export async function identify(lu: LunProber, log: Logger): Promise<LunInfo> {
     caching = findCachingPage(ms);
   } catch (e) {
     if (!(e instanceof ScsiError)) throw e;
-    log.debug({ err: e.message }, 'MODE SENSE for all pages refused');
+    log.debug({ err: e }, 'MODE SENSE for all pages refused');
   }
   if (!caching) {
     try {
@@ -188,7 +188,7 @@ export async function identify(lu: LunProber, log: Logger): Promise<LunInfo> {
       caching = findCachingPage(m8);
     } catch (e) {
       if (!(e instanceof ScsiError)) throw e;
-      log.debug({ err: e.message }, 'MODE SENSE caching page refused');
+      log.debug({ err: e }, 'MODE SENSE caching page refused');
     }
   }
   if (!ms) log.warn('MODE SENSE unsupported: assuming writable, no FUA, write cache on');

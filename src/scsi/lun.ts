@@ -495,12 +495,12 @@ export class LogicalUnit {
         return;
       } catch (e) {
         if (!isUnsupported(e)) {
-          this.log.warn({ err: (e as Error).message }, 'WRITE SAME failed');
+          this.log.warn({ err: e }, 'WRITE SAME failed');
           throw e;
         }
         i.capabilities.writeSame = false;
         i.capabilities.writeSameUnmap = false;
-        this.log.warn({ err: (e as Error).message }, 'device refuses WRITE SAME; writing zero buffers from now on');
+        this.log.warn({ err: e }, 'device refuses WRITE SAME; writing zero buffers from now on');
       }
     }
     if (opts.fast) throw new RequestError('ENOTSUP', `LUN ${this.lun} cannot zero quickly (no WRITE SAME)`);
@@ -567,7 +567,7 @@ export class LogicalUnit {
       data = await this.dataIn(cdb.getLbaStatus(start, alloc), alloc, true);
     } catch (e) {
       if (!isUnsupported(e)) {
-        this.log.warn({ err: (e as Error).message }, 'GET LBA STATUS failed');
+        this.log.warn({ err: e }, 'GET LBA STATUS failed');
         throw e;
       }
       i.capabilities.getLbaStatus = false;

@@ -755,7 +755,7 @@ export class TargetConnectionEngine {
       try {
         result = await units.execute(t.lunNum < 0 ? 0xffffff : t.lunNum, t.cdb, t.buf);
       } catch (e) {
-        this.log.error({ err: (e as Error).message }, 'SCSI emulation failed');
+        this.log.error({ err: e }, 'SCSI emulation failed');
         result = { status: SAM_STAT_CHECK_CONDITION, sense: fixedSense(SK.HARDWARE_ERROR, 0x44, 0x00) };
       }
     }

@@ -100,7 +100,7 @@ export class TargetServer {
         resolve();
       });
     });
-    srv.on('error', (e) => this.log.error({ err: e.message }, 'listener error'));
+    srv.on('error', (e) => this.log.error({ err: e }, 'listener error'));
     const a = srv.address() as net.AddressInfo;
     this.addr = { host: plainHost(a.address), port: a.port };
     this.log.info({ portal: this.portal, targets: [...this.targets.keys()] }, 'iSCSI target listening');
@@ -211,7 +211,7 @@ export class TargetServer {
     this.engines.add(engine);
     engine.log.debug({ peer: `${sock.remoteAddress}:${sock.remotePort}` }, 'connection accepted');
     sock.on('data', (chunk: Buffer) => engine.receive(chunk));
-    sock.on('error', (e) => engine.log.debug({ err: e.message }, 'socket error'));
+    sock.on('error', (e) => engine.log.debug({ err: e }, 'socket error'));
     sock.on('close', () => {
       this.sockets.delete(sock);
       engine.close('socket closed');
@@ -243,7 +243,7 @@ export class TargetServer {
       for (const d of this.devices()) {
         if (seen.has(d.backend)) continue;
         seen.add(d.backend);
-        await d.backend.close().catch((e) => this.log.warn({ err: (e as Error).message }, 'closing a LUN backend failed'));
+        await d.backend.close().catch((e) => this.log.warn({ err: e }, 'closing a LUN backend failed'));
       }
     }
   }
