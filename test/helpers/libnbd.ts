@@ -3,13 +3,14 @@
 //   connect(uri, strict=True, meta=False, structured=True, block_size=True, tls_certs=None)
 //       an nbd.NBD() handle, connected; strict=False lets invalid requests
 //       reach the server, meta=True asks for base:allocation
-//   tryit(name, fn)   run fn; res[name] = 0, or the errno of the NBD error
+//   err(fn)           run fn; 0, or the errno of the NBD error
+//   tryit(name, fn)   res[name] = err(fn)
 //   digest(h)         sha256 of the whole export, read in 4 MiB pieces
 //   done()            print res as JSON (nbdJson() parses it)
 // The script's own arguments are sys.argv[1:].
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { describeRun, run, type RunResult } from './process';
+import { describeRun, run, type RunOptions, type RunResult } from './process';
 
 /** /usr/bin/python3 (the one with Debian's nbd module), else python3 on PATH. */
 export const PY = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
@@ -32,12 +33,14 @@ def connect(uri, strict=True, meta=False, structured=True, block_size=True, tls_
         h.set_tls_certificates(tls_certs)
     h.connect_uri(uri)
     return h
-def tryit(name, fn):
+def err(fn):
     try:
         fn()
-        res[name] = 0
+        return 0
     except nbd.Error as e:
-        res[name] = e.errnum
+        return e.errnum or -1
+def tryit(name, fn):
+    res[name] = err(fn)
 def digest(h):
     m = hashlib.sha256()
     size = h.get_size()
@@ -53,6 +56,8 @@ def done():
 
 export interface NbdRunOptions {
   timeoutMs?: number;
+  /** Kill the script when this test ends, if it still runs. */
+  t?: RunOptions['t'];
   /** python3 -u: stdout unbuffered (for a script read while it runs). */
   unbuffered?: boolean;
   env?: NodeJS.ProcessEnv;
@@ -60,7 +65,7 @@ export interface NbdRunOptions {
 
 /** Run PRELUDE + body with python3; args become sys.argv[1:]. */
 export function nbdPython(body: string, args: string[], o: NbdRunOptions = {}): Promise<RunResult> {
-  return run(PY, [...(o.unbuffered ? ['-u'] : []), '-c', PRELUDE + body, ...args], { timeoutMs: o.timeoutMs ?? 30_000, env: o.env });
+  return run(PY, [...(o.unbuffered ? ['-u'] : []), '-c', PRELUDE + body, ...args], { timeoutMs: o.timeoutMs ?? 30_000, env: o.env, t: o.t });
 }
 
 /** Run a script that must exit 0; the last line it prints, as JSON (see done()). */
@@ -68,6 +73,11 @@ export async function nbdJson<T = Record<string, unknown>>(what: string, body: s
   const r = await nbdPython(body, args, o);
   assert.equal(r.code, 0, describeRun(r, what));
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
+}
+
+/** `h = connect(uri)`, then body; the last line it prints, as JSON. */
+export function nbdEval<T = unknown>(uri: string, body: string, o: NbdRunOptions = {}): Promise<T> {
+  return nbdJson<T>(`libnbd script on ${uri}`, `h = connect(sys.argv[1])\n${body}`, [uri], o);
 }
 
 /** Connect, write data at offset (FUA unless told not to), flush, read it back; true when it reads back equal. */

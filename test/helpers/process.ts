@@ -1,7 +1,5 @@
 // Child processes for tests: run the real CLI (bin/iscsi-nbd.js) or any
 // program in its own process group, capture its output, and always stop it.
-// (Moved from test/ops/harness.ts, which re-exports it; run() came from
-// test/nbd/util.ts.)
 
 import { userText } from './cli-text';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -178,22 +176,38 @@ export async function until<T>(fn: () => Promise<T | undefined | false> | T | un
 
 export interface RunResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; timedOut: boolean }
 
-/** Run a program in its own process group; kill the group after timeoutMs. */
-export function run(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { detached: true, stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
+export interface RunOptions {
+  timeoutMs?: number;
+  input?: string;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** Kill the process group when this test ends, if it still runs. */
+  t?: { after: (f: () => unknown) => void };
+}
+
+/**
+ * Run a program in its own process group; kill the group after timeoutMs (or
+ * when the test `t` ends). The promise carries the pid, for a caller that
+ * stops the run itself.
+ */
+export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> & { pid?: number } {
+  const child = spawn(cmd, args, { detached: true, stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
+  const kill = (): void => { try { if (child.pid) process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ } };
+  opts.t?.after(kill);
+  const p = new Promise<RunResult>((resolve) => {
     let stdout = '';
     let stderr = '';
     let timedOut = false;
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    const kill = (): void => { try { if (child.pid) process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ } };
     const t = setTimeout(() => { timedOut = true; kill(); }, opts.timeoutMs ?? 30_000);
     child.on('error', (err) => { stderr += String(err); });
     child.on('close', (code, signal) => { clearTimeout(t); kill(); resolve({ code, signal, stdout, stderr, timedOut }); });
     child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
-  });
+  }) as Promise<RunResult> & { pid?: number };
+  p.pid = child.pid;
+  return p;
 }
 
 /** A temp dir removed after the test. */

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
 import { freePort } from '../helpers/ports';
 import { skipUnless } from '../helpers/tools';
-import { startCli, runTool, until, type Proc } from '../ops/harness';
+import { startCli, runTool, until, type Proc } from '../helpers/process';
 import { parseLogLines, type LogLine } from './strict-json';
 
 const skip = skipUnless('tgtd', 'tgtadm', 'qemu-io', 'nbdinfo');

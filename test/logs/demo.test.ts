@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort } from '../helpers/ports';
-import { startCli, type Proc } from '../ops/harness';
+import { startCli, type Proc } from '../helpers/process';
 import { parseLogLines } from './strict-json';
 
 const dirs: string[] = [];

@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
 import { onPath, skipUnless } from '../helpers/tools';
-import { CLI, REPO_ROOT, childEnv, runCliRaw } from '../ops/harness';
+import { CLI, REPO_ROOT, childEnv, runCliRaw } from '../helpers/process';
 import { parseLogLines } from './strict-json';
 
 const skip = skipUnless('tgtd', 'tgtadm');

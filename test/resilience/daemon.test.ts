@@ -5,52 +5,40 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { skipUnless } from '../helpers/tools';
 import { freePort, waitForPort } from '../helpers/ports';
-import { exportUrl, INITIATOR, MiB, onCleanup, PY, run, sleep, startTargets, type After } from './env';
-
-const BIN = path.resolve(__dirname, '../../../bin/iscsi-nbd.js');
+import { exportUrl, INITIATOR, MiB, onCleanup, startTargets, type After } from './env';
+import { PY } from '../helpers/libnbd';
+import { run, sleep, startCli, type Proc } from '../helpers/process';
 
 interface Daemon {
-  child: ChildProcess;
+  proc: Proc;
   port: number;
-  stderr: () => string;
-  exited: Promise<number | null>;
 }
 
 async function startDaemon(t: After, targetPort: number, extra: string[] = []): Promise<Daemon> {
   const port = await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'resilience-daemon-'));
-  const child = spawn(process.execPath, [
-    BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--export', `d=${exportUrl(targetPort)}`, '--sessions', '1',
+  const proc = startCli([
+    'serve', '--listen', `127.0.0.1:${port}`, '--export', `d=${exportUrl(targetPort)}`, '--sessions', '1',
     '--control', path.join(dir, 'control.sock'), '--log-level', 'warn', ...extra,
-  ], {
-    detached: true,
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, ISCSI_NBD_INITIATOR_NAME: INITIATOR, XDG_STATE_HOME: dir, XDG_RUNTIME_DIR: dir },
-  });
-  let err = '';
-  child.stderr!.on('data', (b) => {
-    err += b;
-    if (err.length > 1 << 20) err = err.slice(-(1 << 19));
-  });
-  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  onCleanup(t, () => {
+  ], { ISCSI_NBD_INITIATOR_NAME: INITIATOR, XDG_STATE_HOME: dir, XDG_RUNTIME_DIR: dir });
+  onCleanup(t, async () => {
     try {
-      process.kill(-child.pid!, 'SIGKILL');
+      process.kill(-proc.child.pid!, 'SIGKILL');
     } catch {
       /* gone */
     }
+    await proc.exited;
     fs.rmSync(dir, { recursive: true, force: true });
   });
   await waitForPort(port, '127.0.0.1', 20000).catch((e) => {
-    throw new Error(`daemon did not come up: ${(e as Error).message}\n${err}`);
+    throw new Error(`daemon did not come up: ${(e as Error).message}\n${proc.err()}`);
   });
-  return { child, port, stderr: () => err, exited };
+  return { proc, port };
 }
 
 test('SIGTERM during writes: no acknowledged write lost, new requests get ESHUTDOWN', { skip: skipUnless('python3'), timeout: 90000 }, async (t) => {
@@ -95,9 +83,9 @@ print(json.dumps({"last": last, "failed": failed, "errs": errs, "issued": state[
 `;
   const client = run(PY, ['-c', script], { timeoutMs: 60000, t });
   await sleep(2000);
-  process.kill(d.child.pid!, 'SIGTERM');
-  const code = await Promise.race([d.exited, sleep(40000).then(() => 'timeout')]);
-  assert.equal(code, 0, `daemon exit: ${code}\n${d.stderr().slice(-3000)}`);
+  process.kill(d.proc.child.pid!, 'SIGTERM');
+  const code = await Promise.race([d.proc.exited.then((e) => e.code), sleep(40000).then(() => 'timeout')]);
+  assert.equal(code, 0, `daemon exit: ${code}\n${d.proc.err().slice(-3000)}`);
   const r = await client;
   assert.equal(r.timedOut, false);
   const lines = r.stdout.trim().split('\n');
@@ -133,7 +121,7 @@ const RSS_BOUND_MIB = 300;
 test(`stalled target under iodepth=128 bs=1M writes: bridge RSS stays under ${RSS_BOUND_MIB} MiB`, { skip: skipUnless('fio'), timeout: 90000 }, async (t) => {
   const tg = await startTargets(t, { size: 1024 * MiB });
   const d = await startDaemon(t, tg.ports[0], ['--command-timeout', '60', '--replacement-timeout', '60']);
-  const base = rssMiB(d.child.pid!);
+  const base = rssMiB(d.proc.child.pid!);
   tg.faults.set({ stall: true });
   const fio = run('fio', [
     '--name=deep', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${d.port}/d`, '--rw=write', '--bs=1M', '--iodepth=128',
@@ -143,7 +131,7 @@ test(`stalled target under iodepth=128 bs=1M writes: bridge RSS stays under ${RS
   const samples: number[] = [];
   for (let i = 0; i < 20; i++) {
     await sleep(500);
-    const r = rssMiB(d.child.pid!);
+    const r = rssMiB(d.proc.child.pid!);
     samples.push(Math.round(r));
     max = Math.max(max, r);
   }

@@ -3,7 +3,6 @@
 // process, and real NBD clients (fio, python3-libnbd) as child processes with
 // timeouts, killed with their process group.
 
-import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { NbdServer } from '../../src/nbd/server';
 import { ExportManager } from '../../src/bridge/manager';
@@ -12,11 +11,11 @@ import { TargetServer } from '../../src/target/server';
 import { MemoryBackend } from '../../src/target/backend';
 import { FaultController } from '../../src/target/faults';
 import { createLogger, type Logger } from '../../src/log';
+import { run, sleep, type RunResult } from '../helpers/process';
 
 export const IQN = 'iqn.2026-11.io.test:resilience';
 export const INITIATOR = 'iqn.2026-11.io.test:resilience-ini';
 export const MiB = 1024 * 1024;
-export const PY = '/usr/bin/python3';
 
 /** Quiet by default; RESILIENCE_LOG=debug|info|warn shows the product's logs. */
 export function testLog(): Logger {
@@ -143,49 +142,6 @@ export async function startBridge(t: After, o: BridgeOptions): Promise<Bridge> {
   return { manager, server, port: a.port, uri: (name = o.exports[0].name) => `nbd://127.0.0.1:${a.port}/${name}` };
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-export interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
-
-/** Run a command in its own process group; SIGKILL the group at the timeout. */
-export function run(cmd: string, args: string[], o: { timeoutMs: number; input?: string; t?: After }): Promise<RunResult> & { pid?: number } {
-  const child = spawn(cmd, args, { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  let timedOut = false;
-  const kill = (): void => {
-    try {
-      if (child.pid) process.kill(-child.pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  };
-  if (o.t) onCleanup(o.t, kill);
-  const p = new Promise<RunResult>((resolve) => {
-    const timer = setTimeout(() => {
-      timedOut = true;
-      kill();
-    }, o.timeoutMs);
-    child.stdout!.on('data', (b) => (stdout += b));
-    child.stderr!.on('data', (b) => (stderr += b));
-    child.on('error', (e) => (stderr += String(e)));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, timedOut });
-    });
-    child.stdin!.end(o.input ?? '');
-  }) as Promise<RunResult> & { pid?: number };
-  p.pid = child.pid;
-  return p;
-}
-
 /**
  * fio through the NBD bridge: random writes with crc32c checksums, then
  * the verify pass. Returns fio's JSON (total_err, and whether verify failed).
@@ -205,38 +161,6 @@ export async function fioVerify(uri: string, o: { size?: string; bs?: string; io
     errors = -1;
   }
   return { errors, res };
-}
-
-/**
- * Run a python3-libnbd script with `h` connected to uri; the script prints
- * a JSON line as its result. Helpers in scope: `err(fn)` -> errno or 0.
- */
-export async function nbdPy(uri: string, body: string, timeoutMs = 60000, t?: After): Promise<unknown> {
-  const script = `
-import nbd, json, sys, errno
-h = nbd.NBD()
-h.connect_uri(${JSON.stringify(uri)})
-def err(fn):
-    try:
-        fn()
-        return 0
-    except nbd.Error as e:
-        return e.errnum or -1
-${body}
-`;
-  const r = await run(PY, ['-c', script], { timeoutMs, t });
-  if (r.code !== 0 || r.timedOut) throw new Error(`python nbd script failed (code ${r.code}, timedOut ${r.timedOut}): ${r.stderr}${r.stdout}`);
-  const lines = r.stdout.trim().split('\n');
-  return JSON.parse(lines[lines.length - 1]);
-}
-
-/** Wait for cond() up to ms; throws with what on timeout. */
-export async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
 }
 
 export function exportUrl(port: number, lun = 0): string {

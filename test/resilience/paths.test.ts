@@ -9,7 +9,9 @@ import assert from 'node:assert/strict';
 import { skipUnless } from '../helpers/tools';
 import { FaultProxy } from '../helpers/fault-proxy';
 import { startTgtdWithLuns } from '../helpers/tgtd';
-import { exportUrl, fioVerify, nbdPy, onCleanup, sleep, startBridge, startTargets, waitFor, MiB } from './env';
+import { exportUrl, fioVerify, onCleanup, startBridge, startTargets, MiB } from './env';
+import { nbdEval } from '../helpers/libnbd';
+import { sleep, until } from '../helpers/process';
 
 const FAST = { nopInterval: 1, nopTimeout: 2, command: 10, replacement: 60, login: 5, connect: 3 };
 
@@ -30,7 +32,7 @@ async function startTwoPaths(t: Parameters<typeof startTargets>[0]) {
   });
   const exp = br.manager.exports.get('d')!;
   const [s0, s1] = exp.sessions;
-  await waitFor(() => s0.state === 'logged-in' && s1.state === 'logged-in', 10000, 'both paths logged in');
+  await until(() => s0.state === 'logged-in' && s1.state === 'logged-in', 10000, 'both paths logged in');
   return { tg, br, exp };
 }
 
@@ -44,16 +46,16 @@ test('network faults (reset, stall, half-close) under fio verify: zero errors', 
   const fio = fioVerify(br.uri(), { size: '24M', bs: '64k', iodepth: 8, extra: ['--rate=4m'], t, timeoutMs: 120000 });
   await sleep(1000);
   proxy.reset();
-  await waitFor(() => s.state === 'logged-in', 15000, 'back after the reset');
+  await until(() => s.state === 'logged-in', 15000, 'back after the reset');
   await sleep(800);
   const lost = new Promise((r) => s.once('lost', r));
   proxy.stall(true);
   await Promise.race([lost, sleep(8000)]); // the NOP-Out ping notices
   proxy.stall(false);
-  await waitFor(() => s.state === 'logged-in', 15000, 'back after the stall');
+  await until(() => s.state === 'logged-in', 15000, 'back after the stall');
   await sleep(800);
   proxy.halfClose();
-  await waitFor(() => s.state === 'logged-in' && s.stats.reconnects >= 3, 15000, 'back after the half-close');
+  await until(() => s.state === 'logged-in' && s.stats.reconnects >= 3, 15000, 'back after the half-close');
   const r = await fio;
   assertClean(r);
   assert.ok(s.stats.reconnects >= 3, `reconnects: ${s.stats.reconnects}`);
@@ -75,7 +77,7 @@ test('multipath: a path dies under fio verify, its commands move to the live pat
   await sleep(2000);
   assert.equal(s1.state, 'logged-in');
   await tg.up(0);
-  await waitFor(() => s0.state === 'logged-in', 20000, 'path 0 back');
+  await until(() => s0.state === 'logged-in', 20000, 'path 0 back');
   const r = await fio;
   assertClean(r);
   const moved = (exp.status() as { movedCommands: number }).movedCommands;
@@ -99,7 +101,7 @@ test('tgtd SIGKILLed and restarted 5 s later under fio verify: zero errors', { s
   await tgtd.kill();
   await sleep(5000);
   await tgtd.restart();
-  await waitFor(() => s.state === 'logged-in', 40000, 'reconnected to the restarted tgtd');
+  await until(() => s.state === 'logged-in', 40000, 'reconnected to the restarted tgtd');
   const r = await fio;
   assertClean(r);
   assert.ok(s.stats.reconnects >= 1);
@@ -108,7 +110,7 @@ test('tgtd SIGKILLed and restarted 5 s later under fio verify: zero errors', { s
 test('multipath: one portal starts answering with another device; its commands go to the path whose identity matches', { skip: skipUnless('python3'), timeout: 90000 }, async (t) => {
   const { tg, br, exp } = await startTwoPaths(t);
   const [s0, s1] = exp.sessions;
-  const io = nbdPy(br.uri(), `
+  const io = nbdEval(br.uri(), `
 import time
 bad = 0
 for i in range(120):
@@ -117,7 +119,7 @@ for i in range(120):
     d = h.pread(65536, i * 65536)
     bad += 0 if d == buf else 1
     time.sleep(0.01)
-print(json.dumps(bad))`, 60000, t);
+print(json.dumps(bad))`, { timeoutMs: 60000, t });
   await sleep(500);
   const refused = new Promise((r) => s0.once('refused', r));
   tg.servers[0].swapIdentity(); // only path 0's device changes
@@ -140,7 +142,7 @@ test('tgtd: the LUN gets another serial number; after the next reconnect the ses
   const exp = br.manager.exports.get('d')!;
   const s = exp.sessions[0];
   const first = exp.lun!.info.identity;
-  assert.deepEqual(await nbdPy(br.uri(), `h.pwrite(bytes([0xAB])*4096, 0)\nh.flush()\nprint(json.dumps(1))`, 30000, t), 1);
+  assert.deepEqual(await nbdEval(br.uri(), `h.pwrite(bytes([0xAB])*4096, 0)\nh.flush()\nprint(json.dumps(1))`, { timeoutMs: 30000, t }), 1);
   // Another device behind the same address: tgtd reports a new serial number.
   await tgtd.tgtadm(['--lld', 'iscsi', '--mode', 'logicalunit', '--op', 'update', '--tid', '1', '--lun', '1', '--params', 'scsi_sn=CHANGED0001']);
   const refused = new Promise<Error>((r) => s.once('refused', r));
@@ -148,7 +150,7 @@ test('tgtd: the LUN gets another serial number; after the next reconnect the ses
   const err = await Promise.race([refused, sleep(20000).then(() => undefined)]);
   assert.ok(err, 'refused after the reconnect');
   assert.match(err!.message, /CHANGED0001/);
-  const r = await nbdPy(br.uri(), `print(json.dumps(err(lambda: h.pwrite(bytes([0xCD])*4096, 0))))`, 30000, t);
+  const r = await nbdEval(br.uri(), `print(json.dumps(err(lambda: h.pwrite(bytes([0xCD])*4096, 0))))`, { timeoutMs: 30000, t });
   assert.equal(r, 5);
   const fd = fs.openSync(tgtd.lunInfo(1, 1).path, 'r');
   const b = Buffer.alloc(4096);
