@@ -226,17 +226,10 @@ export async function buildVmImage(opts: BuildVmImageOptions = {}): Promise<VmIm
     fs.writeFileSync(path.join(work, 'base.cpio'), cpioNewc(entries));
     const manifest = { release, modules, key, packages };
     fs.writeFileSync(path.join(work, 'manifest.json'), JSON.stringify(manifest, null, 2));
-    fs.chmodSync(work, 0o755);
     // Keep only the artifacts.
     fs.rmSync(root, { recursive: true, force: true });
     for (const f of fs.readdirSync(work)) if (f.endsWith('.deb')) fs.rmSync(path.join(work, f));
-    try {
-      fs.renameSync(work, dir);
-    } catch (err) {
-      // Another build won the race; use its result.
-      if (!fs.existsSync(manifestPath)) throw err;
-      fs.rmSync(work, { recursive: true, force: true });
-    }
+    publishCacheDir(work, dir, manifestPath);
     const buildMs = Date.now() - t0;
     log(`built VM image ${key} in ${buildMs} ms`);
     return { ...manifest, kernel: path.join(dir, 'vmlinuz'), initrd: path.join(dir, 'base.cpio'), cached: false, buildMs };
@@ -247,6 +240,21 @@ export async function buildVmImage(opts: BuildVmImageOptions = {}): Promise<VmIm
 }
 
 /** Temp dir helper for callers. */
+/**
+ * Move a finished build (work) into its cache directory in one rename. When
+ * another build of the same key got there first, its result stands (it has
+ * a manifest) and ours is dropped.
+ */
+export function publishCacheDir(work: string, dir: string, manifestPath: string): void {
+  fs.chmodSync(work, 0o755);
+  try {
+    fs.renameSync(work, dir);
+  } catch (err) {
+    if (!fs.existsSync(manifestPath)) throw err;
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
 export function vmTmpDir(prefix = 'iscsi-nbd-vm-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }

@@ -29,7 +29,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { buildVmImage, defaultCacheDir, lddLibs, vmTmpDir, type VmImage } from './build';
+import { buildVmImage, defaultCacheDir, lddLibs, publishCacheDir, vmTmpDir, type VmImage } from './build';
 import { cpioNewc, CpioTree } from './cpio';
 
 /** Address of the host inside the guest (the forwards and the hostcall channel). */
@@ -326,13 +326,7 @@ export async function buildNodeGuestImage(opts: { repoDir?: string; cacheDir?: s
     fs.copyFileSync(base.initrd, out);
     fs.appendFileSync(out, cpioNewc(entries));
     fs.writeFileSync(path.join(work, 'manifest.json'), JSON.stringify({ key, base: base.key, nodeVersion: process.version, libs: libList, addons }, null, 2));
-    fs.chmodSync(work, 0o755);
-    try {
-      fs.renameSync(work, dir);
-    } catch (err) {
-      if (!fs.existsSync(manifestPath)) throw err;
-      fs.rmSync(work, { recursive: true, force: true });
-    }
+    publishCacheDir(work, dir, manifestPath);
     const buildMs = Date.now() - t0;
     log(`built node guest layer ${key} in ${buildMs} ms`);
     return result(false, buildMs);

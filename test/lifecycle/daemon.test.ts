@@ -6,50 +6,25 @@
 // it is back; `iscsi-nbd reload` prints the plan and its exit codes; and
 // --pid-file.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
+import { daemonFixture, type Served } from '../helpers/daemon';
 import { freePort } from '../helpers/ports';
 import { skipUnless } from '../helpers/tools';
-import { startCli, runCliAsync, runTool, httpGet, metricValue, until, type Proc } from '../helpers/process';
+import { runCliAsync, runTool, httpGet, metricValue, until } from '../helpers/process';
 
 const skip = skipUnless('tgtd', 'tgtadm', 'qemu-io');
 const MiB = 1024 * 1024;
 const STATES = ['starting', 'ready', 'degraded', 'recovering', 'failed', 'draining', 'closed'];
 
-let tgtd: Tgtd | undefined;
-let dir = '';
-const procs: Proc[] = [];
-
-before(async () => {
-  if (skip) return;
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lifecycle-test-'));
-  // LUN 2 is missing on purpose; the first test creates it.
-  tgtd = await startTgtdWithLuns({ targets: [{ tid: 1, luns: [{ lun: 1, size: 16 * MiB }, { lun: 3, size: 16 * MiB }] }] });
-}, { timeout: 60000 });
-
-after(async () => {
-  for (const p of procs) await p.stop();
-  await tgtd?.stop();
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
-}, { timeout: 60000 });
-
-interface Served { p: Proc; nbd: number; metrics: number; control: string }
-
-async function serve(args: string[]): Promise<Served> {
-  const nbd = await freePort();
-  const metrics = await freePort();
-  const control = path.join(dir, `control-${nbd}.sock`);
-  const p = startCli(['serve', '--listen', `127.0.0.1:${nbd}`, '--metrics', `127.0.0.1:${metrics}`, '--control', control,
-    '--log-format', 'json', '--sessions', '1', ...args], { ISCSI_NBD_STATE_DIR: dir });
-  procs.push(p);
-  await p.waitFor(/"msg":"serving NBD"/, 30000);
-  await until(async () => (await httpGet(metrics, '/healthz')).status === 200, 10000, '/healthz');
-  return { p, nbd, metrics, control };
-}
+// LUN 2 is missing on purpose; the first test creates it.
+const fx = daemonFixture({
+  prefix: 'lifecycle-test-', skip,
+  tgtd: { targets: [{ tid: 1, luns: [{ lun: 1, size: 16 * MiB }, { lun: 3, size: 16 * MiB }] }] },
+});
+const serve = (args: string[]): Promise<Served> => fx.serve(args);
 
 interface StatusExport { name: string; state: string; error?: string; nextRetryInMs?: number }
 async function statusOf(control: string): Promise<StatusExport[]> {
@@ -65,7 +40,7 @@ function oneHot(metrics: string, exp: string): Record<string, number | undefined
 }
 
 test('a missing LUN: the daemon serves the other export, reports it failed, and opens it once the LUN exists', { skip, timeout: 150000 }, async () => {
-  const { p, nbd, metrics, control } = await serve(['--export', `good=${tgtd!.url(1, 1)}`, '--export', `bad=${tgtd!.url(1, 2)}`]);
+  const { p, nbd, metrics, control } = await serve(['--export', `good=${fx.tgtd.url(1, 1)}`, '--export', `bad=${fx.tgtd.url(1, 2)}`]);
 
   const io = await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c 0 64k', '-c', 'read -P 0x3c 0 64k', `nbd://127.0.0.1:${nbd}/good`], 30000);
   assert.equal(io.code, 0, `qemu-io on good: ${io.out}${io.err}`);
@@ -97,7 +72,7 @@ test('a missing LUN: the daemon serves the other export, reports it failed, and 
   assert.deepEqual(oneHot(m, 'good'), { starting: 0, ready: 1, degraded: 0, recovering: 0, failed: 0, draining: 0, closed: 0 });
 
   // The LUN appears: the next retry opens the export, with nobody's help.
-  await tgtd!.addLun(1, 2, { size: 16 * MiB });
+  await fx.tgtd.addLun(1, 2, { size: 16 * MiB });
   await until(async () => (await stateOf(control, 'bad')) === 'ready', 90000, 'bad becomes ready');
   const rz2 = await httpGet(metrics, '/readyz');
   assert.equal(rz2.status, 200, rz2.body);
@@ -112,21 +87,21 @@ test('a missing LUN: the daemon serves the other export, reports it failed, and 
   assert.match(log, /"level":30[^\n]*"export":"bad"[^\n]*"from":"failed","to":"ready"[^\n]*"msg":"export state"/);
   assert.match(log, /"level":40[^\n]*"export":"bad"[^\n]*"attempt":1,"retryInMs":\d+[^\n]*"msg":"export could not be opened; retrying"/);
   assert.match(log, /"export":"good"[^\n]*"from":"starting","to":"ready"/);
-  await tgtd!.deleteLun(1, 2);
+  await fx.tgtd.deleteLun(1, 2);
 });
 
 test('--strict: an export that cannot be opened aborts the start with its exit code', { skip, timeout: 60000 }, async () => {
   const nbd = await freePort();
-  const r = await runCliAsync(['serve', '--strict', '--listen', `127.0.0.1:${nbd}`, '--control', path.join(dir, 'strict.sock'), '--sessions', '1',
-    '--export', `good=${tgtd!.url(1, 1)}`, '--export', `bad=${tgtd!.url(1, 2)}`], 45000, { ISCSI_NBD_STATE_DIR: dir });
+  const r = await runCliAsync(['serve', '--strict', '--listen', `127.0.0.1:${nbd}`, '--control', path.join(fx.dir, 'strict.sock'), '--sessions', '1',
+    '--export', `good=${fx.tgtd.url(1, 1)}`, '--export', `bad=${fx.tgtd.url(1, 2)}`], 45000, { ISCSI_NBD_STATE_DIR: fx.dir });
   assert.equal(r.code, 5, r.err.slice(-3000));
   assert.match(r.err, /export "bad": LUN 2/);
 });
 
 test('the target goes away: recovering and /readyz 503 with the detail, then ready again', { skip, timeout: 120000 }, async () => {
-  const { p, metrics, control } = await serve(['--export', `a=${tgtd!.url(1, 1)}`, '--replacement-timeout', '120', '--command-timeout', '10']);
+  const { p, metrics, control } = await serve(['--export', `a=${fx.tgtd.url(1, 1)}`, '--replacement-timeout', '120', '--command-timeout', '10']);
   assert.equal((await httpGet(metrics, '/readyz')).status, 200);
-  await tgtd!.kill();
+  await fx.tgtd.kill();
   try {
     const r = await until(async () => {
       const x = await httpGet(metrics, '/readyz');
@@ -139,7 +114,7 @@ test('the target goes away: recovering and /readyz 503 with the detail, then rea
     assert.equal(oneHot((await httpGet(metrics, '/metrics')).body, 'a').recovering, 1);
     assert.equal((await httpGet(metrics, '/healthz')).status, 200);
   } finally {
-    await tgtd!.restart();
+    await fx.tgtd.restart();
   }
   await until(async () => (await httpGet(metrics, '/readyz')).status === 200, 60000, '/readyz 200 after the restart');
   assert.equal(await stateOf(control, 'a'), 'ready');
@@ -149,9 +124,9 @@ test('the target goes away: recovering and /readyz 503 with the detail, then rea
 });
 
 test('iscsi-nbd reload: prints the plan; exit 6 for an invalid file, 1 for an export that cannot be opened', { skip, timeout: 150000 }, async () => {
-  const cfgFile = path.join(dir, 'reload.yaml');
+  const cfgFile = path.join(fx.dir, 'reload.yaml');
   const write = (exports: Record<string, number>) => fs.writeFileSync(cfgFile, 'exports:\n' +
-    Object.entries(exports).map(([n, lun]) => `  - name: ${n}\n    url: ${tgtd!.url(1, lun)}\n`).join(''));
+    Object.entries(exports).map(([n, lun]) => `  - name: ${n}\n    url: ${fx.tgtd.url(1, lun)}\n`).join(''));
   write({ a: 1 });
   const { p, metrics, control } = await serve(['--config', cfgFile]);
 
@@ -200,12 +175,12 @@ test('iscsi-nbd reload: prints the plan; exit 6 for an invalid file, 1 for an ex
 });
 
 test('--pid-file: written once serving, removed on stop, and a second daemon with it is refused', { skip, timeout: 90000 }, async () => {
-  const pidFile = path.join(dir, 'iscsi-nbd.pid');
-  const { p } = await serve(['--export', `a=${tgtd!.url(1, 1)}`, '--pid-file', pidFile]);
+  const pidFile = path.join(fx.dir, 'iscsi-nbd.pid');
+  const { p } = await serve(['--export', `a=${fx.tgtd.url(1, 1)}`, '--pid-file', pidFile]);
   assert.equal(fs.readFileSync(pidFile, 'utf8'), `${p.child.pid}\n`);
   const nbd = await freePort();
-  const second = await runCliAsync(['serve', '--listen', `127.0.0.1:${nbd}`, '--control', path.join(dir, 'second.sock'),
-    '--export', `a=${tgtd!.url(1, 1)}`, '--pid-file', pidFile], 30000, { ISCSI_NBD_STATE_DIR: dir });
+  const second = await runCliAsync(['serve', '--listen', `127.0.0.1:${nbd}`, '--control', path.join(fx.dir, 'second.sock'),
+    '--export', `a=${fx.tgtd.url(1, 1)}`, '--pid-file', pidFile], 30000, { ISCSI_NBD_STATE_DIR: fx.dir });
   assert.equal(second.code, 6, second.err);
   assert.match(second.err, new RegExp(`pid file .*iscsi-nbd\\.pid names iscsi-nbd pid ${p.child.pid}, which still runs`));
   assert.equal(fs.readFileSync(pidFile, 'utf8'), `${p.child.pid}\n`, 'the refused daemon left the pid file alone');
@@ -214,7 +189,7 @@ test('--pid-file: written once serving, removed on stop, and a second daemon wit
 
   // A stale pid file (its process is gone) does not stop a start.
   fs.writeFileSync(pidFile, '999999999\n');
-  const again = await serve(['--export', `a=${tgtd!.url(1, 1)}`, '--pid-file', pidFile]);
+  const again = await serve(['--export', `a=${fx.tgtd.url(1, 1)}`, '--pid-file', pidFile]);
   assert.equal(fs.readFileSync(pidFile, 'utf8'), `${again.p.child.pid}\n`);
   await again.p.stop();
   assert.equal(fs.existsSync(pidFile), false);

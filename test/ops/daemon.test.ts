@@ -3,62 +3,39 @@
 // no CHAP secret in logs/metrics/status, SIGHUP reload that adds and removes
 // exports without disturbing a busy one, and `copy` round trips.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
+import { daemonFixture, type Served } from '../helpers/daemon';
 import { freePort } from '../helpers/ports';
 import { skipUnless } from '../helpers/tools';
 import { nbdPython } from '../helpers/libnbd';
-import { startCli, runCliAsync, runTool, httpGet, metricValue, until, sleep, type Proc } from '../helpers/process';
+import { runCliAsync, runTool, httpGet, metricValue, until, sleep } from '../helpers/process';
 
 const skip = skipUnless('tgtd', 'tgtadm', 'qemu-io', 'nbdsh');
 const SECRET = 'S3cretPassw0rdOps';
 const TSECRET = 'Mutu4lSecretXyz';
 const MiB = 1024 * 1024;
 
-let tgtd: Tgtd | undefined;
-let dir = '';
-const procs: Proc[] = [];
-
 function url(tid: number, lun: number): string {
-  return tgtd!.url(tid, lun);
+  return fx.tgtd.url(tid, lun);
 }
 function chapUrl(): string {
-  return `iscsi://opsuser%${SECRET}@${tgtd!.portal}/${tgtd!.iqn(2)}/1?target_user=opstarget&target_password=${TSECRET}`;
+  return `iscsi://opsuser%${SECRET}@${fx.tgtd.portal}/${fx.tgtd.iqn(2)}/1?target_user=opstarget&target_password=${TSECRET}`;
 }
 
-before(async () => {
-  if (skip) return;
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ops-test-'));
-  tgtd = await startTgtdWithLuns({
+const fx = daemonFixture({
+  prefix: 'ops-test-', skip,
+  tgtd: {
     targets: [
       { tid: 1, luns: [{ size: 32 * MiB }, { size: 32 * MiB }, { size: 32 * MiB, thin: true }, { size: 16 * MiB }] },
       { tid: 2, luns: [{ size: 16 * MiB }], chap: { user: 'opsuser', secret: SECRET }, mutualChap: { user: 'opstarget', secret: TSECRET } },
     ],
-  });
-}, { timeout: 60000 });
-
-after(async () => {
-  for (const p of procs) await p.stop();
-  await tgtd?.stop();
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
-}, { timeout: 60000 });
-
-async function serve(args: string[], env: Record<string, string> = {}): Promise<{ p: Proc; nbd: number; metrics: number; control: string }> {
-  const nbd = await freePort();
-  const metrics = await freePort();
-  const control = path.join(dir, `control-${nbd}.sock`);
-  const p = startCli(['serve', '--listen', `127.0.0.1:${nbd}`, '--metrics', `127.0.0.1:${metrics}`, '--control', control,
-    '--log-format', 'json', '--sessions', '1', ...args], { ISCSI_NBD_STATE_DIR: dir, ...env });
-  procs.push(p);
-  await p.waitFor(/"msg":"serving NBD"/, 30000);
-  await until(async () => (await httpGet(metrics, '/healthz')).status === 200, 10000, '/healthz');
-  return { p, nbd, metrics, control };
-}
+  },
+});
+const serve = (args: string[], env: Record<string, string> = {}): Promise<Served> => fx.serve(args, env);
 
 test('metrics, health, readiness, status and no secrets anywhere', { skip, timeout: 120000 }, async () => {
   const { p, nbd, metrics, control } = await serve(
@@ -86,7 +63,7 @@ test('metrics, health, readiness, status and no secrets anywhere', { skip, timeo
   assert.equal(metricValue(m, 'iscsi_nbd_iscsi_session_up', { export: 'a', session: '0' }), 1);
   assert.equal(metricValue(m, 'iscsi_nbd_iscsi_session_up', { export: 'sec', session: '0' }), 1);
   assert.equal(metricValue(m, 'iscsi_nbd_iscsi_session_state', { export: 'a', state: 'logged-in' }), 1);
-  assert.ok((metricValue(m, 'iscsi_nbd_iscsi_cmdsn_window', { export: 'a', portal: tgtd!.portal }) ?? 0) > 0, 'CmdSN window');
+  assert.ok((metricValue(m, 'iscsi_nbd_iscsi_cmdsn_window', { export: 'a', portal: fx.tgtd.portal }) ?? 0) > 0, 'CmdSN window');
   assert.equal(metricValue(m, 'iscsi_nbd_iscsi_digest_errors_total', { export: 'a' }), 0);
   assert.ok(metricValue(m, 'iscsi_nbd_iscsi_commands_in_flight', { export: 'a' }) !== undefined);
   // tgtd answers the first command after login with UNIT ATTENTION (power on/reset).
@@ -110,7 +87,7 @@ test('metrics, health, readiness, status and no secrets anywhere', { skip, timeo
     const ea = js.exports.find((e: { name: string }) => e.name === 'a');
     assert.equal(ea.state, 'ready');
     assert.equal(ea.sessions[0].state, 'logged-in');
-    assert.equal(ea.sessions[0].portal, tgtd!.portal);
+    assert.equal(ea.sessions[0].portal, fx.tgtd.portal);
     assert.ok(ea.sessions[0].window > 0);
     assert.equal(ea.sessions[0].negotiated.chap, 'none');
     assert.equal(js.exports.find((e: { name: string }) => e.name === 'sec').sessions[0].negotiated.chap, 'mutual');
@@ -121,7 +98,7 @@ test('metrics, health, readiness, status and no secrets anywhere', { skip, timeo
     assert.match(text.out, /Export: a \(ready\)/);
     assert.match(text.out, /Export: sec \(ready\)/);
     assert.match(text.out, /Session #0: logged-in/);
-    assert.match(text.out, new RegExp(`Portal: ${tgtd!.portal.replace(/\./g, '\\.')}`));
+    assert.match(text.out, new RegExp(`Portal: ${fx.tgtd.portal.replace(/\./g, '\\.')}`));
     assert.match(text.out, /Negotiated: HeaderDigest None  DataDigest None  CHAP mutual/);
     assert.match(text.out, /MaxBurstLength \d+/);
     assert.match(text.out, /Client #\d+: 127\.0\.0\.1:\d+ transmission/);
@@ -153,20 +130,20 @@ test('the password in --export is hidden from ps', { skip, timeout: 60000 }, asy
 });
 
 test('a wrong CHAP secret: exit 4 (with --strict) and the secret is not echoed', { skip, timeout: 60000 }, async () => {
-  const wrong = `iscsi://opsuser%WrongPassw0rdXy@${tgtd!.portal}/${tgtd!.iqn(2)}/1`;
+  const wrong = `iscsi://opsuser%WrongPassw0rdXy@${fx.tgtd.portal}/${fx.tgtd.iqn(2)}/1`;
   const nbd = await freePort();
   // Without --strict the daemon would start and keep retrying the export (test/lifecycle).
-  const r = await runCliAsync(['serve', '--strict', '--listen', `127.0.0.1:${nbd}`, '--control', path.join(dir, 'wrong.sock'), '--log-level', 'debug', '--log-format', 'json', '--strict', '--export', `w=${wrong}`], 45000, { ISCSI_NBD_STATE_DIR: dir });
+  const r = await runCliAsync(['serve', '--strict', '--listen', `127.0.0.1:${nbd}`, '--control', path.join(fx.dir, 'wrong.sock'), '--log-level', 'debug', '--log-format', 'json', '--strict', '--export', `w=${wrong}`], 45000, { ISCSI_NBD_STATE_DIR: fx.dir });
   assert.equal(r.code, 4, r.err.slice(-3000));
   assert.match(r.err, /EAUTH/);
   assert.ok(!r.err.includes('WrongPassw0rdXy'), 'secret echoed');
-  const c = await runCliAsync(['copy', wrong, path.join(dir, 'never.img')], 45000, { ISCSI_NBD_STATE_DIR: dir });
+  const c = await runCliAsync(['copy', wrong, path.join(fx.dir, 'never.img')], 45000, { ISCSI_NBD_STATE_DIR: fx.dir });
   assert.equal(c.code, 4, c.err);
   assert.ok(!c.err.includes('WrongPassw0rdXy'), 'secret echoed by copy');
 });
 
 test('SIGHUP adds and removes exports and never drops a busy one', { skip, timeout: 150000 }, async () => {
-  const cfgFile = path.join(dir, 'reload.yaml');
+  const cfgFile = path.join(fx.dir, 'reload.yaml');
   const write = (names: string[]) => {
     const lunOf: Record<string, number> = { a: 1, b: 2, c: 4 };
     fs.writeFileSync(cfgFile, 'exports:\n' + names.map((n) => `  - name: ${n}\n    url: ${url(1, lunOf[n])}\n`).join(''));
@@ -222,18 +199,18 @@ test('SIGHUP adds and removes exports and never drops a busy one', { skip, timeo
 });
 
 test('copy: image -> thin LUN -> image, sparse and verified', { skip, timeout: 180000 }, async () => {
-  const img = path.join(dir, 'src.img');
-  const out = path.join(dir, 'out.img');
+  const img = path.join(fx.dir, 'src.img');
+  const out = path.join(fx.dir, 'out.img');
   const size = 32 * MiB;
   const fd = fs.openSync(img, 'w');
   fs.ftruncateSync(fd, size);
   const pieces: Array<[number, Buffer]> = [[0, crypto.randomBytes(MiB)], [17 * MiB + 4096, crypto.randomBytes(64 * 1024)], [size - 4096, crypto.randomBytes(4096)]];
   for (const [off, b] of pieces) fs.writeSync(fd, b, 0, b.length, off);
   fs.closeSync(fd);
-  const env = { ISCSI_NBD_STATE_DIR: dir };
+  const env = { ISCSI_NBD_STATE_DIR: fx.dir };
 
   // Dirty the LUN first so that the zeros really have to be written.
-  const dirty = await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 8M 2M', `iscsi://${tgtd!.portal}/${tgtd!.iqn(1)}/3`], 60000);
+  const dirty = await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 8M 2M', `iscsi://${fx.tgtd.portal}/${fx.tgtd.iqn(1)}/3`], 60000);
   assert.equal(dirty.code, 0, dirty.err);
 
   const up = await runCliAsync(['copy', img, url(1, 3), '--verify', '--progress', 'plain'], 120000, env);
@@ -242,7 +219,7 @@ test('copy: image -> thin LUN -> image, sparse and verified', { skip, timeout: 1
   assert.match(up.out, /verified/);
   assert.match(up.err, /copy: 100%/);
   // The zeros became UNMAP/WRITE SAME on the thin LUN: the 2 MiB we dirtied are deallocated again.
-  const backing = fs.statSync(tgtd!.lunInfo(1, 3).path);
+  const backing = fs.statSync(fx.tgtd.lunInfo(1, 3).path);
   assert.ok(backing.blocks * 512 < 3 * MiB, `LUN backing file has ${backing.blocks * 512} bytes allocated`);
 
   const down = await runCliAsync(['copy', url(1, 3), out, '--verify', '--progress', 'bar'], 120000, env);
@@ -266,7 +243,7 @@ test('copy: image -> thin LUN -> image, sparse and verified', { skip, timeout: 1
   assert.match(l2l.out, /verified/);
 
   // A destination smaller than the source is refused.
-  const big = path.join(dir, 'big.img');
+  const big = path.join(fx.dir, 'big.img');
   fs.writeFileSync(big, Buffer.alloc(0));
   fs.truncateSync(big, 48 * MiB);
   const refused = await runCliAsync(['copy', big, url(1, 3)], 60000, env);
@@ -281,7 +258,7 @@ test('copy: image -> thin LUN -> image, sparse and verified', { skip, timeout: 1
 test('/readyz turns 503 when the target goes away', { skip, timeout: 90000 }, async () => {
   const { p, metrics } = await serve(['--export', `a=${url(1, 1)}`, '--replacement-timeout', '5', '--command-timeout', '5']);
   assert.equal((await httpGet(metrics, '/readyz')).status, 200);
-  await tgtd!.kill();
+  await fx.tgtd.kill();
   const r = await until(async () => {
     const x = await httpGet(metrics, '/readyz');
     return x.status === 503 ? x : undefined;
