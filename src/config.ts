@@ -10,7 +10,9 @@ import { parseIscsiUrl, parseLunUrl } from './iscsi/url';
 // then overridden by flags and environment variables. Errors name the key
 // and the line so that a person can fix the file.
 
-export type DigestPref = 'none' | 'crc32c' | 'prefer-crc32c' | 'prefer-none';
+/** Header and data digest modes (iscsi/digest.ts maps each to what login proposes). */
+export const DIGEST_MODES = ['none', 'crc32c', 'prefer-crc32c', 'prefer-none'] as const;
+export type DigestPref = (typeof DIGEST_MODES)[number];
 export type TlsMode = 'off' | 'on' | 'require';
 
 export interface ChapConfig {
@@ -137,7 +139,6 @@ function objectSchema<T>() {
   return <S extends JSONSchemaType<T>>(schema: S & NoUnknownKeys<S, T>): JSONSchemaType<T> => schema;
 }
 
-const DIGESTS: DigestPref[] = ['none', 'crc32c', 'prefer-crc32c', 'prefer-none'];
 const LOG_LEVELS: LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 const optString = { type: 'string', nullable: true } as const;
 const optName = { type: 'string', minLength: 1, nullable: true } as const;
@@ -174,7 +175,7 @@ const exportSchema = objectSchema<ExportConfig>()({
     readOnly: optBool,
     portals: { type: 'array', items: { type: 'string', minLength: 1 }, nullable: true },
     discoverPortals: optBool,
-    digest: { type: 'string', enum: DIGESTS, nullable: true },
+    digest: { type: 'string', enum: DIGEST_MODES, nullable: true },
     chap: { ...chapSchema, nullable: true },
   },
 });
@@ -235,7 +236,7 @@ export const CONFIG_SCHEMA = objectSchema<ConfigFileValues>()({
     } as never,
     initiatorName: { type: 'string', minLength: 1, maxLength: 223, nullable: true },
     sessions: { type: 'integer', minimum: 1, maximum: 64, nullable: true },
-    digest: { type: 'string', enum: DIGESTS, nullable: true },
+    digest: { type: 'string', enum: DIGEST_MODES, nullable: true },
     readOnly: optBool,
     logLevel: { type: 'string', enum: LOG_LEVELS, nullable: true },
     metrics: { type: ['string', 'integer'], nullable: true, oneOf: [address, port] },

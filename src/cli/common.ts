@@ -1,6 +1,7 @@
 import type { Argv } from 'yargs';
 import { IscsiNbdError } from '../errors';
 import { createLogger, setRootLogger, tell } from '../log';
+import { DIGEST_MODES } from '../config';
 
 // What every command shares: exit codes, the common options, logging setup
 // and the one place an error becomes a message and an exit code.
@@ -64,7 +65,7 @@ export function withCommonOptions<T>(y: Argv<T>) {
     .option('chap-secret-env', { type: 'string', describe: 'read the CHAP secret from this environment variable', default: 'ISCSI_NBD_CHAP_SECRET' })
     .option('target-secret-file', { type: 'string', describe: 'mutual CHAP: the secret the target proves, from this file' })
     .option('target-secret-env', { type: 'string', describe: 'mutual CHAP: the target secret from this environment variable', default: 'ISCSI_NBD_TARGET_SECRET' })
-    .option('digest', { choices: ['none', 'crc32c', 'prefer-crc32c', 'prefer-none'] as const, describe: 'header and data digests (default prefer-none)' });
+    .option('digest', { choices: DIGEST_MODES, describe: 'header and data digests (default prefer-none)' });
 }
 
 /**

@@ -5,7 +5,7 @@
 import type { DigestPref } from '../config';
 import type { DigestPreference } from './negotiation';
 
-/** 'none' | 'crc32c' | 'prefer-crc32c' | 'prefer-none' (config.ts DigestPref). */
+/** config.ts DIGEST_MODES. */
 export type DigestMode = DigestPref;
 
 /** What each mode proposes for HeaderDigest and DataDigest, most preferred first. */
