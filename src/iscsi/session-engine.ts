@@ -18,8 +18,8 @@ import { ProtocolError, RequestError, ScsiError, TransportError } from '../error
 import { rootLogger, type Logger } from '../log';
 import type { ScsiRequest, ScsiResponse } from '../scsi/transport';
 import {
-  AsyncEvent, BHS_LENGTH, LogoutReason, Opcode, opcodeName, RejectReason, RESERVED_TAG, ScsiResponseCode, TaskAttr,
-  TmfFunction, TmfResponse,
+  AsyncEvent, BHS_LENGTH, LogoutReason, Opcode, OPCODE_MASK, opcodeName, RejectReason, RESERVED_TAG, ScsiResponseCode,
+  TaskAttr, TmfFunction, TmfResponse,
 } from './constants';
 import type { NegotiatedParams } from './negotiation';
 import {
@@ -839,7 +839,7 @@ export class SessionEngine extends EventEmitter {
     // The framer asks once per PDU and hands that PDU to receive() before it
     // asks again, so one slot says whether the next Data-In is already in place.
     this.placed = undefined;
-    if ((bhs[0] & 0x3f) !== Opcode.DATA_IN) return undefined;
+    if ((bhs[0] & OPCODE_MASK) !== Opcode.DATA_IN) return undefined;
     const itt = bhs.readUInt32BE(16);
     const t = this.tasks.get(itt);
     if (!t || t.failed || t.readLen === 0) return undefined;
@@ -1119,7 +1119,7 @@ export class SessionEngine extends EventEmitter {
       this.log.error({ reason }, 'target rejected a PDU (no header returned)');
       return;
     }
-    const op = pdu.data[0] & 0x3f;
+    const op = pdu.data[0] & OPCODE_MASK;
     const itt = pdu.data.readUInt32BE(16);
     this.log.error({ reason, rejected: opcodeName(op), itt: hex32(itt) }, 'target rejected a PDU');
     const msg = `target rejected ${opcodeName(op)} (ITT ${hex32(itt)}): ${reason}`;
