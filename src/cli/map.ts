@@ -11,6 +11,7 @@ import { ConfigError, IscsiNbdError } from '../errors';
 import { redactText } from '../log';
 import { authFor, type SecretOptions } from '../credentials';
 import { parseLunUrl } from '../iscsi/url';
+import type { DigestPref } from '../config';
 import { LogArgs, withCommonOptions } from './common';
 
 // `map`, `unmap`, `list-mapped`: the CLI side of devices the daemon owns.
@@ -32,6 +33,7 @@ interface MapArgs extends DeviceArgs, SecretOptions {
   'io-timeout'?: number;
   'reattach-timeout'?: number;
   'daemon-wait'?: number;
+  digest?: DigestPref;
 }
 
 /** The map request can take as long as a login and a first read through a slow target. */
@@ -110,7 +112,7 @@ export async function runMap(argv: MapArgs): Promise<void> {
     // The state dir is checked only when one was asked for: else the running daemon's own is right.
     op: 'map', stateDir: explicitStateDir(argv), url: urlWithSecrets(argv.url, argv), connections: argv.connections, readOnly: argv['read-only'],
     device: argv.device === undefined ? undefined : parseDeviceArg(argv.device),
-    ioTimeout: argv['io-timeout'], reattachTimeout: argv['reattach-timeout'],
+    ioTimeout: argv['io-timeout'], reattachTimeout: argv['reattach-timeout'], digest: argv.digest,
   };
   let st: MappingStatus;
   try {

@@ -3,11 +3,12 @@ import net from 'node:net';
 import type { NbdServer, AdoptedConnection } from '../nbd/server';
 import { transmissionFlagsFor } from '../nbd/common';
 import type { BridgedExport, ExportManager } from '../bridge/manager';
-import type { ExportConfig } from '../config';
+import { DIGEST_MODES, type DigestPref, type ExportConfig } from '../config';
+import { isDigestMode } from '../iscsi/digest';
 import { ConfigError, IscsiNbdError } from '../errors';
 import { parseIscsiUrl, parseLunUrl } from '../iscsi/url';
 import type { Logger } from '../log';
-import type { MappingStatus } from './status';
+import { exportStatus, type MappingStatus } from './status';
 import { MappingRecord, MappingStore, MAPPING_VERSION } from './mapping-store';
 
 // Kernel NBD devices this daemon owns (`iscsi-nbd map`): each is a LUN opened
@@ -44,6 +45,8 @@ export interface MapRequest {
   device?: number;
   connections?: number;
   readOnly?: boolean;
+  /** Header/data digests of the LUN's sessions (else the config export's, else the daemon's). */
+  digest?: DigestPref;
   ioTimeout?: number;
   reattachTimeout?: number;
 }
@@ -173,6 +176,7 @@ class DeviceMapping {
       device: this.device, index: r.index, url: parseIscsiUrl(r.url).redacted(), export: this.exp?.name ?? r.exportName ?? '',
       identity: r.identity, blockSize: r.blockSize, size: r.size, connections: r.connections, readOnly: r.readOnly,
       state: this.state, ...(this.error ? { error: this.error } : {}),
+      ...(this.exp ? { sessions: exportStatus(this.exp).sessions } : {}),
     };
   }
 }
@@ -207,13 +211,14 @@ export class DeviceManager {
     return this.opts.server.adopt(sock, m.exp!.name, m.exp!.export!, `kernel:nbd${m.record.index}`);
   }
 
-  private exportSpec(req: { url: string; exportName?: string }, readOnly: boolean): ExportConfig {
+  private exportSpec(req: { url: string; exportName?: string; digest?: DigestPref }, readOnly: boolean): ExportConfig {
     const named = req.exportName ? this.opts.configExport(req.exportName) : undefined;
     const url = parseLunUrl(named?.url ?? req.url);
     if (!url.target) throw new ConfigError('EBADURL', `${url.redacted()} names no target (want iscsi://host/<iqn>/<lun>)`);
     // Its own name space: a mapped LUN is never an NBD export, and its metrics never mix with one.
     const name = `map:${named?.name ?? `${url.target}/${url.lun ?? 0}`}`;
-    return { ...(named ?? {}), name, url: named?.url ?? req.url, readOnly: readOnly || named?.readOnly };
+    const digest = req.digest ?? named?.digest;
+    return { ...(named ?? {}), name, url: named?.url ?? req.url, readOnly: readOnly || named?.readOnly, ...(digest ? { digest } : {}) };
   }
 
   private identityOf(e: BridgedExport): { identity: string; backendId: string } {
@@ -248,8 +253,9 @@ export class DeviceManager {
       if (this.mappings.has(req.device)) throw new ConfigError('ECONFIG', `/dev/nbd${req.device} is mapped already (to ${this.mappings.get(req.device)!.status().url})`);
       if (await kernel.configured(req.device)) throw new ConfigError('ECONFIG', `/dev/nbd${req.device} is in use already (configured by another program); pick another --device or leave it out`);
     }
+    if (req.digest !== undefined && !isDigestMode(req.digest)) throw new ConfigError('ECONFIG', `bad digest ${JSON.stringify(req.digest)}: want one of ${DIGEST_MODES.join(', ')}`);
     const isUrl = /^iscsi:\/\//i.test(req.url);
-    const spec = this.exportSpec(isUrl ? { url: req.url } : { url: '', exportName: req.url }, req.readOnly ?? false);
+    const spec = this.exportSpec(isUrl ? { url: req.url, digest: req.digest } : { url: '', exportName: req.url, digest: req.digest }, req.readOnly ?? false);
     if (!isUrl && !this.opts.configExport(req.url)) throw new ConfigError('ECONFIG', `"${req.url}" is neither an iscsi:// URL nor an export in the config`);
     const exp = await this.openExport(spec);
     try {
@@ -260,7 +266,7 @@ export class DeviceManager {
       const record: MappingRecord = {
         version: MAPPING_VERSION, index: req.device ?? -1, url: spec.url, exportName: isUrl ? undefined : req.url, backendId, identity,
         blockSize: info.blockSize, size: exp.export!.size.toString(), connections, readOnly: exp.export!.flags.readOnly,
-        ioTimeout: d.ioTimeout, reattachTimeout: d.reattachTimeout, mappedAt: new Date().toISOString(),
+        ioTimeout: d.ioTimeout, reattachTimeout: d.reattachTimeout, mappedAt: new Date().toISOString(), ...(req.digest ? { digest: req.digest } : {}),
       };
       const m = new DeviceMapping(record, this, this.opts.log);
       m.exp = exp;
@@ -337,7 +343,7 @@ export class DeviceManager {
     const m = new DeviceMapping(r, this, this.opts.log);
     this.mappings.set(r.index, m);
     try {
-      const exp = await this.openExport(this.exportSpec({ url: r.url, exportName: r.exportName }, r.readOnly));
+      const exp = await this.openExport(this.exportSpec({ url: r.url, exportName: r.exportName, digest: r.digest }, r.readOnly));
       m.exp = exp;
       const { identity } = this.identityOf(exp);
       const info = exp.lun!.info;

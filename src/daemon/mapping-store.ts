@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import type { DigestPref } from '../config';
 import { ConfigError } from '../errors';
+import { isDigestMode } from '../iscsi/digest';
 
 // One file per mapped device under <state dir>/mappings/, written atomically
 // (temporary file, fsync, rename, fsync of the directory), so that a crash
@@ -30,6 +32,8 @@ export interface MappingRecord {
   ioTimeout: number;
   reattachTimeout: number;
   mappedAt: string;
+  /** `map --digest`, when given (restarts log in the same way). */
+  digest?: DigestPref;
 }
 
 export interface StoreProblem {
@@ -44,7 +48,8 @@ function isRecord(v: unknown): v is MappingRecord {
     Number.isInteger(r.index) && r.index >= 0 && typeof r.url === 'string' && typeof r.backendId === 'string' &&
     typeof r.identity === 'string' && Number.isInteger(r.blockSize) && typeof r.size === 'string' && /^\d+$/.test(r.size) &&
     Number.isInteger(r.connections) && r.connections >= 1 && typeof r.readOnly === 'boolean' &&
-    typeof r.ioTimeout === 'number' && typeof r.reattachTimeout === 'number'
+    typeof r.ioTimeout === 'number' && typeof r.reattachTimeout === 'number' &&
+    (r.digest === undefined || isDigestMode(r.digest))
   );
 }
 

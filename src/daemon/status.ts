@@ -35,6 +35,8 @@ export interface MappingStatus {
   state: string;
   /** Why it is not attached, when it is not. */
   error?: string;
+  /** The LUN's iSCSI sessions (login details, negotiated digests), while it is open. */
+  sessions?: SessionStatus[];
 }
 
 export interface DaemonStatus {

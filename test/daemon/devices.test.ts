@@ -336,3 +336,32 @@ test('devices declared in the config are mapped at start, once; a bad map reques
     await d.stop('test');
   }
 });
+
+test('map --digest: the mapped LUN logs in with CRC32C digests, and again so after a restart', { timeout: 120_000 }, async () => {
+  const kernel = new FakeKernel();
+  const cfg = config('f');
+  const digestsOf = (d: RunningDaemon): string[] => d.devices.list()
+    .flatMap((m) => (m.sessions ?? []).map((s) => `${s.negotiated?.headerDigest}/${s.negotiated?.dataDigest}`));
+  let d = await daemon(cfg, kernel);
+  try {
+    await assert.rejects(callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), digest: 'md5' }), /bad digest "md5"/);
+    // tgtd offers no digests unless told to: crc32c (required) is refused, and nothing is mapped.
+    await assert.rejects(callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), digest: 'crc32c' }), /HeaderDigest=None to our offer HeaderDigest=CRC32C/);
+    assert.equal(kernel.devices.size, 0);
+    await tgtd.setTargetParam(1, 'HeaderDigest', 'CRC32C,None');
+    await tgtd.setTargetParam(1, 'DataDigest', 'CRC32C,None');
+    const st = await callControl<{ device: string }>(cfg.control!, { op: 'map', url: tgtd.url(1, 1), digest: 'crc32c' });
+    assert.deepEqual(digestsOf(d), ['CRC32C/CRC32C']);
+    const rec = JSON.parse(fs.readFileSync(path.join(cfg.stateDir!, 'mappings', `${st.device.slice(5)}.json`), 'utf8'));
+    assert.equal(rec.digest, 'crc32c');
+    const data = crypto.randomBytes(8192);
+    assert.equal((await kernel.sock(0).io(CMD_WRITE, 0, data.length, data)).error, 0);
+    await d.stop('test');
+    d = await daemon(cfg, kernel);
+    assert.deepEqual(digestsOf(d), ['CRC32C/CRC32C'], 'the restart logs in with the same digests');
+    assert.deepEqual((await kernel.sock(0).io(CMD_READ, 0, data.length)).data, data);
+    await callControl(cfg.control!, { op: 'unmap', device: st.device });
+  } finally {
+    await d.stop('test');
+  }
+});
