@@ -74,6 +74,8 @@ export interface DeviceConfig {
   device?: string;
   connections?: number;
   readOnly?: boolean;
+  /** Header/data digests of the LUN's sessions (else the config export's, else the daemon's). */
+  digest?: DigestPref;
 }
 
 export interface DaemonConfig {
@@ -189,6 +191,7 @@ const deviceSchema = objectSchema<DeviceConfig>()({
     device: { type: 'string', pattern: '^(/dev/nbd|nbd)?[0-9]+$', nullable: true },
     connections: { type: 'integer', minimum: 1, maximum: 16, nullable: true },
     readOnly: optBool,
+    digest: { type: 'string', enum: DIGEST_MODES, nullable: true },
   },
 });
 

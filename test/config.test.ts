@@ -124,6 +124,7 @@ devices:
     device: /dev/nbd3
     connections: 1
     readOnly: true
+    digest: crc32c
 exports:
   - name: v
     url: iscsi://h/iqn.2000-01.x:y/0
@@ -148,7 +149,7 @@ test('every key of the schema is accepted and carried through', () => {
   assert.deepEqual(c.timeouts, { replacement: 1, command: 2, login: 3, connect: 4, nopInterval: 5, nopTimeout: 6, handshake: 7, io: 8, reattach: 9 });
   assert.equal(c.stateDir, '/var/lib/iscsi-nbd-test');
   assert.equal(c.connections, 2);
-  assert.deepEqual(c.devices, [{ url: 'v', device: '/dev/nbd3', connections: 1, readOnly: true }]);
+  assert.deepEqual(c.devices, [{ url: 'v', device: '/dev/nbd3', connections: 1, readOnly: true, digest: 'crc32c' }]);
   assert.equal(c.exports[0].discoverPortals, true);
   assert.equal(c.exports[0].chap?.targetSecretEnv, 'F');
   // Every property the schema knows appears in this document.
@@ -158,6 +159,7 @@ test('every key of the schema is accepted and carried through', () => {
   for (const k of props(schema.properties.tls)) assert.match(everyKey, new RegExp(`\\b${k}:`), `tls.${k}`);
   for (const k of props(schema.properties.exports.items!)) assert.match(everyKey, new RegExp(`\\b${k}:`), `exports.${k}`);
   for (const k of props(schema.properties.exports.items!.properties.chap)) assert.match(everyKey, new RegExp(`\\b${k}:`), `chap.${k}`);
+  for (const k of props(schema.properties.devices.items!)) assert.match(everyKey, new RegExp(`\\b${k}:`), `devices.${k}`);
 });
 
 test('out-of-range numbers and wrong types name the key and line', () => {

@@ -171,7 +171,7 @@ export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): 
   if (store.load().records.length > 0 || cfg.devices.length > 0) {
     own();
     await devices.restore();
-    await devices.ensure(cfg.devices.map((d) => ({ url: d.url, device: d.device === undefined ? undefined : parseDevice(d.device), connections: d.connections, readOnly: d.readOnly })));
+    await devices.ensure(cfg.devices.map((d) => ({ url: d.url, device: d.device === undefined ? undefined : parseDevice(d.device), connections: d.connections, readOnly: d.readOnly, digest: d.digest })));
   }
 
   const ready = (): { ready: boolean; detail: ReadyDetail } => {

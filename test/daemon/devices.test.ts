@@ -361,6 +361,11 @@ test('map --digest: the mapped LUN logs in with CRC32C digests, and again so aft
     assert.deepEqual(digestsOf(d), ['CRC32C/CRC32C'], 'the restart logs in with the same digests');
     assert.deepEqual((await kernel.sock(0).io(CMD_READ, 0, data.length)).data, data);
     await callControl(cfg.control!, { op: 'unmap', device: st.device });
+    await d.stop('test');
+    // A `devices:` entry of the config takes its own digest.
+    const cfg2 = { ...config('g'), devices: [{ url: tgtd.url(1, 2), digest: 'crc32c' as const }] };
+    d = await daemon(cfg2, kernel);
+    assert.deepEqual(digestsOf(d), ['CRC32C/CRC32C']);
   } finally {
     await d.stop('test');
   }
