@@ -1,13 +1,33 @@
 import type { Argv, CommandModule } from 'yargs';
 import { readControl } from '../daemon/control';
 import { defaultControlPath } from '../daemon/paths';
-import type { DaemonStatus } from '../daemon/status';
+import type { DaemonStatus, SessionStatus } from '../daemon/status';
 import { renderMappings } from './map';
 
 export function options<T>(y: Argv<T>) {
   return y
     .option('control', { type: 'string', describe: 'the daemon\'s control socket (default: the one `serve` uses)' })
     .option('json', { type: 'boolean', default: false, describe: 'print the raw JSON document' });
+}
+
+/** Each session's login details, like `iscsiadm -m session -P 3`. */
+function renderSessions(out: string[], sessions: SessionStatus[]): void {
+  for (const ss of sessions) {
+    out.push(`\t\tSession #${ss.index}: ${ss.state}`);
+    if (ss.refused) out.push(`\t\t\tREFUSED: ${ss.refused}`);
+    out.push(`\t\t\tPortal: ${ss.portal ?? '?'}${ss.negotiated?.targetPortalGroupTag !== undefined ? `,${ss.negotiated.targetPortalGroupTag}` : ''}`);
+    if (ss.isid !== undefined) out.push(`\t\t\tISID: ${ss.isid}  TSIH: ${ss.tsih ?? '-'}`);
+    out.push(`\t\t\tCommands in flight: ${ss.inFlight}` +
+      (ss.window !== undefined ? `  CmdSN ${ss.cmdSn}  MaxCmdSN ${ss.maxCmdSn}  window ${ss.window}` : ''));
+    out.push(`\t\t\tReconnects: ${ss.reconnects ?? 0}  Digest errors: ${ss.digestErrors ?? 0}`);
+    const n = ss.negotiated;
+    if (n) {
+      out.push(`\t\t\tNegotiated: HeaderDigest ${n.headerDigest}  DataDigest ${n.dataDigest}  CHAP ${n.chap}`);
+      out.push(`\t\t\t\tMaxRecvDataSegmentLength ${n.maxRecvDataSegmentLength}  MaxXmitDataSegmentLength ${n.maxXmitDataSegmentLength}`);
+      out.push(`\t\t\t\tFirstBurstLength ${n.firstBurstLength}  MaxBurstLength ${n.maxBurstLength}  MaxOutstandingR2T ${n.maxOutstandingR2T}`);
+      out.push(`\t\t\t\tImmediateData ${n.immediateData ? 'Yes' : 'No'}  InitialR2T ${n.initialR2T ? 'Yes' : 'No'}`);
+    }
+  }
 }
 
 export function render(s: DaemonStatus): string {
@@ -27,22 +47,7 @@ export function render(s: DaemonStatus): string {
     if (e.flags) out.push(`\tFlags: ${Object.entries(e.flags).filter(([, v]) => v).map(([k]) => k).join(' ')}`);
     if (e.counters) out.push(`\tRequests: ${e.counters.requests} (${e.counters.errors} failed), read ${e.counters.bytesRead} B, written ${e.counters.bytesWritten} B, in flight ${e.inFlight}, queued ${e.queued}`);
     out.push(`\tiSCSI sessions: ${e.sessions.length}${e.movedCommands ? `, commands moved to another path: ${e.movedCommands}` : ''}`);
-    for (const ss of e.sessions) {
-      out.push(`\t\tSession #${ss.index}: ${ss.state}`);
-      if (ss.refused) out.push(`\t\t\tREFUSED: ${ss.refused}`);
-      out.push(`\t\t\tPortal: ${ss.portal ?? '?'}${ss.negotiated?.targetPortalGroupTag !== undefined ? `,${ss.negotiated.targetPortalGroupTag}` : ''}`);
-      if (ss.isid !== undefined) out.push(`\t\t\tISID: ${ss.isid}  TSIH: ${ss.tsih ?? '-'}`);
-      out.push(`\t\t\tCommands in flight: ${ss.inFlight}` +
-        (ss.window !== undefined ? `  CmdSN ${ss.cmdSn}  MaxCmdSN ${ss.maxCmdSn}  window ${ss.window}` : ''));
-      out.push(`\t\t\tReconnects: ${ss.reconnects ?? 0}  Digest errors: ${ss.digestErrors ?? 0}`);
-      const n = ss.negotiated;
-      if (n) {
-        out.push(`\t\t\tNegotiated: HeaderDigest ${n.headerDigest}  DataDigest ${n.dataDigest}  CHAP ${n.chap}`);
-        out.push(`\t\t\t\tMaxRecvDataSegmentLength ${n.maxRecvDataSegmentLength}  MaxXmitDataSegmentLength ${n.maxXmitDataSegmentLength}`);
-        out.push(`\t\t\t\tFirstBurstLength ${n.firstBurstLength}  MaxBurstLength ${n.maxBurstLength}  MaxOutstandingR2T ${n.maxOutstandingR2T}`);
-        out.push(`\t\t\t\tImmediateData ${n.immediateData ? 'Yes' : 'No'}  InitialR2T ${n.initialR2T ? 'Yes' : 'No'}`);
-      }
-    }
+    renderSessions(out, e.sessions);
     const clients = s.clients.filter((c) => c.exportName === e.name);
     out.push(`\tNBD clients: ${clients.length}`);
     for (const c of clients) {
@@ -53,7 +58,12 @@ export function render(s: DaemonStatus): string {
   if (s.mappings?.length) {
     out.push('', `Mapped devices (state dir ${s.stateDir ?? '?'}):`);
     for (const line of renderMappings(s.mappings).trimEnd().split('\n')) out.push(`\t${line}`);
-    for (const m of s.mappings) if (m.error) out.push(`\t${m.device}: ${m.error}`);
+    for (const m of s.mappings) {
+      if (m.error) out.push(`\t${m.device}: ${m.error}`);
+      if (!m.sessions) continue;
+      out.push(`\t${m.device}: iSCSI sessions: ${m.sessions.length}`);
+      renderSessions(out, m.sessions);
+    }
   }
   const negotiating = s.clients.filter((c) => !c.exportName);
   if (negotiating.length) out.push('', `Clients still negotiating: ${negotiating.length}`);

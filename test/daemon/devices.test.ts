@@ -19,6 +19,7 @@ import type { KernelNbd } from '../../src/daemon/devices';
 import { createSocketPair, closeFd } from '../../src/nbd/netlink/kernel';
 import { DEFAULT_TIMEOUTS, type DaemonConfig } from '../../src/config';
 import { setRootLogger, createLogger } from '../../src/log';
+import { render as renderStatus } from '../../src/cli/status';
 import { callControl } from '../../src/daemon/control';
 import { req } from '../nbd/util';
 
@@ -359,6 +360,9 @@ test('map --digest: the mapped LUN logs in with CRC32C digests, and again so aft
     await d.stop('test');
     d = await daemon(cfg, kernel);
     assert.deepEqual(digestsOf(d), ['CRC32C/CRC32C'], 'the restart logs in with the same digests');
+    // `iscsi-nbd status` shows a mapping's sessions as it does an export's.
+    const text = renderStatus(d.status());
+    assert.match(text, new RegExp(`\\t${st.device}: iSCSI sessions: 1\\n\\t\\tSession #0: logged-in\\n[^]*Negotiated: HeaderDigest CRC32C  DataDigest CRC32C`));
     assert.deepEqual((await kernel.sock(0).io(CMD_READ, 0, data.length)).data, data);
     await callControl(cfg.control!, { op: 'unmap', device: st.device });
     await d.stop('test');
