@@ -31,6 +31,8 @@ export interface OpenOptions {
   log?: Logger;
   /** Timers of the connect and login timeouts (the session's clock; tests drive a manual one). */
   clock?: EngineClock;
+  /** Aborts the connect or login in progress (the session was closed): rejects with ESHUTDOWN. */
+  signal?: AbortSignal;
 }
 
 export interface OpenResult {
@@ -54,8 +56,12 @@ interface ChunkReader {
   onChunk?: (chunk: Buffer) => void;
 }
 
-export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock: EngineClock = keepAliveClock): Promise<net.Socket> {
+export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock: EngineClock = keepAliveClock, signal?: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(new TransportError('ESHUTDOWN', 'connect cancelled: the session was closed'));
+      return;
+    }
     const where = formatHostPort(portal.host, portal.port);
     // One read buffer per connection, reused for every read: no allocation
     // per socket read (the framer copies what it has to keep).
@@ -72,11 +78,19 @@ export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock
       },
     }) as net.Socket & { chunkReader?: ChunkReader };
     sock.chunkReader = reader;
+    const onAbort = (): void => {
+      clock.clearTimeout(timer);
+      sock.destroy();
+      reject(new TransportError('ESHUTDOWN', 'connect cancelled: the session was closed'));
+    };
     const timer = clock.setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
       sock.destroy();
       reject(new TransportError('ECONNECT', `cannot connect to iSCSI portal ${where}: no answer within ${timeoutMs} ms`));
     }, timeoutMs);
+    signal?.addEventListener('abort', onAbort, { once: true });
     sock.once('connect', () => {
+      signal?.removeEventListener('abort', onAbort);
       clock.clearTimeout(timer);
       sock.removeAllListeners('error');
       sock.setNoDelay(true);
@@ -84,6 +98,7 @@ export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock
       resolve(sock);
     });
     sock.once('error', (e: NodeJS.ErrnoException) => {
+      signal?.removeEventListener('abort', onAbort);
       clock.clearTimeout(timer);
       sock.destroy();
       const why = e.code === 'ECONNREFUSED' ? 'connection refused (is the target running and listening there?)'
@@ -112,8 +127,10 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
   }
   for (let redirects = 0; ;) {
     const clock = opts.clock ?? keepAliveClock;
-    const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS, clock);
+    const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS, clock, opts.signal);
     const conn = new IscsiConnection(sock, log.child({ portal: formatHostPort(portal.host, portal.port) }));
+    const onAbort = (): void => conn.close(new TransportError('ESHUTDOWN', 'login cancelled: the session was closed'));
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
     let step: Exclude<LoginStep, { send: unknown }>;
     try {
       step = await conn.login(loginOpts, opts.loginTimeoutMs ?? DEFAULT_LOGIN_MS, clock);
@@ -128,6 +145,8 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
         continue;
       }
       throw e;
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
     }
     if ('done' in step) {
       const r: OpenResult = { conn, login: step.done, portal };

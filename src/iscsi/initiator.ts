@@ -169,7 +169,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
    */
   private link: ConnectionLink | undefined;
   /** The login under way (establish()); cancelled by close(). */
-  private attempt: { cancelled: boolean } | undefined;
+  private attempt: { cancelled: boolean; abort: AbortController } | undefined;
   private params: LoginResult | undefined;
   /** Tasks waiting for a connection (during connect or recovery). */
   private backlog: PendingTask[] = [];
@@ -306,7 +306,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
 
   /** One connection + login + engine; adopts the backlog. */
   private async establish(): Promise<void> {
-    const attempt = { cancelled: false };
+    const attempt = { cancelled: false, abort: new AbortController() };
     this.attempt = attempt;
     const r = await openConnection({
       portal: this.portal,
@@ -315,6 +315,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       loginTimeoutMs: this.timeouts.loginMs,
       log: this.log,
       clock: this.clock,
+      signal: attempt.abort.signal,
     });
     const { conn, login } = r;
     if (attempt.cancelled || this.attempt !== attempt || isShutDown(this.st)) {
@@ -719,7 +720,10 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
   }
 
   private finishClose(err: Error): void {
-    if (this.attempt) this.attempt.cancelled = true;
+    if (this.attempt) {
+      this.attempt.cancelled = true;
+      this.attempt.abort.abort();
+    }
     this.attempt = undefined;
     const link = this.link;
     this.link = undefined;

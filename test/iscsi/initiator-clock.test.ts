@@ -101,9 +101,7 @@ test('manual clock: failed reconnects back off exponentially up to maxMs; the re
   assert.ok(err instanceof IscsiNbdError);
   assert.equal(err.code, 'ECONNLOST');
   s.close();
-  // A retry that was due may still be connecting (refused in real time); its
-  // connect timer goes with it.
-  await until(() => clock.pending === 0);
+  assert.equal(clock.pending, 0, 'close() leaves no timer armed, not even a retry that was connecting');
 });
 
 test('manual clock: a target that accepts and never answers the login times out when the clock says so', async (t) => {
@@ -134,4 +132,33 @@ test('manual clock: a target that accepts and never answers the login times out 
   assert.equal(settled, false, 'nothing times out before the clock reaches the login timeout');
   clock.advance(1);
   await assert.rejects(connecting, (e: IscsiNbdError) => e.code === 'ETIMEOUT' && /login did not complete within 15000 ms/.test(e.message));
+});
+
+test('manual clock: close() during a login cancels it at once: no timer left, the socket closed', async (t) => {
+  const accepted: net.Socket[] = [];
+  // It reads (and drops) what it gets, so that our close reaches it as an end.
+  const silent = net.createServer((c) => accepted.push(c.resume()));
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  t.after(() => {
+    for (const c of accepted) c.destroy();
+    silent.close();
+  });
+  const clock = new RecordingClock();
+  const s = new IscsiSession({
+    portal: { host: '127.0.0.1', port: (silent.address() as net.AddressInfo).port },
+    targetName: 'iqn.2026-11.test:fake',
+    initiatorName: 'iqn.2026-11.test:init',
+    timeouts: { nopIntervalMs: 0, commandMs: 0, loginMs: 15000 },
+    clock,
+  });
+  const connecting = s.connect();
+  connecting.catch(() => undefined);
+  await until(() => accepted.length === 1 && clock.delays.includes(15000));
+  const peerClosed = new Promise<void>((r) => accepted[0].once('close', () => r()));
+  s.close();
+  await assert.rejects(connecting);
+  assert.equal(clock.pending, 0, 'the login timer went with the cancelled login');
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([peerClosed, new Promise((_, rej) => { timer = setTimeout(() => rej(new Error('the target never saw the socket close')), 5000); })]);
+  clearTimeout(timer);
 });
