@@ -130,6 +130,7 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
     const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS, clock, opts.signal);
     const conn = new IscsiConnection(sock, log.child({ portal: formatHostPort(portal.host, portal.port) }));
     const onAbort = (): void => conn.close(new TransportError('ESHUTDOWN', 'login cancelled: the session was closed'));
+    if (opts.signal?.aborted) onAbort(); // between the connect and here
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     let step: Exclude<LoginStep, { send: unknown }>;
     try {

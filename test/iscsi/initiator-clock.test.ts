@@ -104,23 +104,30 @@ test('manual clock: failed reconnects back off exponentially up to maxMs; the re
   assert.equal(clock.pending, 0, 'close() leaves no timer armed, not even a retry that was connecting');
 });
 
-test('manual clock: a target that accepts and never answers the login times out when the clock says so', async (t) => {
+/** A target that accepts and never answers: the login waits on its timer. It
+ * reads (and drops) what it gets, so that our close reaches it as an end. */
+async function silentTarget(t: TestContext, clock: ManualClock, timeouts: { connectMs?: number; loginMs: number }): Promise<{ s: IscsiSession; accepted: net.Socket[] }> {
   const accepted: net.Socket[] = [];
-  const silent = net.createServer((c) => accepted.push(c));
+  const silent = net.createServer((c) => accepted.push(c.resume()));
   await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
   t.after(() => {
     for (const c of accepted) c.destroy();
     silent.close();
   });
-  const clock = new RecordingClock();
   const s = new IscsiSession({
     portal: { host: '127.0.0.1', port: (silent.address() as net.AddressInfo).port },
     targetName: 'iqn.2026-11.test:fake',
     initiatorName: 'iqn.2026-11.test:init',
-    timeouts: { nopIntervalMs: 0, commandMs: 0, connectMs: 7000, loginMs: 15000 },
+    timeouts: { nopIntervalMs: 0, commandMs: 0, ...timeouts },
     clock,
   });
   t.after(() => s.close());
+  return { s, accepted };
+}
+
+test('manual clock: a target that accepts and never answers the login times out when the clock says so', async (t) => {
+  const clock = new RecordingClock();
+  const { s, accepted } = await silentTarget(t, clock, { connectMs: 7000, loginMs: 15000 });
   let settled = false;
   const connecting = s.connect().finally(() => { settled = true; });
   connecting.catch(() => undefined);
@@ -135,28 +142,14 @@ test('manual clock: a target that accepts and never answers the login times out 
 });
 
 test('manual clock: close() during a login cancels it at once: no timer left, the socket closed', async (t) => {
-  const accepted: net.Socket[] = [];
-  // It reads (and drops) what it gets, so that our close reaches it as an end.
-  const silent = net.createServer((c) => accepted.push(c.resume()));
-  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
-  t.after(() => {
-    for (const c of accepted) c.destroy();
-    silent.close();
-  });
   const clock = new RecordingClock();
-  const s = new IscsiSession({
-    portal: { host: '127.0.0.1', port: (silent.address() as net.AddressInfo).port },
-    targetName: 'iqn.2026-11.test:fake',
-    initiatorName: 'iqn.2026-11.test:init',
-    timeouts: { nopIntervalMs: 0, commandMs: 0, loginMs: 15000 },
-    clock,
-  });
+  const { s, accepted } = await silentTarget(t, clock, { loginMs: 15000 });
   const connecting = s.connect();
   connecting.catch(() => undefined);
   await until(() => accepted.length === 1 && clock.delays.includes(15000));
   const peerClosed = new Promise<void>((r) => accepted[0].once('close', () => r()));
   s.close();
-  await assert.rejects(connecting);
+  await assert.rejects(connecting, (e: IscsiNbdError) => e.code === 'ESHUTDOWN');
   assert.equal(clock.pending, 0, 'the login timer went with the cancelled login');
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([peerClosed, new Promise((_, rej) => { timer = setTimeout(() => rej(new Error('the target never saw the socket close')), 5000); })]);
