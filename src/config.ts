@@ -128,7 +128,9 @@ export interface ConfigFileValues {
   exports?: ExportConfig[];
 }
 
-export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+/** pino's levels: the config's `logLevel` and the `--log-level` choices. */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 // The schema and the types above are one fact written twice; the compiler
 // holds them together. JSONSchemaType<T> refuses a schema that misses a key of
@@ -141,7 +143,6 @@ function objectSchema<T>() {
   return <S extends JSONSchemaType<T>>(schema: S & NoUnknownKeys<S, T>): JSONSchemaType<T> => schema;
 }
 
-const LOG_LEVELS: LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 const optString = { type: 'string', nullable: true } as const;
 const optName = { type: 'string', minLength: 1, nullable: true } as const;
 const optBool = { type: 'boolean', nullable: true } as const;

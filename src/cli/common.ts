@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
 import { IscsiNbdError } from '../errors';
 import { createLogger, setRootLogger, tell } from '../log';
-import { DIGEST_MODES } from '../config';
+import { DIGEST_MODES, LOG_LEVELS } from '../config';
 
 // What every command shares: exit codes, the common options, logging setup
 // and the one place an error becomes a message and an exit code.
@@ -53,7 +53,6 @@ export interface LogArgs {
   'log-format'?: string;
 }
 
-export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'silent'] as const;
 
 /** Options shared by every command that logs in somewhere. */
 export function withCommonOptions<T>(y: Argv<T>) {

@@ -7,8 +7,9 @@
 // Chunks wait in a ByteQueue (a list read with a cursor): a segment lying in
 // one chunk is returned as a view, one spanning chunks is copied once.
 // DataSegmentLength is checked against the limit as soon as the BHS is
-// complete, before anything of the data is awaited. Digest settings are sampled when a BHS starts, so a
-// callback may switch them on (end of login) between PDUs.
+// complete, before anything of the data is awaited. Digest settings are
+// sampled when a BHS starts, so a callback may switch them on (end of login)
+// between PDUs.
 
 import { ProtocolError } from '../errors';
 import { BHS_LENGTH, DEFAULT_MAX_RECV_DSL, opcodeName, OPCODE_MASK } from './constants';

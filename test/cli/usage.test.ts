@@ -77,7 +77,7 @@ test('usage errors exit 2 and point at the command\'s --help', { timeout: 60_000
 });
 
 test('--log-level lists its choices and refuses others (flag and environment)', { timeout: 60_000 }, () => {
-  const choices = /Choices: "trace", "debug", "info", "warn", "error", "silent"/;
+  const choices = /Choices: "trace", "debug", "info", "warn", "error", "fatal", "silent"/;
   for (const [args, env] of [
     [['serve', '--log-level', 'loud', '--export', `a=${NO_LUN}/0`], {}],
     [['discover', NO_LUN], { ISCSI_NBD_LOG_LEVEL: 'loud' }],
@@ -87,7 +87,7 @@ test('--log-level lists its choices and refuses others (flag and environment)', 
     assert.match(r.err, /log-level.*loud/s);
     assert.match(r.err, choices);
   }
-  assert.match(cli(['serve', '--help']).out, /--log-level .*\[choices: "trace", "debug", "info", "warn", "error", "silent"\]/s);
+  assert.match(cli(['serve', '--help']).out, /--log-level .*\[choices: "trace", "debug", "info", "warn", "error", "fatal", "silent"\]/s);
 });
 
 test('an iscsi:// URL without a LUN is refused where a LUN is needed, before connecting', { timeout: 60_000 }, () => {

@@ -38,13 +38,16 @@ test('a torn or corrupt record is named and loses no other mapping', () => {
   fs.writeFileSync(path.join(s.dir, 'nbd2.json'), full.slice(0, full.length / 2)); // torn
   fs.writeFileSync(path.join(s.dir, 'nbd5.json'), JSON.stringify({ ...rec(5), size: 'big' })); // wrong shape
   fs.writeFileSync(path.join(s.dir, 'nbd6.json'), JSON.stringify(rec(7))); // the wrong device
+  fs.writeFileSync(path.join(s.dir, 'nbd8.json'), JSON.stringify({ ...rec(8), digest: 'md5' })); // a digest mode we do not have
+  s.save({ ...rec(3), digest: 'crc32c' });
   fs.writeFileSync(path.join(s.dir, 'nbd9.json.123.tmp'), '{'); // an interrupted write
   const { records, problems } = s.load();
-  assert.deepEqual(records.map((r) => r.index), [1]);
-  assert.equal(problems.length, 3);
+  assert.deepEqual(records.map((r) => [r.index, r.digest]), [[1, undefined], [3, 'crc32c']]);
+  assert.equal(problems.length, 4);
   assert.match(problems[0].message, /nbd2\.json: .*JSON/);
   assert.match(problems[1].message, /nbd5\.json: not a mapping record/);
   assert.match(problems[2].message, /nbd6\.json: it describes nbd7, not nbd6/);
+  assert.match(problems[3].message, /nbd8\.json: not a mapping record/);
   for (const p of problems) assert.match(p.message, /not reattached/);
 });
 
