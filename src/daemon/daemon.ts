@@ -8,14 +8,18 @@ import { rootLogger } from '../log';
 import { authFor, SecretOptions } from '../credentials';
 import { formatHostPort } from '../iscsi/url';
 import { notifySystemd } from './notify';
-import { startControlServer, ControlHandler } from './control';
+import { startControlServer } from './control';
+import { controlHandlers } from './control-handlers';
 import { defaultControlPath, defaultStateDir, initiatorName } from './paths';
-import { DeviceManager, KernelNbd, MapRequest } from './devices';
+import { DeviceManager, KernelNbd } from './devices';
+import { mapSpecOfDevice } from './map-spec';
 import { MappingStore } from './mapping-store';
 import { claimStateDir, releaseStateDir } from './owner';
-import { parseDevice } from '../nbd/netlink/kernel';
-import { planReload, type ReloadPlan } from './reload';
+import { applyReload, exportStates, type ReloadOutcome } from './reload';
+import { UndoStack } from './undo';
 import { clientStatus, DaemonStatus, exportsStatus } from './status';
+
+export type { ReloadOutcome } from './reload';
 
 // The composition root: one daemon process = the export manager (iSCSI
 // sessions per LUN), the NBD server in front of it, metrics, and the control
@@ -34,19 +38,6 @@ export interface DaemonOptions {
    * `failed` and retried with backoff while the others are served.
    */
   strict?: boolean;
-}
-
-/** What a reload did (the control op `reload` answers it; SIGHUP logs it). */
-export interface ReloadOutcome {
-  /** The new config was read and applied, and every export in the plan opened. */
-  ok: boolean;
-  /** Why the new config was refused (nothing changed then). */
-  refused?: string;
-  plan?: ReloadPlan;
-  /** Added or changed exports that could not be opened (they stay `failed` and keep retrying). */
-  errors: { export: string; error: string }[];
-  /** Every export after the reload, with its state. */
-  exports: { name: string; state: string }[];
 }
 
 /** /readyz's detail: each export and each mapped device with its state. */
@@ -87,257 +78,260 @@ function tlsOptions(cfg: DaemonConfig): NbdTlsOptions | undefined {
 }
 
 /**
- * Start everything a config describes. Every export is tried once before a
- * single client is accepted; one that fails stays `failed` and is retried
- * in the background (unless opts.strict: then the start fails).
+ * One daemon process. Its start is a sequence of steps, each pushing its undo
+ * onto one stack: a failed start undoes exactly what ran, and stop() undoes
+ * everything, newest first.
  */
-export async function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): Promise<RunningDaemon> {
-  const log = rootLogger();
-  const metrics = cfg.metrics ? new Metrics() : undefined;
-  const stateDir = cfg.stateDir ?? defaultStateDir();
-  const iname = initiatorName(cfg.initiatorName, stateDir);
-  log.info({ initiatorName: iname }, 'initiator name');
-  const secrets = opts.secrets ?? {};
-  const managerOptions: ManagerOptions = {
-    initiatorName: iname,
-    sessions: cfg.sessions,
-    digest: cfg.digest,
-    readOnly: cfg.readOnly,
-    timeouts: cfg.timeouts,
-    metrics,
-    // `component` names the half of the daemon a line comes from: `exports` (served
-    // over the NBD listeners) or `devices` (the kernel's /dev/nbdN); see src/log.ts.
-    log: log.child({ component: 'exports' }),
-    authFor: (url, spec) =>
-      authFor(url, secrets, spec.chap && {
-        user: spec.chap.user,
-        secret: readSecret({ value: spec.chap.secret, file: spec.chap.secretFile, env: spec.chap.secretEnv }, 'the CHAP secret'),
-        targetUser: spec.chap.targetUser,
-        targetSecret: readSecret({ value: spec.chap.targetSecret, file: spec.chap.targetSecretFile, env: spec.chap.targetSecretEnv }, 'the target CHAP secret'),
-      }),
-  };
-  const manager = new ExportManager(managerOptions);
-  const results = await Promise.allSettled(cfg.exports.map((e) => (opts.strict ? manager.add(e) : manager.start(e))));
-  const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed.length > 0) {
-    await manager.closeAll();
-    throw failed[0].reason;
-  }
-  const notOpen = [...manager.exports.values()].filter((e) => e.state === 'failed');
-  if (notOpen.length > 0) {
-    log.warn({ exports: notOpen.map((e) => e.name) }, 'starting without the exports that could not be opened; they are retried in the background');
+export class Daemon implements RunningDaemon {
+  readonly manager: ExportManager;
+  readonly server: NbdServer;
+  readonly devices: DeviceManager;
+  readonly initiatorName: string;
+  private readonly log = rootLogger();
+  private readonly metrics?: Metrics;
+  private readonly stateDir: string;
+  private readonly control: string;
+  private readonly managerOptions: ManagerOptions;
+  /** Opens the LUNs of mapped devices (never served over TCP). */
+  private readonly mapped: ExportManager;
+  /** Serves the kernel's sockets (no listeners). */
+  private readonly kernelServer: NbdServer;
+  private readonly undo: UndoStack;
+  private owner = false;
+  private stopping?: Promise<void>;
+  private reloading: Promise<unknown> = Promise.resolve();
+
+  /**
+   * Start everything a config describes. Every export is tried once before a
+   * single client is accepted; one that fails stays `failed` and is retried
+   * in the background (unless opts.strict: then the start fails).
+   */
+  static async start(cfg: DaemonConfig, opts: DaemonOptions = {}): Promise<Daemon> {
+    const d = new Daemon(cfg, opts);
+    try {
+      await d.openExports();
+      await d.listenNbd();
+      await d.restoreDevices();
+      await d.serveMetrics();
+      await d.serveControl();
+    } catch (err) {
+      await d.undo.unwind('rollback');
+      throw err;
+    }
+    return d;
   }
 
-  const server = new NbdServer({ exports: manager, tls: tlsOptions(cfg), handshakeTimeoutMs: cfg.timeouts.handshake * 1000, log: log.child({ component: 'exports' }) });
-  for (const l of cfg.listen) {
-    const addr = parseListen(l);
-    try {
-      await server.listen(addr);
-    } catch (err) {
-      await server.close({ drainMs: 0 }).catch(() => undefined);
-      await manager.closeAll();
-      const e = err as NodeJS.ErrnoException;
-      const where = 'path' in addr ? addr.path : formatHostPort(addr.host, addr.port);
-      if (e.code === 'EADDRINUSE') throw new ConfigError('ECONFIG', `cannot listen on ${where}: the address is in use (another iscsi-nbd or nbd-server?). Pick another with --listen HOST:PORT`);
-      throw new ConfigError('ECONFIG', `cannot listen on ${where}: ${e.message}`);
+  private constructor(private readonly cfg: DaemonConfig, private readonly opts: DaemonOptions) {
+    const log = this.log;
+    this.undo = new UndoStack(log);
+    this.metrics = cfg.metrics ? new Metrics() : undefined;
+    this.stateDir = cfg.stateDir ?? defaultStateDir();
+    this.control = cfg.control ?? defaultControlPath();
+    this.initiatorName = initiatorName(cfg.initiatorName, this.stateDir);
+    log.info({ initiatorName: this.initiatorName }, 'initiator name');
+    const secrets = opts.secrets ?? {};
+    this.managerOptions = {
+      initiatorName: this.initiatorName,
+      sessions: cfg.sessions,
+      digest: cfg.digest,
+      readOnly: cfg.readOnly,
+      timeouts: cfg.timeouts,
+      metrics: this.metrics,
+      // `component` names the half of the daemon a line comes from: `exports` (served
+      // over the NBD listeners) or `devices` (the kernel's /dev/nbdN); see src/log.ts.
+      log: log.child({ component: 'exports' }),
+      authFor: (url, spec) =>
+        authFor(url, secrets, spec.chap && {
+          user: spec.chap.user,
+          secret: readSecret({ value: spec.chap.secret, file: spec.chap.secretFile, env: spec.chap.secretEnv }, 'the CHAP secret'),
+          targetUser: spec.chap.targetUser,
+          targetSecret: readSecret({ value: spec.chap.targetSecret, file: spec.chap.targetSecretFile, env: spec.chap.targetSecretEnv }, 'the target CHAP secret'),
+        }),
+    };
+    this.manager = new ExportManager(this.managerOptions);
+    this.server = new NbdServer({ exports: this.manager, tls: tlsOptions(cfg), handshakeTimeoutMs: cfg.timeouts.handshake * 1000, log: log.child({ component: 'exports' }) });
+    // Mapped devices: their LUNs are not NBD exports anyone may connect to; the
+    // kernel reaches them only through the socketpairs handed to it.
+    this.mapped = new ExportManager({ ...this.managerOptions, log: log.child({ component: 'devices' }) });
+    this.kernelServer = new NbdServer({ exports: this.mapped, log: log.child({ component: 'devices' }) });
+    this.devices = new DeviceManager({
+      kernel: opts.kernel ?? (async () => (await import('./kernel')).openKernel()),
+      store: new MappingStore(this.stateDir),
+      exports: this.mapped,
+      server: this.kernelServer,
+      defaults: { connections: cfg.connections ?? 1, ioTimeout: cfg.timeouts.io, reattachTimeout: cfg.timeouts.reattach },
+      configExport: (name) => this.cfg.exports.find((e) => e.name === name),
+      onReattach: (device) => this.metrics?.recordReattach(device),
+      onExportClosed: (name) => void this.metrics?.forgetExport(name),
+      log: log.child({ component: 'devices' }),
+    });
+  }
+
+  /** Step 1: log in to every export's target. */
+  private async openExports(): Promise<void> {
+    const { manager, opts } = this;
+    this.undo.push('exports', () => manager.closeAll());
+    const results = await Promise.allSettled(this.cfg.exports.map((e) => (opts.strict ? manager.add(e) : manager.start(e))));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    const notOpen = [...manager.exports.values()].filter((e) => e.state === 'failed');
+    if (notOpen.length > 0) {
+      this.log.warn({ exports: notOpen.map((e) => e.name) }, 'starting without the exports that could not be opened; they are retried in the background');
     }
   }
-  // One line per listener, once every listener is up (NbdServer.listen() itself does not log it).
-  for (const a of server.addresses()) log.info({ address: typeof a === 'string' ? a : formatHostPort(a.address, a.port) }, 'serving NBD');
 
-  // Mapped devices: their LUNs are not NBD exports anyone may connect to; the
-  // kernel reaches them only through the socketpairs handed to it.
-  const control = cfg.control ?? defaultControlPath();
-  const mapped = new ExportManager({ ...managerOptions, log: log.child({ component: 'devices' }) });
-  const kernelServer = new NbdServer({ exports: mapped, log: log.child({ component: 'devices' }) });
-  const store = new MappingStore(stateDir);
-  const devices = new DeviceManager({
-    kernel: opts.kernel ?? (async () => (await import('./kernel')).openKernel()),
-    store,
-    exports: mapped,
-    server: kernelServer,
-    defaults: { connections: cfg.connections ?? 1, ioTimeout: cfg.timeouts.io, reattachTimeout: cfg.timeouts.reattach },
-    configExport: (name) => cfg.exports.find((e) => e.name === name),
-    onReattach: (device) => metrics?.recordReattach(device),
-    onExportClosed: (name) => void metrics?.forgetExport(name),
-    log: log.child({ component: 'devices' }),
-  });
-  let owner = false;
-  const own = (): void => {
-    if (owner) return;
-    claimStateDir(stateDir, control);
-    owner = true;
-  };
-  if (store.load().records.length > 0 || cfg.devices.length > 0) {
-    own();
-    await devices.restore();
-    await devices.ensure(cfg.devices.map((d) => ({ url: d.url, device: d.device === undefined ? undefined : parseDevice(d.device), connections: d.connections, readOnly: d.readOnly, digest: d.digest })));
+  /** Step 2: the NBD listeners. */
+  private async listenNbd(): Promise<void> {
+    const { server } = this;
+    this.undo.push('nbd-listeners', (how) => server.close({ drainMs: how === 'stop' ? 30_000 : 0 }));
+    for (const l of this.cfg.listen) {
+      const addr = parseListen(l);
+      try {
+        await server.listen(addr);
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        const where = 'path' in addr ? addr.path : formatHostPort(addr.host, addr.port);
+        if (e.code === 'EADDRINUSE') throw new ConfigError('ECONFIG', `cannot listen on ${where}: the address is in use (another iscsi-nbd or nbd-server?). Pick another with --listen HOST:PORT`);
+        throw new ConfigError('ECONFIG', `cannot listen on ${where}: ${e.message}`);
+      }
+    }
+    // One line per listener, once every listener is up (NbdServer.listen() itself does not log it).
+    for (const a of server.addresses()) this.log.info({ address: typeof a === 'string' ? a : formatHostPort(a.address, a.port) }, 'serving NBD');
   }
 
-  const ready = (): { ready: boolean; detail: ReadyDetail } => {
-    const mappings = devices.list();
+  /** The state dir is ours from the first mapping on; released after the devices are handed over. */
+  private own(): void {
+    if (this.owner) return;
+    claimStateDir(this.stateDir, this.control);
+    this.owner = true;
+  }
+
+  /** Step 3: the kernel's devices, recorded ones reattached and declared ones mapped. */
+  private async restoreDevices(): Promise<void> {
+    const { devices, kernelServer, mapped } = this;
+    this.undo.push('devices', async () => {
+      // Answer what the kernel sent, read nothing more; no device is detached.
+      await devices.handOver();
+      await kernelServer.close({ drainMs: 0 });
+      await mapped.closeAll();
+      if (this.owner) releaseStateDir(this.stateDir);
+    });
+    if (devices.storeRecords() === 0 && this.cfg.devices.length === 0) return;
+    this.own();
+    await devices.restore();
+    await devices.ensure(this.cfg.devices.map(mapSpecOfDevice));
+  }
+
+  /** /readyz: every export ready or degraded, every mapped device attached. */
+  ready(): { ready: boolean; detail: ReadyDetail } {
+    const mappings = this.devices.list();
     const detail: ReadyDetail = {
-      exports: [...manager.exports.values()].map((e) => ({ name: e.name, state: e.state, ...(e.lastError ? { error: e.lastError.message } : {}) })),
+      exports: [...this.manager.exports.values()].map((e) => ({ name: e.name, state: e.state, ...(e.lastError ? { error: e.lastError.message } : {}) })),
       devices: mappings.map((d) => ({ device: d.device, state: d.state, ...(d.error ? { error: d.error } : {}) })),
     };
-    return { ready: manager.ready() && mappings.every((d) => d.state === 'attached'), detail };
-  };
-  metrics?.setSource(() => {
-    metrics.setDevices(devices.list());
-    return [...manager.exports.values(), ...mapped.exports.values()].map((e) => ({
-      name: e.name,
-      state: e.state,
-      queued: e.pool?.queued ?? 0,
-      sessions: e.sessions.map((ss, index) => {
-        const st = ss.stats;
-        return { index, state: ss.state, portal: st.portal, target: e.url.target ?? '', window: st.window, cmdSn: st.cmdSn, maxCmdSn: st.maxCmdSn, digestErrors: st.digestErrors, inFlight: ss.inFlight };
-      }),
-    }));
-  });
-  const metricsSrv = cfg.metrics
-    ? await (async () => {
-        const m = parseListen(cfg.metrics!, 9810);
-        if ('path' in m) throw new ConfigError('ECONFIG', '--metrics wants HOST:PORT');
-        return startMetricsServer({ host: m.host, port: m.port, metrics: metrics!, ready: () => ready().ready, readyDetail: () => ready().detail }).catch(
-          async (err: NodeJS.ErrnoException) => {
-            await Promise.all([server.close({ drainMs: 0 }), manager.closeAll()]);
-            const where = formatHostPort(m.host, m.port);
-            throw new ConfigError('ECONFIG', err.code === 'EADDRINUSE'
-              ? `cannot serve metrics on ${where}: the address is in use (another iscsi-nbd?). Pick another with --metrics HOST:PORT`
-              : `cannot serve metrics on ${where}: ${err.message}`);
-          },
-        );
-      })()
-    : undefined;
+    return { ready: this.manager.ready() && mappings.every((d) => d.state === 'attached'), detail };
+  }
 
-  const status = (): DaemonStatus => ({
-    pid: process.pid,
-    initiatorName: iname,
-    listen: server.addresses().map((a) => (typeof a === 'string' ? a : formatHostPort(a.address, a.port))),
-    exports: exportsStatus(manager),
-    clients: server.connections().map(clientStatus),
-    stateDir,
-    mappings: devices.list(),
-  });
-  const sameStateDir = (req: Record<string, unknown>): void => {
-    if (typeof req.stateDir === 'string' && req.stateDir !== stateDir) {
-      throw new ConfigError('ECONFIG', `the daemon at ${control} keeps its mappings in ${stateDir}, not ${req.stateDir} (give --control for the other daemon)`);
-    }
-  };
+  /** Step 4: /metrics and /readyz. */
+  private async serveMetrics(): Promise<void> {
+    const { metrics, cfg } = this;
+    if (!metrics || !cfg.metrics) return;
+    metrics.setSource(() => {
+      metrics.setDevices(this.devices.list());
+      return [...this.manager.exports.values(), ...this.mapped.exports.values()].map((e) => ({
+        name: e.name,
+        state: e.state,
+        queued: e.pool?.queued ?? 0,
+        sessions: e.sessions.map((ss, index) => {
+          const st = ss.stats;
+          return { index, state: ss.state, portal: st.portal, target: e.url.target ?? '', window: st.window, cmdSn: st.cmdSn, maxCmdSn: st.maxCmdSn, digestErrors: st.digestErrors, inFlight: ss.inFlight };
+        }),
+      }));
+    });
+    const m = parseListen(cfg.metrics, 9810);
+    if ('path' in m) throw new ConfigError('ECONFIG', '--metrics wants HOST:PORT');
+    const srv = await startMetricsServer({ host: m.host, port: m.port, metrics, ready: () => this.ready().ready, readyDetail: () => this.ready().detail }).catch(
+      (err: NodeJS.ErrnoException) => {
+        const where = formatHostPort(m.host, m.port);
+        throw new ConfigError('ECONFIG', err.code === 'EADDRINUSE'
+          ? `cannot serve metrics on ${where}: the address is in use (another iscsi-nbd?). Pick another with --metrics HOST:PORT`
+          : `cannot serve metrics on ${where}: ${err.message}`);
+      },
+    );
+    this.undo.push('metrics', () => void srv.close());
+  }
 
-  const exportStates = (): ReloadOutcome['exports'] => [...manager.exports.values()].map((e) => ({ name: e.name, state: e.state }));
-  const doReload = async (): Promise<ReloadOutcome> => {
-    if (!opts.reloadConfig) {
+  /** Step 5: the control socket (status, map, unmap, reload, list-mapped). */
+  private async serveControl(): Promise<void> {
+    const handlers = controlHandlers({
+      status: () => this.status(),
+      devices: this.devices,
+      stateDir: this.stateDir,
+      control: this.control,
+      own: () => this.own(),
+      reload: () => this.reload(),
+    });
+    const srv = await startControlServer(this.control, handlers).catch((err) => {
+      this.log.warn({ err }, 'control socket not available; `iscsi-nbd status` will not reach this daemon');
+      return undefined;
+    });
+    if (srv) this.undo.push('control', () => void srv.close());
+  }
+
+  status(): DaemonStatus {
+    return {
+      pid: process.pid,
+      initiatorName: this.initiatorName,
+      listen: this.server.addresses().map((a) => (typeof a === 'string' ? a : formatHostPort(a.address, a.port))),
+      exports: exportsStatus(this.manager),
+      clients: this.server.connections().map(clientStatus),
+      stateDir: this.stateDir,
+      mappings: this.devices.list(),
+    };
+  }
+
+  private async doReload(): Promise<ReloadOutcome> {
+    const { log, metrics } = this;
+    if (!this.opts.reloadConfig) {
       log.info('reload: the daemon was started without --config; nothing to re-read');
-      return { ok: false, refused: 'the daemon was started without --config: there is no file to re-read', errors: [], exports: exportStates() };
+      return { ok: false, refused: 'the daemon was started without --config: there is no file to re-read', errors: [], exports: exportStates(this.manager) };
     }
     let next: DaemonConfig;
     try {
-      next = opts.reloadConfig();
+      next = this.opts.reloadConfig();
     } catch (err) {
       log.error({ err }, 'reload refused: the config file is not valid; keeping the running exports');
       metrics?.recordReload(false);
-      return { ok: false, refused: (err as Error)?.message ?? String(err), errors: [], exports: exportStates() };
+      return { ok: false, refused: (err as Error)?.message ?? String(err), errors: [], exports: exportStates(this.manager) };
     }
-    const plan = planReload([...manager.exports.values()].map((e) => e.spec), next.exports);
-    log.info(plan, 'reload: plan');
-    const want = new Map(next.exports.map((e) => [e.name, e]));
-    // Removed and changed exports: their clients drain, then their sessions log out.
-    await Promise.all(
-      [...plan.remove, ...plan.change].map(async (name) => {
-        log.info({ export: name }, want.has(name) ? 'reload: export changed, re-opening' : 'reload: export removed, draining');
-        await server.drainExport(name);
-        await manager.remove(name);
-        await metrics?.forgetExport(name);
-        log.info({ export: name }, 'reload: export closed');
-      }),
-    );
-    const errors: ReloadOutcome['errors'] = [];
-    await Promise.all(
-      [...plan.change, ...plan.add].map(async (name) => {
-        try {
-          // Like at the start: an export that cannot be opened stays, failed, and is retried.
-          const { error } = await manager.start(want.get(name)!);
-          if (error) {
-            errors.push({ export: name, error: error.message });
-            log.error({ export: name, err: error }, 'reload: export could not be opened; it keeps retrying');
-          } else {
-            log.info({ export: name }, 'reload: export added');
-          }
-        } catch (err) {
-          errors.push({ export: name, error: (err as Error)?.message ?? String(err) });
-          log.error({ export: name, err }, 'reload: export could not be opened');
-        }
-      }),
-    );
-    const ok = errors.length === 0;
-    log.info({ exports: [...manager.exports.keys()], failed: errors.map((e) => e.export) }, 'reload: done');
-    metrics?.recordReload(ok);
-    return { ok, plan, errors, exports: exportStates() };
-  };
+    return applyReload(next.exports, { exports: this.manager, server: this.server, metrics, log });
+  }
 
-  let reloading: Promise<unknown> = Promise.resolve();
-  const reload = (): Promise<ReloadOutcome> => {
+  reload(): Promise<ReloadOutcome> {
     // One reload at a time: a second SIGHUP (or `iscsi-nbd reload`) waits for the first.
-    const run = reloading.then(() => doReload());
-    reloading = run.catch((err) => {
-      log.error({ err }, 'reload failed');
-      metrics?.recordReload(false);
+    const run = this.reloading.then(() => this.doReload());
+    this.reloading = run.catch((err) => {
+      this.log.error({ err }, 'reload failed');
+      this.metrics?.recordReload(false);
     });
     return run;
-  };
-  let stopping: Promise<void> | undefined;
-  const handlers: Record<string, ControlHandler> = {
-    status,
-    map: async (req) => {
-      sameStateDir(req);
-      own();
-      return devices.map(req as unknown as MapRequest);
-    },
-    unmap: async (req) => {
-      sameStateDir(req);
-      await devices.unmap(parseDevice(String(req.device)), req.force === true);
-      return { device: `/dev/nbd${parseDevice(String(req.device))}` };
-    },
-    reload: async () => {
-      const o = await reload();
-      if (o.refused) throw new ConfigError('ECONFIG', `reload refused, the running exports are kept: ${o.refused}`);
-      return o;
-    },
-    'list-mapped': (req) => {
-      sameStateDir(req);
-      return { mappings: devices.list(), problems: devices.storeProblems.map((p) => p.message) };
-    },
-  };
-  const controlSrv = await startControlServer(control, handlers).catch((err) => {
-    log.warn({ err }, 'control socket not available; `iscsi-nbd status` will not reach this daemon');
-    return undefined;
-  });
-  return {
-    manager,
-    server,
-    devices,
-    initiatorName: iname,
-    status,
-    ready,
-    stop(reason = 'stop') {
-      if (!stopping) {
-        stopping = (async () => {
-          log.info({ reason }, 'stopping: draining NBD clients, flushing and logging out; mapped devices stay for the next daemon');
-          // Mapped devices first: answer what the kernel sent, read nothing more.
-          await devices.handOver();
-          await Promise.all([server.close({ drainMs: 30_000 }), kernelServer.close({ drainMs: 0 })]);
-          await Promise.all([manager.closeAll(), mapped.closeAll()]);
-          if (owner) releaseStateDir(stateDir);
-          controlSrv?.close();
-          metricsSrv?.close();
-          log.info('stopped');
-        })();
-      }
-      return stopping;
-    },
-    reload,
-  };
+  }
+
+  stop(reason = 'stop'): Promise<void> {
+    if (!this.stopping) {
+      this.stopping = (async () => {
+        this.log.info({ reason }, 'stopping: draining NBD clients, flushing and logging out; mapped devices stay for the next daemon');
+        await this.undo.unwind('stop');
+        this.log.info('stopped');
+      })();
+    }
+    return this.stopping;
+  }
+}
+
+/** The programmatic way to run what `iscsi-nbd serve` runs. */
+export function startDaemon(cfg: DaemonConfig, opts: DaemonOptions = {}): Promise<RunningDaemon> {
+  return Daemon.start(cfg, opts);
 }
 
 /** SIGTERM/SIGINT stop the daemon gracefully; SIGHUP reloads. */

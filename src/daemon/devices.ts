@@ -3,13 +3,13 @@ import net from 'node:net';
 import type { NbdServer, AdoptedConnection } from '../nbd/server';
 import { transmissionFlagsFor } from '../nbd/common';
 import type { BridgedExport, ExportManager } from '../bridge/manager';
-import { DIGEST_MODES, type DigestPref, type ExportConfig } from '../config';
-import { isDigestMode } from '../iscsi/digest';
+import type { DigestPref, ExportConfig } from '../config';
 import { ConfigError, IscsiNbdError } from '../errors';
 import { parseIscsiUrl, parseLunUrl } from '../iscsi/url';
 import type { Logger } from '../log';
 import { exportStatus, type MappingStatus } from './status';
 import { MappingRecord, MappingStore, MAPPING_VERSION } from './mapping-store';
+import { sourceText, type MapSource, type MapSpec } from './map-spec';
 
 // Kernel NBD devices this daemon owns (`iscsi-nbd map`): each is a LUN opened
 // through the export manager, served to the kernel over socketpairs handed in
@@ -39,18 +39,6 @@ export interface DeviceDefaults {
   reattachTimeout: number;
 }
 
-export interface MapRequest {
-  /** iscsi:// URL, or the name of an export in the config. */
-  url: string;
-  device?: number;
-  connections?: number;
-  readOnly?: boolean;
-  /** Header/data digests of the LUN's sessions (else the config export's, else the daemon's). */
-  digest?: DigestPref;
-  ioTimeout?: number;
-  reattachTimeout?: number;
-}
-
 export interface DeviceManagerOptions {
   kernel: () => Promise<KernelNbd>;
   store: MappingStore;
@@ -74,10 +62,25 @@ const HANDOVER_MS = 20_000;
 /** How long a reattached socket must stay open to count as taken by the kernel. */
 const KEPT_OLD_SOCKET_CHECK_MS = 300;
 
+/** An opened LUN: the bridged export with its unit and NBD export, all present. */
+interface OpenLun {
+  exp: BridgedExport;
+  lun: NonNullable<BridgedExport['lun']>;
+  nbd: NonNullable<BridgedExport['export']>;
+}
+
+/** What a mapping talks to, given when it is made. */
+interface MappingPorts {
+  kernel: KernelNbd;
+  server: NbdServer;
+  log: Logger;
+  /** A dead kernel connection was replaced. */
+  onReattach?: (device: string) => void;
+}
+
 class DeviceMapping {
   state: MappingState = 'attaching';
   error?: string;
-  exp?: BridgedExport;
   readonly conns: (AdoptedConnection | undefined)[];
   private reattachTimer?: NodeJS.Timeout;
   /** Slots whose dead connection still has requests running at the target. */
@@ -85,7 +88,8 @@ class DeviceMapping {
   private deadSince = 0;
   private backoffMs = 100;
 
-  constructor(public record: MappingRecord, private readonly owner: DeviceManager, private readonly log: Logger) {
+  /** `lun` is absent for a mapping refused before its LUN could be opened. */
+  constructor(public record: MappingRecord, private readonly ports: MappingPorts, public lun?: OpenLun) {
     this.conns = new Array(record.connections).fill(undefined);
   }
 
@@ -94,23 +98,64 @@ class DeviceMapping {
   }
 
   setState(s: MappingState, error?: string): void {
-    if (s !== this.state) this.log.debug({ device: this.device, from: this.state, to: s }, 'mapping state');
+    if (s !== this.state) this.ports.log.debug({ device: this.device, from: this.state, to: s }, 'mapping state');
     this.state = s;
     this.error = error;
   }
 
   /** Make socket pairs, serve our ends, return the kernel's ends (closed by the caller once the kernel has them). */
-  openSockets(slots: number[], kernel: KernelNbd): number[] {
+  private openSockets(lun: OpenLun, slots: number[]): number[] {
     const fds: number[] = [];
     for (const slot of slots) {
-      const { ours, kernel: theirs } = kernel.socketPair();
+      const { ours, kernel: theirs } = this.ports.kernel.socketPair();
       fds.push(theirs);
       const sock = new net.Socket({ fd: ours, readable: true, writable: true });
-      const c = this.owner.adopt(sock, this);
+      const c = this.ports.server.adopt(sock, lun.exp.name, lun.nbd, `kernel:nbd${this.record.index}`);
       this.conns[slot] = c;
       void c.closed.then((reason) => this.onClosed(slot, c, reason));
     }
     return fds;
+  }
+
+  /** A new kernel device (NBD_CMD_CONNECT) on every slot; the kernel's index. */
+  async connect(lun: OpenLun, c: { index?: number; timeoutSec: number; deadConnTimeoutSec: number }): Promise<number> {
+    const { kernel } = this.ports;
+    const fds = this.openSockets(lun, [...this.conns.keys()]);
+    try {
+      return await kernel.connect({
+        index: c.index, sizeBytes: lun.nbd.size, blockSize: lun.lun.info.blockSize, serverFlags: transmissionFlagsFor(lun.nbd, false),
+        timeoutSec: c.timeoutSec, deadConnTimeoutSec: c.deadConnTimeoutSec, backendId: this.record.backendId, fds,
+      });
+    } catch (err) {
+      this.setState('detached');
+      for (const conn of this.conns) void conn?.handOver(0);
+      throw err;
+    } finally {
+      for (const fd of fds) kernel.closeFd(fd);
+    }
+  }
+
+  /** Fresh sockets for the given slots of an existing device (NBD_CMD_RECONFIGURE). */
+  async reconfigure(slots: number[]): Promise<void> {
+    const { kernel } = this.ports;
+    if (!this.lun) throw new IscsiNbdError('ECONFIG', `${this.device}: its LUN is not open`);
+    const backend = kernel.backend(this.record.index);
+    if (backend !== undefined && backend !== this.record.backendId) {
+      throw new IscsiNbdError('ECONFIG', `${this.device} now belongs to another backend (${backend}), not ${this.record.backendId}`);
+    }
+    const fds = this.openSockets(this.lun, slots);
+    try {
+      await kernel.reconfigure({ index: this.record.index, fds, backendId: this.record.backendId });
+    } catch (err) {
+      for (const s of slots) {
+        const c = this.conns[s];
+        this.conns[s] = undefined;
+        void c?.handOver(0);
+      }
+      throw err;
+    } finally {
+      for (const fd of fds) kernel.closeFd(fd);
+    }
   }
 
   private onClosed(slot: number, c: AdoptedConnection, reason: string): void {
@@ -121,7 +166,7 @@ class DeviceMapping {
     // It re-sends what that socket carried on the next one, so the next one
     // comes only once every request read from this one has finished at the
     // target: a re-sent write must never race its stale twin.
-    this.log.warn({ device: this.device, slot, reason, inFlight: c.info().inFlight }, 'kernel connection lost; reattaching once its requests have finished');
+    this.ports.log.warn({ device: this.device, slot, reason, inFlight: c.info().inFlight }, 'kernel connection lost; reattaching once its requests have finished');
     if (!this.deadSince) this.deadSince = Date.now();
     this.setState('reattaching');
     this.settling.add(slot);
@@ -149,15 +194,15 @@ class DeviceMapping {
       return;
     }
     try {
-      await this.owner.reconfigure(this, slots);
-      this.log.info({ device: this.device, slots }, 'kernel connection reattached');
-      this.owner.reattached(this.device);
+      await this.reconfigure(slots);
+      this.ports.log.info({ device: this.device, slots }, 'kernel connection reattached');
+      this.ports.onReattach?.(this.device);
       this.deadSince = 0;
       this.backoffMs = 100;
       this.setState('attached');
     } catch (err) {
       const gaveUp = Date.now() - this.deadSince > this.record.reattachTimeout * 1000;
-      this.log.error({ device: this.device, err }, gaveUp ? 'cannot reattach the kernel connection; giving up' : 'cannot reattach the kernel connection yet; retrying');
+      this.ports.log.error({ device: this.device, err }, gaveUp ? 'cannot reattach the kernel connection; giving up' : 'cannot reattach the kernel connection yet; retrying');
       if (gaveUp) this.setState('refused', (err as Error).message);
       else this.scheduleReattach();
     }
@@ -173,10 +218,10 @@ class DeviceMapping {
   status(): MappingStatus {
     const r = this.record;
     return {
-      device: this.device, index: r.index, url: parseIscsiUrl(r.url).redacted(), export: this.exp?.name ?? r.exportName ?? '',
+      device: this.device, index: r.index, url: parseIscsiUrl(r.url).redacted(), export: this.lun?.exp.name ?? r.exportName ?? '',
       identity: r.identity, blockSize: r.blockSize, size: r.size, connections: r.connections, readOnly: r.readOnly,
       state: this.state, ...(this.error ? { error: this.error } : {}),
-      ...(this.exp ? { sessions: exportStatus(this.exp).sessions } : {}),
+      ...(this.lun ? { sessions: exportStatus(this.lun.exp).sessions } : {}),
     };
   }
 }
@@ -197,124 +242,80 @@ export class DeviceManager {
     return this.kernelP;
   }
 
+  private ports(kernel: KernelNbd): MappingPorts {
+    return { kernel, server: this.opts.server, log: this.opts.log, onReattach: this.opts.onReattach };
+  }
+
   /** Flush, log out, and let metrics forget it. */
   private async closeExport(name: string): Promise<void> {
     await this.opts.exports.remove(name);
     this.opts.onExportClosed?.(name);
   }
 
-  /** @internal */ reattached(device: string): void {
-    this.opts.onReattach?.(device);
-  }
-
-  /** @internal */ adopt(sock: net.Socket, m: DeviceMapping): AdoptedConnection {
-    return this.opts.server.adopt(sock, m.exp!.name, m.exp!.export!, `kernel:nbd${m.record.index}`);
-  }
-
-  private exportSpec(req: { url: string; exportName?: string; digest?: DigestPref }, readOnly: boolean): ExportConfig {
-    const named = req.exportName ? this.opts.configExport(req.exportName) : undefined;
-    const url = parseLunUrl(named?.url ?? req.url);
+  private exportSpec(source: MapSource, digest: DigestPref | undefined, readOnly: boolean): ExportConfig {
+    const named = source.kind === 'export' ? this.opts.configExport(source.name) : undefined;
+    if (source.kind === 'export' && !named) throw new ConfigError('ECONFIG', `"${source.name}" is neither an iscsi:// URL nor an export in the config`);
+    const urlText = named?.url ?? sourceText(source);
+    const url = parseLunUrl(urlText);
     if (!url.target) throw new ConfigError('EBADURL', `${url.redacted()} names no target (want iscsi://host/<iqn>/<lun>)`);
     // Its own name space: a mapped LUN is never an NBD export, and its metrics never mix with one.
     const name = `map:${named?.name ?? `${url.target}/${url.lun ?? 0}`}`;
-    const digest = req.digest ?? named?.digest;
-    return { ...(named ?? {}), name, url: named?.url ?? req.url, readOnly: readOnly || named?.readOnly, ...(digest ? { digest } : {}) };
+    const d = digest ?? named?.digest;
+    return { ...(named ?? {}), name, url: urlText, readOnly: readOnly || named?.readOnly, ...(d ? { digest: d } : {}) };
   }
 
-  private identityOf(e: BridgedExport): { identity: string; backendId: string } {
-    const info = e.lun!.info;
-    const identity = info.identity || `${e.url.target}/${e.url.lun ?? 0}`;
+  private async openLun(spec: ExportConfig): Promise<OpenLun> {
+    const taken = this.opts.exports.exports.get(spec.name);
+    if (taken) {
+      const other = [...this.mappings.values()].find((m) => m.lun?.exp === taken);
+      throw new ConfigError('ECONFIG', `${spec.name} is mapped already${other ? ` as ${other.device}` : ''}`);
+    }
+    const exp = await this.opts.exports.add(spec);
+    if (!exp.lun || !exp.export) {
+      await this.closeExport(spec.name);
+      throw new IscsiNbdError('EIO', `${spec.name}: the LUN opened without a unit to serve`);
+    }
+    return { exp, lun: exp.lun, nbd: exp.export };
+  }
+
+  private identityOf(l: OpenLun): { identity: string; backendId: string } {
+    const identity = l.lun.info.identity || `${l.exp.url.target}/${l.exp.url.lun ?? 0}`;
     return { identity, backendId: `iscsi-nbd:${identity}` };
   }
 
-  private async openExport(spec: ExportConfig): Promise<BridgedExport> {
-    const taken = this.opts.exports.exports.get(spec.name);
-    if (taken) {
-      const other = [...this.mappings.values()].find((m) => m.exp === taken);
-      throw new ConfigError('ECONFIG', `${spec.name} is mapped already${other ? ` as ${other.device}` : ''}`);
-    }
-    return this.opts.exports.add(spec);
-  }
-
   /** `iscsi-nbd map`: open the LUN, configure a kernel device for it, wait until it answers. */
-  async map(req: MapRequest): Promise<MappingStatus> {
-    const d = {
-      ioTimeout: req.ioTimeout ?? this.opts.defaults.ioTimeout,
-      reattachTimeout: req.reattachTimeout ?? this.opts.defaults.reattachTimeout,
-    };
-    for (const [k, v] of Object.entries(d)) if (!Number.isFinite(v) || v < 0 || v > 86400) throw new ConfigError('ECONFIG', `${k} must be 0..86400 seconds`);
-    // Requests also come straight off the control socket: check their shape here.
-    if (typeof req.url !== 'string' || req.url === '') throw new ConfigError('ECONFIG', 'map needs a URL or an export name');
-    if (req.device !== undefined && (!Number.isInteger(req.device) || req.device < 0)) throw new ConfigError('ECONFIG', `bad device ${JSON.stringify(req.device)}: want /dev/nbdN`);
+  async map(req: MapSpec): Promise<MappingStatus> {
+    const ioTimeout = req.ioTimeout ?? this.opts.defaults.ioTimeout;
+    const reattachTimeout = req.reattachTimeout ?? this.opts.defaults.reattachTimeout;
     const connections = req.connections ?? this.opts.defaults.connections;
-    if (!Number.isInteger(connections) || connections < 1 || connections > 16) throw new ConfigError('ECONFIG', '--connections must be 1..16');
     const kernel = await this.kernel();
     if (req.device !== undefined) {
       if (this.mappings.has(req.device)) throw new ConfigError('ECONFIG', `/dev/nbd${req.device} is mapped already (to ${this.mappings.get(req.device)!.status().url})`);
       if (await kernel.configured(req.device)) throw new ConfigError('ECONFIG', `/dev/nbd${req.device} is in use already (configured by another program); pick another --device or leave it out`);
     }
-    if (req.digest !== undefined && !isDigestMode(req.digest)) throw new ConfigError('ECONFIG', `bad digest ${JSON.stringify(req.digest)}: want one of ${DIGEST_MODES.join(', ')}`);
-    const isUrl = /^iscsi:\/\//i.test(req.url);
-    const spec = this.exportSpec(isUrl ? { url: req.url, digest: req.digest } : { url: '', exportName: req.url, digest: req.digest }, req.readOnly ?? false);
-    if (!isUrl && !this.opts.configExport(req.url)) throw new ConfigError('ECONFIG', `"${req.url}" is neither an iscsi:// URL nor an export in the config`);
-    const exp = await this.openExport(spec);
+    const spec = this.exportSpec(req.source, req.digest, req.readOnly ?? false);
+    const lun = await this.openLun(spec);
     try {
-      const { identity, backendId } = this.identityOf(exp);
+      const { identity, backendId } = this.identityOf(lun);
       const same = [...this.mappings.values()].find((m) => m.record.identity === identity);
       if (same) throw new ConfigError('ECONFIG', `that LUN (${identity}) is mapped already as ${same.device}`);
-      const info = exp.lun!.info;
+      const blockSize = lun.lun.info.blockSize;
       const record: MappingRecord = {
-        version: MAPPING_VERSION, index: req.device ?? -1, url: spec.url, exportName: isUrl ? undefined : req.url, backendId, identity,
-        blockSize: info.blockSize, size: exp.export!.size.toString(), connections, readOnly: exp.export!.flags.readOnly,
-        ioTimeout: d.ioTimeout, reattachTimeout: d.reattachTimeout, mappedAt: new Date().toISOString(), ...(req.digest ? { digest: req.digest } : {}),
+        version: MAPPING_VERSION, index: req.device ?? -1, url: spec.url, exportName: req.source.kind === 'export' ? req.source.name : undefined, backendId, identity,
+        blockSize, size: lun.nbd.size.toString(), connections, readOnly: lun.nbd.flags.readOnly,
+        ioTimeout, reattachTimeout, mappedAt: new Date().toISOString(), ...(req.digest ? { digest: req.digest } : {}),
       };
-      const m = new DeviceMapping(record, this, this.opts.log);
-      m.exp = exp;
-      const fds = m.openSockets([...Array(connections).keys()], kernel);
-      let index: number;
-      try {
-        index = await kernel.connect({
-          index: req.device, sizeBytes: exp.export!.size, blockSize: info.blockSize, serverFlags: transmissionFlagsFor(exp.export!, false),
-          timeoutSec: d.ioTimeout, deadConnTimeoutSec: d.reattachTimeout, backendId, fds,
-        });
-      } catch (err) {
-        m.setState('detached');
-        for (const c of m.conns) c?.handOver(0);
-        throw err;
-      } finally {
-        for (const fd of fds) kernel.closeFd(fd);
-      }
-      record.index = index;
-      this.mappings.set(index, m);
+      const m = new DeviceMapping(record, this.ports(kernel), lun);
+      record.index = await m.connect(lun, { index: req.device, timeoutSec: ioTimeout, deadConnTimeoutSec: reattachTimeout });
+      this.mappings.set(record.index, m);
       this.opts.store.save(record);
       m.setState('attached');
-      await kernel.probe(index, info.blockSize);
-      this.opts.log.info({ device: m.device, url: parseIscsiUrl(spec.url).redacted(), identity, blockSize: info.blockSize, size: record.size, connections }, 'device mapped');
+      await kernel.probe(record.index, blockSize);
+      this.opts.log.info({ device: m.device, url: parseIscsiUrl(spec.url).redacted(), identity, blockSize, size: record.size, connections }, 'device mapped');
       return m.status();
     } catch (err) {
-      if (![...this.mappings.values()].some((m) => m.exp === exp)) await this.closeExport(spec.name);
+      if (![...this.mappings.values()].some((m) => m.lun === lun)) await this.closeExport(spec.name);
       throw err;
-    }
-  }
-
-  /** @internal */ async reconfigure(m: DeviceMapping, slots: number[]): Promise<void> {
-    const kernel = await this.kernel();
-    const backend = kernel.backend(m.record.index);
-    if (backend !== undefined && backend !== m.record.backendId) {
-      throw new IscsiNbdError('ECONFIG', `${m.device} now belongs to another backend (${backend}), not ${m.record.backendId}`);
-    }
-    const fds = m.openSockets(slots, kernel);
-    try {
-      await kernel.reconfigure({ index: m.record.index, fds, backendId: m.record.backendId });
-    } catch (err) {
-      for (const s of slots) {
-        const c = m.conns[s];
-        m.conns[s] = undefined;
-        void c?.handOver(0);
-      }
-      throw err;
-    } finally {
-      for (const fd of fds) kernel.closeFd(fd);
     }
   }
 
@@ -332,6 +333,15 @@ export class DeviceManager {
     await Promise.all(records.map((r) => this.restoreOne(r, kernel)));
   }
 
+  /** Why an opened LUN may not take over a recorded device, if it may not. */
+  private mismatch(r: MappingRecord, lun: OpenLun): string | undefined {
+    const { identity } = this.identityOf(lun);
+    if (identity !== r.identity) return `the LUN behind ${parseIscsiUrl(r.url).redacted()} is another device now: mapped ${r.identity}, found ${identity}`;
+    if (lun.lun.info.blockSize !== r.blockSize) return `the LUN's block size changed from ${r.blockSize} to ${lun.lun.info.blockSize}`;
+    if (lun.nbd.size < BigInt(r.size)) return `the LUN shrank from ${r.size} to ${lun.nbd.size} bytes`;
+    return undefined;
+  }
+
   private async restoreOne(r: MappingRecord, kernel: KernelNbd): Promise<void> {
     const log = this.opts.log.child({ device: `/dev/nbd${r.index}` });
     const backend = kernel.backend(r.index);
@@ -340,59 +350,68 @@ export class DeviceManager {
       this.opts.store.remove(r.index);
       return;
     }
-    const m = new DeviceMapping(r, this, this.opts.log);
+    const refuse = async (m: DeviceMapping, problem: string): Promise<void> => {
+      m.setState('refused', problem);
+      if (m.lun) await this.closeExport(m.lun.exp.name);
+      m.lun = undefined;
+    };
+    let lun: OpenLun;
+    try {
+      // Mapped by export name: that export's current spec, while the config still has it.
+      const source: MapSource = r.exportName && this.opts.configExport(r.exportName) ? { kind: 'export', name: r.exportName } : { kind: 'url', url: r.url };
+      lun = await this.openLun(this.exportSpec(source, r.digest, r.readOnly));
+    } catch (err) {
+      log.error({ err }, 'cannot reattach the device');
+      const m = new DeviceMapping(r, this.ports(kernel));
+      this.mappings.set(r.index, m);
+      await refuse(m, (err as Error).message);
+      return;
+    }
+    const m = new DeviceMapping(r, this.ports(kernel), lun);
     this.mappings.set(r.index, m);
     try {
-      const exp = await this.openExport(this.exportSpec({ url: r.url, exportName: r.exportName, digest: r.digest }, r.readOnly));
-      m.exp = exp;
-      const { identity } = this.identityOf(exp);
-      const info = exp.lun!.info;
-      const problem =
-        identity !== r.identity ? `the LUN behind ${parseIscsiUrl(r.url).redacted()} is another device now: mapped ${r.identity}, found ${identity}`
-        : info.blockSize !== r.blockSize ? `the LUN's block size changed from ${r.blockSize} to ${info.blockSize}`
-        : exp.export!.size < BigInt(r.size) ? `the LUN shrank from ${r.size} to ${exp.export!.size} bytes`
-        : undefined;
+      const problem = this.mismatch(r, lun);
       if (problem) {
-        log.error({ was: r.identity, now: identity }, `refusing to reattach: ${problem}; the device is left to fail its I/O (unmap it)`);
-        m.setState('refused', problem);
-        await this.closeExport(exp.name);
-        m.exp = undefined;
+        log.error({ was: r.identity, now: this.identityOf(lun).identity }, `refusing to reattach: ${problem}; the device is left to fail its I/O (unmap it)`);
+        await refuse(m, problem);
         return;
       }
-      await this.reconfigure(m, [...Array(r.connections).keys()]);
+      await m.reconfigure([...Array(r.connections).keys()]);
       // The kernel answers success but drops our socket when an old one is
       // still alive: then ours reads EOF at once. Never leave it half-attached.
       await new Promise((resolve) => setTimeout(resolve, KEPT_OLD_SOCKET_CHECK_MS));
       if (m.conns.some((c) => c === undefined)) {
         const problem = `the kernel kept an older connection of /dev/nbd${r.index} alive (another process still serves it): stop that process, then restart this daemon`;
         log.error(problem);
-        m.setState('refused', problem);
         await m.handOver();
-        await this.closeExport(exp.name);
-        m.exp = undefined;
+        await refuse(m, problem);
         return;
       }
       m.setState('attached');
-      log.info({ identity, connections: r.connections }, 'device reattached');
+      log.info({ identity: r.identity, connections: r.connections }, 'device reattached');
     } catch (err) {
       log.error({ err }, 'cannot reattach the device');
-      m.setState('refused', (err as Error).message);
-      if (m.exp) await this.closeExport(m.exp.name);
-      m.exp = undefined;
+      await refuse(m, (err as Error).message);
     }
   }
 
   /** Declared devices (config `devices:`) that are not mapped yet. */
-  async ensure(reqs: MapRequest[]): Promise<void> {
-    for (const req of reqs) {
-      const spec = this.exportSpec(/^iscsi:\/\//i.test(req.url) ? { url: req.url } : { url: '', exportName: req.url }, false);
-      const mapped = [...this.mappings.values()].some((m) => m.exp?.name === spec.name || (req.device !== undefined && m.record.index === req.device));
+  async ensure(specs: MapSpec[]): Promise<void> {
+    for (const req of specs) {
+      let name: string;
+      try {
+        name = this.exportSpec(req.source, req.digest, false).name;
+      } catch (err) {
+        this.opts.log.error({ err, url: redactedSource(req.source) }, 'declared device could not be mapped');
+        continue;
+      }
+      const mapped = [...this.mappings.values()].some((m) => m.lun?.exp.name === name || (req.device !== undefined && m.record.index === req.device));
       if (mapped) continue;
       try {
         const st = await this.map(req);
         this.opts.log.info({ device: st.device, url: st.url }, 'declared device mapped');
       } catch (err) {
-        this.opts.log.error({ err, url: parseIscsiUrl(spec.url).redacted() }, 'declared device could not be mapped');
+        this.opts.log.error({ err, url: redactedSource(req.source) }, 'declared device could not be mapped');
       }
     }
   }
@@ -412,11 +431,16 @@ export class DeviceManager {
     }
     if (m) {
       await Promise.all(m.conns.map((c) => c?.closed));
-      if (m.exp) await this.closeExport(m.exp.name); // flushes and logs out
+      if (m.lun) await this.closeExport(m.lun.exp.name); // flushes and logs out
       this.mappings.delete(index);
     }
     this.opts.store.remove(index);
     this.opts.log.info({ device: `/dev/nbd${index}` }, 'device unmapped');
+  }
+
+  /** How many mappings the state dir records (before restore()). */
+  storeRecords(): number {
+    return this.opts.store.load().records.length;
   }
 
   list(): MappingStatus[] {
@@ -432,6 +456,16 @@ export class DeviceManager {
     for (const m of this.mappings.values()) if (m.state !== 'refused') m.setState('handing-over');
     await Promise.all([...this.mappings.values()].map((m) => m.handOver()));
     this.kernelP?.then((k) => k.close(), () => undefined);
+  }
+}
+
+/** A source for the log, without its secrets. */
+function redactedSource(s: MapSource): string {
+  if (s.kind === 'export') return s.name;
+  try {
+    return parseIscsiUrl(s.url).redacted();
+  } catch {
+    return '(a URL that does not parse)';
   }
 }
 

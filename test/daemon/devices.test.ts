@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
+import { freePort } from '../helpers/ports';
 import { startDaemon, type RunningDaemon } from '../../src/daemon/daemon';
 import type { KernelNbd } from '../../src/daemon/devices';
 import { createSocketPair, closeFd } from '../../src/nbd/netlink/kernel';
@@ -372,5 +373,44 @@ test('map --digest: the mapped LUN logs in with CRC32C digests, and again so aft
     assert.deepEqual(digestsOf(d), ['CRC32C/CRC32C']);
   } finally {
     await d.stop('test');
+  }
+});
+
+test('a start that fails at a late step undoes every step before it: sessions, listeners, devices, the state dir', { timeout: 120_000 }, async () => {
+  const kernel = new FakeKernel();
+  const cfg = config('u');
+  const a = await daemon(cfg, kernel);
+  await callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), stateDir: cfg.stateDir });
+  await a.stop('test');
+  const nexuses = async (): Promise<number> => ((await tgtd.tgtadm(['--op', 'show', '--mode', 'target'])).match(/I_T nexus: /g) ?? []).length;
+
+  // The metrics address is taken: the last step before the control socket fails.
+  const taken = net.createServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+  const metricsPort = (taken.address() as net.AddressInfo).port;
+  const nbdPort = await freePort();
+  const b = { ...cfg, listen: [`127.0.0.1:${nbdPort}`], metrics: `127.0.0.1:${metricsPort}`, exports: [{ name: 'e2', url: tgtd.url(1, 2) }] };
+  try {
+    await assert.rejects(daemon(b, kernel), /cannot serve metrics on 127\.0\.0\.1:\d+: the address is in use/);
+  } finally {
+    taken.close();
+  }
+  // The reattached device was handed back, not left half-served: its socket is closed, the kernel waits.
+  assert.ok(kernel.sock(0).dead, 'the rolled-back daemon no longer serves nbd0');
+  assert.equal(fs.existsSync(path.join(cfg.stateDir!, 'daemon.json')), false, 'the state dir claim is released');
+  const probe = net.createServer();
+  await new Promise<void>((resolve, reject) => probe.once('error', reject).listen(nbdPort, '127.0.0.1', resolve));
+  probe.close();
+  for (let i = 0; i < 50 && (await nexuses()) > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(await nexuses(), 0, 'every session the failed start opened logged out');
+
+  // The next daemon finds everything as the first one left it.
+  const c = await daemon(cfg, kernel);
+  try {
+    assert.deepEqual(c.devices.list().map((m) => [m.device, m.state]), [['/dev/nbd0', 'attached']]);
+    assert.equal((await kernel.sock(0).io(CMD_READ, 0, BS)).error, 0);
+    await callControl(cfg.control!, { op: 'unmap', device: '/dev/nbd0' });
+  } finally {
+    await c.stop('test');
   }
 });

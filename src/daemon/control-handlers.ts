@@ -1,0 +1,54 @@
+import { ConfigError } from '../errors';
+import { parseDevice } from '../nbd/netlink/kernel';
+import type { ControlHandler, ControlRequest } from './control';
+import type { DeviceManager } from './devices';
+import { parseMapRequest } from './map-spec';
+import type { ReloadOutcome } from './reload';
+import type { DaemonStatus } from './status';
+
+// The ops of the control socket. Each request is checked here, where it comes
+// in off the socket, and reaches the daemon's parts as a typed value.
+
+export interface ControlPorts {
+  status(): DaemonStatus;
+  devices: Pick<DeviceManager, 'map' | 'unmap' | 'list' | 'storeProblems'>;
+  /** Where this daemon keeps its mappings (a client naming another one is refused). */
+  stateDir: string;
+  /** The control socket's path (for messages). */
+  control: string;
+  /** Take ownership of the state dir before the first mapping. */
+  own(): void;
+  reload(): Promise<ReloadOutcome>;
+}
+
+export function controlHandlers(p: ControlPorts): Record<string, ControlHandler> {
+  const sameStateDir = (req: ControlRequest): void => {
+    if (typeof req.stateDir === 'string' && req.stateDir !== p.stateDir) {
+      throw new ConfigError('ECONFIG', `the daemon at ${p.control} keeps its mappings in ${p.stateDir}, not ${req.stateDir} (give --control for the other daemon)`);
+    }
+  };
+  return {
+    status: () => p.status(),
+    map: async (req) => {
+      sameStateDir(req);
+      const spec = parseMapRequest(req);
+      p.own();
+      return p.devices.map(spec);
+    },
+    unmap: async (req) => {
+      sameStateDir(req);
+      const index = parseDevice(String(req.device));
+      await p.devices.unmap(index, req.force === true);
+      return { device: `/dev/nbd${index}` };
+    },
+    reload: async () => {
+      const o = await p.reload();
+      if (o.refused) throw new ConfigError('ECONFIG', `reload refused, the running exports are kept: ${o.refused}`);
+      return o;
+    },
+    'list-mapped': (req) => {
+      sameStateDir(req);
+      return { mappings: p.devices.list(), problems: p.devices.storeProblems.map((x) => x.message) };
+    },
+  };
+}
