@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { ConfigError } from '../errors';
 import type { SecretOptions } from '../credentials';
@@ -16,12 +17,17 @@ import { humanBytes } from '../util/size';
 
 export function options<T>(y: Argv<T>) {
   return y
-    .positional('src', { type: 'string', demandOption: true, describe: 'image file, iscsi://host/<iqn>/<lun>, or - for stdin' })
-    .positional('dst', { type: 'string', demandOption: true, describe: 'image file, iscsi://host/<iqn>/<lun>, or - for stdout' })
+    .positional('src', { type: 'string', demandOption: true, describe: 'image file or block device, iscsi://host/<iqn>/<lun>, - for stdin, or a pipe/FIFO (read to its end)' })
+    .positional('dst', { type: 'string', demandOption: true, describe: 'image file or block device, iscsi://host/<iqn>/<lun>, - for stdout, or a pipe/FIFO//dev/null (written front to back)' })
     .option('verify', { type: 'boolean', default: false, describe: 'read both sides back and compare after copying' })
     .option('progress', { choices: ['auto', 'bar', 'plain', 'none'] as const, default: 'auto', describe: 'bar on a terminal, plain lines otherwise' })
     .option('chunk', { type: 'number', default: 1024, describe: 'KiB per request' })
     .option('parallel', { type: 'number', default: 8, describe: 'requests in flight' })
+    .option('allow-short', {
+      type: 'boolean',
+      default: false,
+      describe: 'a stream source (-, a pipe, a FIFO) may end before the destination LUN does; without it that fails (exit 1), as a pipe cannot tell a complete image from a producer that died',
+    })
     .option('sparse', { type: 'boolean', default: true, describe: 'turn zero runs into holes / WRITE SAME (--no-sparse writes every byte)' })
     .option('format', {
       choices: ['auto', 'raw'] as const,
@@ -40,6 +46,7 @@ export interface CopyArgs extends SecretOptions, LogArgs {
   chunk?: number;
   parallel?: number;
   sparse?: boolean;
+  'allow-short'?: boolean;
   format?: 'auto' | 'raw';
   force?: boolean;
   control?: string;
@@ -133,11 +140,24 @@ function progressReporter(mode: CopyArgs['progress']): { onProgress: (p: CopyPro
 export function summaryLine(s: CopySummary): string {
   const rate = s.seconds > 0 ? s.bytes / s.seconds : 0;
   return (
-    `copied ${s.bytes} bytes (${humanBytes(s.bytes)})${s.stream ? ' from stdin' : ''} in ${s.seconds.toFixed(1)} s, ${humanBytes(rate)}/s: ` +
+    `copied ${s.bytes} bytes (${humanBytes(s.bytes)})${s.stream ? ` from ${s.source}` : ''} in ${s.seconds.toFixed(1)} s, ${humanBytes(rate)}/s: ` +
     `${humanBytes(s.dataBytes)} data, ${humanBytes(s.zeroBytes)} zeros${s.skippedReadBytes ? ` (${humanBytes(s.skippedReadBytes)} never read)` : ''}` +
     `${s.paddedBytes ? `; the last block was padded with ${s.paddedBytes} zero bytes` : ''}` +
+    `${s.unwrittenBytes ? `; the LUN's last ${s.unwrittenBytes} bytes were left as they were (--allow-short)` : ''}` +
     `${s.verified ? '; verified' : ''}\n`
   );
+}
+
+/** Whether a path is this process's stdout (/dev/stdout, /proc/self/fd/1, or the file stdout was redirected to). */
+function isStdout(p: string): boolean {
+  if (isUrl(p)) return false;
+  try {
+    const a = fs.statSync(p);
+    const b = fs.fstatSync(1);
+    return a.dev === b.dev && a.ino === b.ino;
+  } catch {
+    return false;
+  }
 }
 
 /** Refuse (or, with --force, warn about) a LUN that a running daemon on this host serves. */
@@ -171,8 +191,8 @@ export async function run(argv: CopyArgs): Promise<void> {
   setupLogging(argv, 'warn');
   if (!isUrl(argv.src) && !isUrl(argv.dst)) throw new ConfigError('ECONFIG', 'one of SRC and DST must be an iscsi:// URL (use cp for file to file)');
   await checkNotServed(argv);
-  // With `-` as DST, stdout carries the data: everything else goes to stderr.
-  const out = isStream(argv.dst) ? process.stderr : process.stdout;
+  // With `-` (or /dev/stdout) as DST, stdout carries the data: everything else goes to stderr.
+  const out = isStream(argv.dst) || isStdout(argv.dst) ? process.stderr : process.stdout;
   const progress = progressReporter(argv.progress);
   const ac = new AbortController();
   let sigints = 0;
@@ -193,6 +213,7 @@ export async function run(argv: CopyArgs): Promise<void> {
       chunk: argv.chunk,
       parallel: argv.parallel,
       sparse: argv.sparse,
+      allowShort: argv['allow-short'],
       format: argv.format,
       initiatorName: argv['initiator-name'],
       digest: argv.digest,

@@ -6,11 +6,11 @@ import type { DigestPref } from '../config';
 import { initiatorName as resolveInitiatorName } from '../daemon/paths';
 import { detectImageFormat, HEAD_BYTES, notRawError } from './format';
 import { runLimited } from '../util/limit';
-import { FileSide, isStream, isUrl, LunSide, Side, StreamSink, StreamSource } from './sides';
+import { FileSide, isStream, isUrl, LunSide, openLocalDest, openLocalSource, pathKind, Side, StreamSink, StreamSource } from './sides';
 
 // The copy engine behind `iscsi-nbd copy SRC DST`: an image file to a LUN, a
-// LUN to an image file (or LUN to LUN), stdin to a LUN or a LUN to stdout,
-// straight over iSCSI. Sparse-aware both ways: zero runs in the source become
+// LUN to an image file (or LUN to LUN), a stream (stdin, a pipe, a FIFO) to a
+// LUN or a LUN to a stream (stdout, a pipe, /dev/null), straight over iSCSI. Sparse-aware both ways: zero runs in the source become
 // WRITE SAME/UNMAP on a LUN or holes in a file, and a LUN's deallocated
 // extents (GET LBA STATUS, when reads of them return zeros) are never read.
 
@@ -23,9 +23,9 @@ export interface CopyProgress {
 }
 
 export interface CopyOptions {
-  /** An image file, an iscsi:// URL, or `-` for stdin. */
+  /** An image file or block device, an iscsi:// URL, `-` for stdin, or any other readable path (a FIFO, /dev/stdin). */
   src: string;
-  /** An image file, an iscsi:// URL, or `-` for stdout. */
+  /** An image file or block device, an iscsi:// URL, `-` for stdout, or any other writable path (a FIFO, /dev/null). */
   dst: string;
   /** Read both sides back and compare them after copying. */
   verify?: boolean;
@@ -35,6 +35,12 @@ export interface CopyOptions {
   parallel?: number;
   /** Zero runs become holes / WRITE SAME (default true). */
   sparse?: boolean;
+  /**
+   * A stream source (no size: read until its end) may end before the
+   * destination LUN does; without this that is an error (ShortSource), since
+   * the end of a pipe cannot tell a complete image from a producer that died.
+   */
+  allowShort?: boolean;
   /** 'raw' copies an image container's bytes as they are; 'auto' (default) refuses qcow2, VMDK, VHD... */
   format?: 'auto' | 'raw';
   /** Our iSCSI initiator name (else the system's or a generated, persisted one). */
@@ -63,6 +69,35 @@ export interface CopySummary {
   verified: boolean;
   /** The source was a stream (its size was learned at its end). */
   stream: boolean;
+  /** What the source was called (`stdin` for `-`). */
+  source: string;
+  /** Bytes of the destination past the end of a stream source, left as they were (with allowShort). */
+  unwrittenBytes: number;
+}
+
+/**
+ * A stream source ended before the destination LUN did (and allowShort was
+ * not given): what it held was written and flushed, the rest of the LUN was not.
+ */
+export class ShortSource extends IscsiNbdError {
+  constructor(
+    readonly source: string,
+    /** Undefined when the source was found empty before the destination was opened. */
+    readonly destination: string | undefined,
+    /** Bytes the source held. */
+    readonly copied: number,
+    /** Bytes of the destination. */
+    readonly destinationSize: number,
+  ) {
+    super(
+      'EIO',
+      copied === 0
+        ? `${source} is empty: nothing was copied${destination ? ` to ${destination}` : ''}`
+        : `${source} ended after ${copied} bytes, before the ${destinationSize} bytes of ${destination}: ` +
+            `those ${copied} bytes were written, the rest of the LUN was left as it was. ` +
+            'If the source is meant to be shorter than the LUN, pass --allow-short',
+    );
+  }
 }
 
 /** The copy was stopped through its AbortSignal; the destination holds part of the source. */
@@ -213,8 +248,13 @@ function checkWritable(dst: Side): void {
 /** The copy itself, for the CLI and for tests. */
 export async function copy(o: CopyOptions): Promise<CopySummary> {
   if (!isUrl(o.src) && !isUrl(o.dst)) throw new ConfigError('ECONFIG', 'one of SRC and DST must be an iscsi:// URL (use cp for file to file)');
-  if (o.verify && (isStream(o.src) || isStream(o.dst))) {
-    throw new ConfigError('ECONFIG', '--verify reads both sides back, and `-` (stdin/stdout) cannot be read twice: copy to or from a file to verify');
+  // A path that is neither a regular file nor a block device is a stream (a pipe, a FIFO, /dev/null).
+  const srcKind = isUrl(o.src) ? undefined : pathKind(o.src);
+  const dstKind = isUrl(o.dst) ? undefined : pathKind(o.dst);
+  if (o.verify && (srcKind === 'stream' || dstKind === 'stream')) {
+    const which = srcKind === 'stream' ? o.src : o.dst;
+    const what = isStream(which) ? '`-` (stdin/stdout)' : `${which} (a pipe, FIFO or device, not a file)`;
+    throw new ConfigError('ECONFIG', `--verify reads both sides back, and ${what} cannot be read twice: copy to or from a file to verify`);
   }
   if (o.signal?.aborted) throw new CopyInterrupted('copy', 0, undefined);
   const stdin = o.stdin ?? process.stdin;
@@ -227,8 +267,9 @@ export async function copy(o: CopyOptions): Promise<CopySummary> {
     let src: Side | StreamSource;
     if (isUrl(o.src)) src = await LunSide.open(o.src, lunOpts);
     else if (isStream(o.src)) src = new StreamSource(stdin);
-    else src = await FileSide.openSource(o.src);
+    else src = await openLocalSource(o.src);
     closers.push(src);
+    if (src instanceof FileSide && src.size === 0) throw new ShortSource(src.label, undefined, 0, 0);
     if (o.format !== 'raw' && (src instanceof FileSide || src instanceof StreamSource)) await checkRaw(src);
     if (o.signal?.aborted) throw new CopyInterrupted('copy', 0, src instanceof StreamSource ? undefined : src.size);
     if (src instanceof StreamSource) {
@@ -237,7 +278,7 @@ export async function copy(o: CopyOptions): Promise<CopySummary> {
       return await copyStream(src, dst, o);
     }
     const total = src.size;
-    const dst: Side = isUrl(o.dst) ? await LunSide.open(o.dst, lunOpts) : isStream(o.dst) ? new StreamSink(stdout, total) : await FileSide.openDest(o.dst, total);
+    const dst: Side = isUrl(o.dst) ? await LunSide.open(o.dst, lunOpts) : isStream(o.dst) ? new StreamSink(stdout, total) : await openLocalDest(o.dst, total);
     closers.push(dst);
     return await copySized(src, dst, o);
   } finally {
@@ -264,7 +305,10 @@ async function copySized(src: Side, dst: Side, o: CopyOptions): Promise<CopySumm
   const grain = roundUp(Math.min(64 * 1024, chunk), align);
   // What we move: the source rounded up to the destination's block size.
   const span = roundUp(total, dst.blockSize);
-  const s: CopySummary = { bytes: total, dataBytes: 0, zeroBytes: 0, skippedReadBytes: 0, paddedBytes: span - total, seconds: 0, verified: false, stream: false };
+  const s: CopySummary = {
+    bytes: total, dataBytes: 0, zeroBytes: 0, skippedReadBytes: 0, paddedBytes: span - total, seconds: 0, verified: false,
+    stream: false, source: src.label, unwrittenBytes: 0,
+  };
   log.info({ src: src.label, dst: dst.label, bytes: total, chunk, parallel }, 'copy starting');
   const started = Date.now();
   let done = 0;
@@ -324,10 +368,12 @@ async function copySized(src: Side, dst: Side, o: CopyOptions): Promise<CopySumm
 }
 
 /**
- * A stream (stdin) to a LUN: read front to back in chunk-sized pieces, each
- * written while the next is read (up to `parallel` writes in flight). The
- * last piece is padded with zeros to a whole block if the LUN needs one; a
- * stream longer than the LUN is refused when its byte LUN-size+1 arrives.
+ * A stream (stdin, a pipe, a FIFO) to a LUN: read front to back in
+ * chunk-sized pieces, each written while the next is read (up to `parallel`
+ * writes in flight), until the stream ends or the LUN is full. The last piece
+ * is padded with zeros to a whole block if the LUN needs one; a stream longer
+ * than the LUN is refused when its byte LUN-size+1 arrives, and one that ends
+ * before the LUN's end is a ShortSource unless allowShort (an empty one always).
  */
 async function copyStream(src: StreamSource, dst: LunSide, o: CopyOptions): Promise<CopySummary> {
   const log = rootLogger();
@@ -337,7 +383,10 @@ async function copyStream(src: StreamSource, dst: LunSide, o: CopyOptions): Prom
   const chunk = roundUp(Math.max(64 * 1024, Math.floor(chunkKiB * 1024)), bs);
   const grain = roundUp(Math.min(64 * 1024, chunk), bs);
   const limit = dst.size;
-  const s: CopySummary = { bytes: 0, dataBytes: 0, zeroBytes: 0, skippedReadBytes: 0, paddedBytes: 0, seconds: 0, verified: false, stream: true };
+  const s: CopySummary = {
+    bytes: 0, dataBytes: 0, zeroBytes: 0, skippedReadBytes: 0, paddedBytes: 0, seconds: 0, verified: false,
+    stream: true, source: src.label, unwrittenBytes: 0,
+  };
   log.info({ src: src.label, dst: dst.label, chunk, parallel }, 'copy starting');
   const started = Date.now();
   const inflight = new Set<Promise<void>>();
@@ -396,7 +445,7 @@ async function copyStream(src: StreamSource, dst: LunSide, o: CopyOptions): Prom
     await dst.finish().catch(() => undefined);
     throw new RequestError(
       'ENOSPC',
-      `stdin is longer than the ${limit} bytes of ${dst.label}: refusing to truncate the copy (its first ${pos} bytes were written: the destination is partial)`,
+      `${src.label} is longer than the ${limit} bytes of ${dst.label}: refusing to truncate the copy (its first ${pos} bytes were written: the destination is partial)`,
     );
   }
   if (o.signal?.aborted) {
@@ -404,7 +453,11 @@ async function copyStream(src: StreamSource, dst: LunSide, o: CopyOptions): Prom
     throw new CopyInterrupted('copy', done, undefined);
   }
   await dst.finish();
-  if (pos < limit) log.warn({ dst: dst.label, dstSize: limit, srcSize: s.bytes }, 'the destination LUN is larger than the stream; its tail is left as it is');
+  if (pos < limit) {
+    if (!o.allowShort || s.bytes === 0) throw new ShortSource(src.label, dst.label, s.bytes, limit);
+    s.unwrittenBytes = limit - pos;
+    log.warn({ dst: dst.label, dstSize: limit, srcSize: s.bytes }, 'the destination LUN is larger than the stream; its tail is left as it is');
+  }
   s.seconds = (Date.now() - started) / 1000;
   log.info({ ...s }, 'copy done');
   return s;

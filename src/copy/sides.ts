@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import tty from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
 import { IscsiSession } from '../iscsi/initiator';
 import { parseLunUrl } from '../iscsi/url';
@@ -11,7 +12,10 @@ import { HEAD_BYTES, VHD_FOOTER_BYTES } from './format';
 import { withContext } from '../util/context';
 
 // The two ends of a copy: an image file (or block device), a LUN over iSCSI,
-// or a stream (`-`: stdin as a source, stdout as a destination).
+// or a stream: `-` (stdin as a source, stdout as a destination), or any path
+// that is not a regular file or a block device (a pipe, a FIFO, /dev/stdin,
+// <(...), /dev/null, a character device). A stream has no size and no
+// offsets: it is read or written front to back, once.
 
 /** A byte range and whether it is known to read back as zeros without reading it. */
 export interface Extent {
@@ -43,18 +47,77 @@ export const isUrl = (s: string): boolean => /^iscsi:\/\//i.test(s);
 /** `-`: stdin as the source, stdout as the destination (like dd and nbdcopy). */
 export const isStream = (s: string): boolean => s === '-';
 
+/**
+ * What a local path names, without opening it (opening a FIFO waits for its
+ * other end): `file` (a regular file, or a name to create), `block` (a block
+ * device: a size, any offset), or `stream` (anything else: no size, front to back).
+ */
+export type PathKind = 'file' | 'block' | 'stream';
+
+export function pathKind(p: string): PathKind {
+  if (isStream(p)) return 'stream';
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(p);
+  } catch {
+    return 'file'; // missing (a destination to create) or unreadable: opening it says why
+  }
+  if (st.isDirectory()) throw new ConfigError('ECONFIG', `${p} is a directory`);
+  if (st.isBlockDevice()) return 'block';
+  return st.isFile() ? 'file' : 'stream';
+}
+
+/**
+ * Open a local source: a FileSide for a regular file or block device, a
+ * StreamSource for anything else (read front to back until its end).
+ */
+export async function openLocalSource(p: string): Promise<FileSide | StreamSource> {
+  let fh: fs.promises.FileHandle;
+  try {
+    fh = await fs.promises.open(p, 'r');
+  } catch (err) {
+    throw new ConfigError('ECONFIG', `cannot open ${p}: ${(err as Error).message}`);
+  }
+  const st = await fh.stat();
+  if (st.isDirectory()) {
+    await fh.close();
+    throw new ConfigError('ECONFIG', `${p} is a directory`);
+  }
+  if (st.isFile() || st.isBlockDevice()) return FileSide.fromHandle(p, fh, st);
+  if (tty.isatty(fh.fd)) {
+    await fh.close();
+    throw new ConfigError('ECONFIG', `SRC ${p} is a terminal: pipe or redirect an image into it`);
+  }
+  return new StreamSource(fh.createReadStream({ highWaterMark: 1 << 20 }), p);
+}
+
+/**
+ * Open a local destination of `size` bytes: a FileSide for a regular file
+ * (created or truncated to `size`) or a block device, a StreamSink for
+ * anything else (a pipe, a FIFO, /dev/null, >(...)): never truncated,
+ * written front to back, zeros written as zeros.
+ */
+export async function openLocalDest(p: string, size: number): Promise<FileSide | StreamSink> {
+  if (pathKind(p) !== 'stream') return FileSide.openDest(p, size);
+  let fh: fs.promises.FileHandle;
+  try {
+    fh = await fs.promises.open(p, 'w');
+  } catch (err) {
+    throw new ConfigError('ECONFIG', `cannot open ${p}: ${(err as Error).message}`);
+  }
+  if (tty.isatty(fh.fd)) {
+    await fh.close();
+    throw new ConfigError('ECONFIG', `DST ${p} is a terminal: redirect it to a file or a pipe`);
+  }
+  return new StreamSink(fh.createWriteStream({ highWaterMark: 1 << 20 }), size, p, true);
+}
+
 export class FileSide implements Side {
   readonly blockSize = 1;
   private constructor(readonly label: string, private readonly fh: fs.promises.FileHandle, public size: number, private readonly sparseOut: boolean) {}
 
-  static async openSource(p: string): Promise<FileSide> {
-    let fh: fs.promises.FileHandle;
-    try {
-      fh = await fs.promises.open(p, 'r');
-    } catch (err) {
-      throw new ConfigError('ECONFIG', `cannot open ${p}: ${(err as Error).message}`);
-    }
-    const st = await fh.stat();
+  /** A regular file or block device opened for reading (see openLocalSource for other paths). */
+  static async fromHandle(p: string, fh: fs.promises.FileHandle, st: fs.Stats): Promise<FileSide> {
     const size = st.isBlockDevice() ? await blockDeviceSize(fh) : st.size;
     return new FileSide(p, fh, size, false);
   }
@@ -102,13 +165,14 @@ export class FileSide implements Side {
     return [{ offset, length, zero: false }];
   }
 
+  /** Exactly [offset, offset+length), inside the size the side had when it was opened. */
   async read(offset: number, length: number, into: Buffer): Promise<void> {
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.fh.read(into, done, length - done, offset + done);
       if (bytesRead === 0) {
-        into.fill(0, done, length); // past the end: the padding of a last partial block
-        return;
+        // Callers never read past `size`: the file shrank while it was being copied.
+        throw new IscsiNbdError('EIO', `${this.label} ended at byte ${offset + done}, before the ${this.size} bytes it had when the copy started: it changed during the copy`);
       }
       done += bytesRead;
     }
@@ -269,7 +333,6 @@ export class LunSide implements Side {
  * chunk sizes never holds more than a few MiB.
  */
 export class StreamSource {
-  readonly label = 'stdin';
   private readonly pending: Buffer[] = [];
   private pendingBytes = 0;
   private ended = false;
@@ -277,7 +340,7 @@ export class StreamSource {
   private wake: (() => void) | undefined;
   private readonly highWater: number;
 
-  constructor(private readonly stream: Readable, highWater = 8 << 20) {
+  constructor(private readonly stream: Readable, readonly label = 'stdin', highWater = 8 << 20) {
     this.highWater = highWater;
     stream.on('data', this.onData);
     stream.once('end', this.onEnd);
@@ -328,7 +391,7 @@ export class StreamSource {
           else this.pending[0] = head.subarray(n);
           continue;
         }
-        if (this.error) throw new IscsiNbdError('EIO', `reading stdin: ${this.error.message}`, { cause: this.error });
+        if (this.error) throw new IscsiNbdError('EIO', `reading ${this.label}: ${this.error.message}`, { cause: this.error });
         if (this.ended) break;
         await new Promise<void>((resolve) => {
           this.wake = resolve;
@@ -366,24 +429,24 @@ export class StreamSource {
 }
 
 /**
- * stdout as a destination: bytes must leave in order, so each write waits
- * for its turn (the bytes before it). Zeros are written as zeros: a stream
- * has no holes.
+ * A stream as a destination (stdout, a pipe, a FIFO, /dev/null): bytes must
+ * leave in order, so each write waits for its turn (the bytes before it).
+ * Zeros are written as zeros: a stream has no holes. An `owned` stream (one
+ * this side opened) is ended by finish(), so its reader sees the end.
  */
 export class StreamSink implements Side {
-  readonly label = 'stdout';
   readonly blockSize = 1;
   private pos = 0;
   private failed: unknown;
   private readonly waiters = new Map<number, { resolve: () => void; reject: (e: unknown) => void }>();
   private static readonly ZEROS = Buffer.alloc(1 << 20);
 
-  constructor(private readonly out: Writable, readonly size: number) {
+  constructor(private readonly out: Writable, readonly size: number, readonly label = 'stdout', private readonly owned = false) {
     out.on('error', this.onError);
   }
 
   private readonly onError = (err: Error): void => {
-    this.abort(new IscsiNbdError('EIO', `writing to stdout: ${err.message}`, { cause: err }));
+    this.abort(new IscsiNbdError('EIO', `writing to ${this.label}: ${err.message}`, { cause: err }));
   };
 
   abort(err: unknown): void {
@@ -395,7 +458,7 @@ export class StreamSink implements Side {
   private async turn(offset: number): Promise<void> {
     if (this.failed !== undefined) throw this.failed;
     if (this.pos === offset) return;
-    if (offset < this.pos) throw new Error(`stdout: write at ${offset} after ${this.pos} (a stream only goes forward)`);
+    if (offset < this.pos) throw new Error(`${this.label}: write at ${offset} after ${this.pos} (a stream only goes forward)`);
     await new Promise<void>((resolve, reject) => this.waiters.set(offset, { resolve, reject }));
   }
 
@@ -412,7 +475,7 @@ export class StreamSink implements Side {
     return new Promise((resolve, reject) => {
       // The callback runs once the bytes are handed to the OS: the caller may reuse its buffer.
       this.out.write(data, (err) => {
-        if (err) reject(new IscsiNbdError('EIO', `writing to stdout: ${err.message}`, { cause: err }));
+        if (err) reject(new IscsiNbdError('EIO', `writing to ${this.label}: ${err.message}`, { cause: err }));
         else if (this.failed !== undefined) reject(this.failed);
         else resolve();
       });
@@ -424,7 +487,7 @@ export class StreamSink implements Side {
   }
 
   async read(): Promise<void> {
-    throw new ConfigError('ECONFIG', 'stdout cannot be read back');
+    throw new ConfigError('ECONFIG', `${this.label} is a stream: it cannot be read back`);
   }
 
   async write(offset: number, data: Buffer): Promise<void> {
@@ -445,11 +508,19 @@ export class StreamSink implements Side {
 
   async finish(): Promise<void> {
     if (this.failed !== undefined) throw this.failed;
+    if (!this.owned || this.out.writableFinished) return;
+    // Close our end: the reader sees its end of file, and a late write error still fails the copy.
+    await new Promise<void>((resolve, reject) => {
+      this.out.once('error', reject);
+      this.out.end(() => resolve());
+    });
+    if (this.failed !== undefined) throw this.failed;
   }
 
   async close(): Promise<void> {
     this.out.off('error', this.onError);
     // A late EPIPE must not become an uncaught 'error'.
     this.out.on('error', () => undefined);
+    if (this.owned && !this.out.writableFinished) this.out.destroy();
   }
 }

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
-import { copy, CopyInterrupted, CopyProgress, zeroRuns, lcm, gcd } from '../../src/copy';
+import { copy, CopyInterrupted, CopyProgress, ShortSource, zeroRuns, lcm, gcd } from '../../src/copy';
 import { INITIATOR, MiB, sha256, startTarget, Target } from './util';
 
 let tgt: Target;
@@ -66,7 +66,7 @@ test('streams as objects: a Readable into a LUN (padded to its 4096-byte block),
     pieces.push(data.subarray(at, at + n));
     at += n;
   }
-  const s = await copy({ ...base, src: '-', dst: tgt.url(1), stdin: Readable.from(pieces) });
+  const s = await copy({ ...base, src: '-', dst: tgt.url(1), stdin: Readable.from(pieces), allowShort: true });
   assert.equal(s.stream, true);
   assert.equal(s.bytes, data.length);
   assert.equal(s.paddedBytes, 4096 - 100);
@@ -80,6 +80,30 @@ test('streams as objects: a Readable into a LUN (padded to its 4096-byte block),
   const got = Buffer.concat(chunks);
   assert.equal(got.length, 4 * MiB);
   assert.equal(sha256(got), sha256(await tgt.backends[1].read(0, 4 * MiB)), 'stdout bytes out of order or missing');
+});
+
+test('a stream shorter than the LUN is a ShortSource (what it held is written); a file that shrinks mid-copy fails', { timeout: 60000 }, async () => {
+  const data = crypto.randomBytes(MiB);
+  const err = await copy({ ...base, src: '-', dst: tgt.url(0), stdin: Readable.from([data]) }).then(() => undefined, (e: unknown) => e);
+  assert.ok(err instanceof ShortSource, String(err));
+  assert.equal(err.code, 'EIO');
+  assert.equal(err.copied, MiB);
+  assert.equal(err.destinationSize, 4 * MiB);
+  assert.ok((await tgt.backends[0].read(0, MiB)).equals(data), 'what the stream held was not written');
+  const empty = await copy({ ...base, src: '-', dst: tgt.url(0), stdin: Readable.from([]), allowShort: true }).then(() => undefined, (e: unknown) => e);
+  assert.ok(empty instanceof ShortSource && empty.copied === 0, String(empty));
+
+  // A source file cut short after it was opened: an error, not zeros passed off as its data.
+  const img = path.join(dir, 'shrinks.img');
+  fs.writeFileSync(img, crypto.randomBytes(4 * MiB));
+  const shrunk = await copy({
+    ...base,
+    src: img,
+    dst: tgt.url(0),
+    parallel: 1,
+    onProgress: (p) => { if (p.done >= MiB) fs.truncateSync(img, MiB); },
+  }).then(() => undefined, (e: unknown) => e);
+  assert.match(String(shrunk), /shrinks\.img ended at byte 1048576, before the 4194304 bytes it had when the copy started: it changed during the copy/);
 });
 
 test('the AbortSignal: before the start, and in the middle', { timeout: 60000 }, async () => {
