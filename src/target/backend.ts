@@ -5,8 +5,8 @@
 // granularity.
 //
 // FileBackend: a sparse file, positional reads/writes on one fd. Holes are
-// punched by spawning util-linux `fallocate --punch-hole --keep-size`
-// (Node has no fallocate); where that fails the range is overwritten with
+// punched with fallocate(2) (PUNCH_HOLE | KEEP_SIZE) through koffi (punch.ts;
+// Node has no fallocate); where that fails the range is overwritten with
 // zeros and stays allocated. Node cannot reach lseek(SEEK_DATA/SEEK_HOLE), so
 // the allocation state is kept in memory as a set of mapped granules (4 KiB,
 // the usual file system block) updated on every write and punch, and saved
@@ -21,6 +21,7 @@ import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { ConfigError, IscsiNbdError } from '../errors';
+import { punchHole, type PunchHole } from './punch';
 
 export interface Extent {
   /** Byte offset. */
@@ -318,8 +319,9 @@ export interface FileBackendOptions {
   size?: number;
   blockSize?: number;
   readOnly?: boolean;
-  /** Spawns fallocate/filefrag; override for tests. */
-  fallocateBin?: string;
+  /** How holes are punched (default fallocate(2) through koffi); override for tests. */
+  punchHole?: PunchHole;
+  /** Spawned to rebuild the allocation map when the sidecar cannot be trusted; override for tests. */
   filefragBin?: string;
 }
 
@@ -352,6 +354,8 @@ export class FileBackend implements LunBackend {
   allocationSource: 'created' | 'sidecar' | 'filefrag' | 'scan' = 'created';
   /** False once a punch failed and zeros were written instead. */
   punchSupported = true;
+  /** Why the punch failed, when it did. */
+  punchError: string | undefined;
   private readonly gate = new RangeGate();
   private readonly map = new GranuleSet();
   private sidecarValid = false;
@@ -364,7 +368,7 @@ export class FileBackend implements LunBackend {
     readonly blockSize: number,
     readonly readOnly: boolean,
     readonly identitySeed: string,
-    private readonly fallocateBin: string,
+    private readonly punch: PunchHole,
   ) {
     this.granularity = Math.max(FILE_GRANULE, blockSize);
   }
@@ -397,7 +401,7 @@ export class FileBackend implements LunBackend {
       if (!st.isFile()) throw new ConfigError('ECONFIG', `LUN file ${opts.path} is not a regular file`);
       checkGeometry(st.size, blockSize);
       const real = await fsp.realpath(opts.path);
-      const b = new FileBackend(real, fh, st.size, blockSize, readOnly, `file:${real}`, opts.fallocateBin ?? 'fallocate');
+      const b = new FileBackend(real, fh, st.size, blockSize, readOnly, `file:${real}`, opts.punchHole ?? punchHole);
       if (!created) await b.loadAllocation(st.ino, st.mtimeMs, opts.filefragBin ?? 'filefrag');
       return b;
     } catch (e) {
@@ -518,9 +522,10 @@ export class FileBackend implements LunBackend {
     await this.gate.run(offset, offset + length, true, async () => {
       if (this.punchSupported) {
         try {
-          await run(this.fallocateBin, ['--punch-hole', '--keep-size', '-o', String(offset), '-l', String(length), this.path]);
-        } catch {
+          await this.punch(this.fh.fd, offset, length);
+        } catch (e) {
           this.punchSupported = false;
+          this.punchError = (e as Error).message;
         }
       }
       const g = this.granularity;

@@ -66,7 +66,7 @@ test('FileBackend: created sparse, holes really punched, allocation map persiste
   assert.ok(allocatedBytes(file) >= 1 << 20);
   assert.deepEqual((await b.mapping(4 << 20, 1 << 20)), [{ offset: 4 << 20, length: 1 << 20, mapped: true }]);
   await b.discard((4 << 20) + 65536, 131072);
-  assert.ok(b.punchSupported, 'fallocate --punch-hole works here');
+  assert.ok(b.punchSupported, `fallocate(2) PUNCH_HOLE works here: ${b.punchError}`);
   assert.ok(allocatedBytes(file) <= (1 << 20) - 131072 + 65536);
   assert.deepEqual(await b.read((4 << 20) + 65536, 131072), Buffer.alloc(131072));
   const m = await b.mapping(4 << 20, 1 << 20);
@@ -126,10 +126,14 @@ test('FileBackend: scan fallback when filefrag is unavailable; errors for bad ge
 test('FileBackend: zeros are written when punching fails', async (t) => {
   const dir = tmpdir(t);
   const file = path.join(dir, 'lun.img');
-  const b = await FileBackend.open({ path: file, size: 1 << 20, blockSize: 512, fallocateBin: '/nonexistent/fallocate' });
+  const b = await FileBackend.open({
+    path: file, size: 1 << 20, blockSize: 512,
+    punchHole: async () => { throw new Error('fallocate(PUNCH_HOLE) failed: EOPNOTSUPP'); },
+  });
   await b.write(0, Buffer.alloc(8192, 1));
   await b.discard(0, 8192);
   assert.equal(b.punchSupported, false);
+  assert.equal(b.punchError, 'fallocate(PUNCH_HOLE) failed: EOPNOTSUPP');
   assert.deepEqual(await b.read(0, 8192), Buffer.alloc(8192));
   assert.equal((await b.mapping(0, 8192))[0].mapped, true, 'still allocated: reported honestly');
   await b.close();
