@@ -304,6 +304,12 @@ export class Metrics {
     labelNames: ['device', 'state'] as const,
     registers: [this.registry],
   });
+  readonly deviceAdoptions = new client.Counter({
+    name: 'iscsi_nbd_device_adopt_total',
+    help: 'Times a mapped device was taken over from the previous daemon with its kernel sockets (systemd fd store), unseen by the kernel',
+    labelNames: ['device'] as const,
+    registers: [this.registry],
+  });
   readonly deviceReattaches = new client.Counter({
     name: 'iscsi_nbd_device_reattach_total',
     help: 'Times a mapped device was reattached to the kernel after its connection was lost',
@@ -389,19 +395,24 @@ export class Metrics {
    */
   setDevices(list: { device: string; state: string }[]): void {
     const now = new Set(list.map((d) => d.device));
-    for (const d of this.devices) if (!now.has(d)) this.deviceReattaches.remove({ device: d });
+    for (const d of this.devices) {
+      if (now.has(d)) continue;
+      this.deviceReattaches.remove({ device: d });
+      this.deviceAdoptions.remove({ device: d });
+    }
     this.devices = now;
     this.deviceState.reset();
     for (const { device, state } of list) {
       for (const st of DEVICE_STATES) this.deviceState.set({ device, state: st }, st === state ? 1 : 0);
       if (!(DEVICE_STATES as readonly string[]).includes(state)) this.deviceState.set({ device, state }, 1);
       this.deviceReattaches.inc({ device }, 0);
+      this.deviceAdoptions.inc({ device }, 0);
     }
   }
 
-  /** A mapped device was reattached (its kernel connection re-established). */
-  recordReattach(device: string): void {
-    this.deviceReattaches.inc({ device });
+  /** A mapped device got its kernel sockets back: fresh ones (reattached) or the last daemon's (adopted). */
+  recordAttach(device: string, how: 'reattached' | 'adopted'): void {
+    (how === 'adopted' ? this.deviceAdoptions : this.deviceReattaches).inc({ device });
   }
 
   text(): Promise<string> {

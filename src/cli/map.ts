@@ -146,8 +146,8 @@ export async function runUnmap(argv: DeviceArgs & { device: string; force?: bool
 
 export function renderMappings(list: MappingStatus[]): string {
   if (list.length === 0) return '';
-  const rows = [['DEVICE', 'STATE', 'BLOCK', 'SIZE', 'CONNS', 'IDENTITY', 'URL']];
-  for (const m of list) rows.push([m.device, m.state, String(m.blockSize), m.size, String(m.connections), m.identity, m.url + (m.readOnly ? ' (ro)' : '')]);
+  const rows = [['DEVICE', 'STATE', 'SOCKETS', 'BLOCK', 'SIZE', 'CONNS', 'IDENTITY', 'URL']];
+  for (const m of list) rows.push([m.device, m.state, m.attach ?? '-', String(m.blockSize), m.size, String(m.connections), m.identity, m.url + (m.readOnly ? ' (ro)' : '')]);
   const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i]))).join('  ')).join('\n') + '\n';
 }

@@ -17,6 +17,7 @@ import { MappingStore } from './mapping-store';
 import { claimStateDir, releaseStateDir } from './owner';
 import { applyReload, exportStates, type ReloadOutcome } from './reload';
 import { UndoStack } from './undo';
+import { NO_FD_STORE, SystemdFdStore, type FdKeeper } from './fd-store';
 import { clientStatus, DaemonStatus, exportsStatus } from './status';
 
 export type { ReloadOutcome } from './reload';
@@ -32,6 +33,8 @@ export interface DaemonOptions {
   reloadConfig?: () => DaemonConfig;
   /** The kernel's NBD devices (tests pass a fake); default: netlink. */
   kernel?: () => Promise<KernelNbd>;
+  /** Where kernel sockets wait across a restart; default: systemd's fd store when run by systemd. */
+  fdStore?: FdKeeper;
   /**
    * The old behaviour (`serve --strict`): an export that cannot be opened at
    * the start aborts the start with its error. Otherwise it is reported
@@ -97,6 +100,7 @@ export class Daemon implements RunningDaemon {
   /** Serves the kernel's sockets (no listeners). */
   private readonly kernelServer: NbdServer;
   private readonly undo: UndoStack;
+  private readonly fdStore: FdKeeper;
   private owner = false;
   private stopping?: Promise<void>;
   private reloading: Promise<unknown> = Promise.resolve();
@@ -124,6 +128,7 @@ export class Daemon implements RunningDaemon {
   private constructor(private readonly cfg: DaemonConfig, private readonly opts: DaemonOptions) {
     const log = this.log;
     this.undo = new UndoStack(log);
+    this.fdStore = opts.fdStore ?? (process.env.NOTIFY_SOCKET || process.env.LISTEN_FDS ? new SystemdFdStore(log.child({ component: 'devices' })) : NO_FD_STORE);
     this.metrics = cfg.metrics ? new Metrics() : undefined;
     this.stateDir = cfg.stateDir ?? defaultStateDir();
     this.control = cfg.control ?? defaultControlPath();
@@ -161,7 +166,8 @@ export class Daemon implements RunningDaemon {
       server: this.kernelServer,
       defaults: { connections: cfg.connections ?? 1, ioTimeout: cfg.timeouts.io, reattachTimeout: cfg.timeouts.reattach },
       configExport: (name) => this.cfg.exports.find((e) => e.name === name),
-      onReattach: (device) => this.metrics?.recordReattach(device),
+      onAttach: (device, how) => this.metrics?.recordAttach(device, how),
+      fdStore: this.fdStore,
       onExportClosed: (name) => void this.metrics?.forgetExport(name),
       log: log.child({ component: 'devices' }),
     });

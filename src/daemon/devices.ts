@@ -10,6 +10,8 @@ import type { Logger } from '../log';
 import { exportStatus, type MappingStatus } from './status';
 import { MappingRecord, MappingStore, MAPPING_VERSION } from './mapping-store';
 import { sourceText, type MapSource, type MapSpec } from './map-spec';
+import { NO_FD_STORE, type FdKeeper } from './fd-store';
+import { closeFd, shutdownFd } from '../nbd/netlink/syscalls';
 
 // Kernel NBD devices this daemon owns (`iscsi-nbd map`): each is a LUN opened
 // through the export manager, served to the kernel over socketpairs handed in
@@ -49,16 +51,23 @@ export interface DeviceManagerOptions {
   defaults: DeviceDefaults;
   /** A config export's spec by name, for `map NAME`. */
   configExport: (name: string) => ExportConfig | undefined;
-  /** A kernel connection was replaced (metrics). */
-  onReattach?: (device: string) => void;
+  /** A device got its sockets: fresh ones replacing dead ones (reattached), or the last daemon's (adopted). */
+  onAttach?: (device: string, how: 'reattached' | 'adopted') => void;
   /** A mapped LUN was closed (metrics forget its series). */
   onExportClosed?: (name: string) => void;
+  /** Where our ends of the kernel's sockets wait across a restart (systemd's fd store); default: nowhere. */
+  fdStore?: FdKeeper;
   log: Logger;
 }
+
+/** How a mapping's current sockets came: made for it, replacing dead ones, or kept from the last daemon. */
+export type AttachHow = 'new' | 'reattached' | 'adopted';
 
 export type MappingState = 'attaching' | 'attached' | 'reattaching' | 'refused' | 'handing-over' | 'unmapping' | 'detached';
 
 const HANDOVER_MS = 20_000;
+/** After shutting down stored sockets, before a RECONFIGURE: time for the kernel to mark them dead. */
+const STORED_SOCKET_SHUTDOWN_MS = 300;
 /** How long a reattached socket must stay open to count as taken by the kernel. */
 const KEPT_OLD_SOCKET_CHECK_MS = 300;
 
@@ -73,15 +82,22 @@ interface OpenLun {
 interface MappingPorts {
   kernel: KernelNbd;
   server: NbdServer;
+  fdStore: FdKeeper;
   log: Logger;
-  /** A dead kernel connection was replaced. */
-  onReattach?: (device: string) => void;
+  onAttach?: (device: string, how: 'reattached' | 'adopted') => void;
 }
+
+/** The store's names for one kernel socket of a device, and for the bytes read from it and not handled. */
+export const socketName = (index: number, slot: number): string => `nbd${index}.${slot}`;
+export const unreadName = (index: number, slot: number): string => `nbd${index}.${slot}.unread`;
 
 class DeviceMapping {
   state: MappingState = 'attaching';
   error?: string;
+  how: AttachHow = 'new';
   readonly conns: (AdoptedConnection | undefined)[];
+  /** Our end of each slot's socket, while its connection is served. */
+  private readonly fds: (number | undefined)[];
   private reattachTimer?: NodeJS.Timeout;
   /** Slots whose dead connection still has requests running at the target. */
   private readonly settling = new Set<number>();
@@ -91,6 +107,7 @@ class DeviceMapping {
   /** `lun` is absent for a mapping refused before its LUN could be opened. */
   constructor(public record: MappingRecord, private readonly ports: MappingPorts, public lun?: OpenLun) {
     this.conns = new Array(record.connections).fill(undefined);
+    this.fds = new Array(record.connections).fill(undefined);
   }
 
   get device(): string {
@@ -109,12 +126,57 @@ class DeviceMapping {
     for (const slot of slots) {
       const { ours, kernel: theirs } = this.ports.kernel.socketPair();
       fds.push(theirs);
-      const sock = new net.Socket({ fd: ours, readable: true, writable: true });
-      const c = this.ports.server.adopt(sock, lun.exp.name, lun.nbd, `kernel:nbd${this.record.index}`);
-      this.conns[slot] = c;
-      void c.closed.then((reason) => this.onClosed(slot, c, reason));
+      this.serve(lun, slot, ours, Buffer.alloc(0));
     }
     return fds;
+  }
+
+  /** Serve our end `fd` of a kernel socket in `slot`, starting with bytes already read from it. */
+  private serve(lun: OpenLun, slot: number, fd: number, unread: Buffer): void {
+    const sock = new net.Socket({ fd, readable: true, writable: true });
+    const c = this.ports.server.adopt(sock, lun.exp.name, lun.nbd, `kernel:nbd${this.record.index}`, unread);
+    this.conns[slot] = c;
+    this.fds[slot] = fd;
+    void c.closed.then((reason) => this.onClosed(slot, c, reason));
+  }
+
+  /** Whether the last daemon left every socket of this device in the store, each stopped at a request boundary. */
+  canAdopt(): boolean {
+    const { fdStore } = this.ports;
+    const i = this.record.index;
+    return [...this.conns.keys()].every((slot) => fdStore.has(socketName(i, slot)) && fdStore.has(unreadName(i, slot)));
+  }
+
+  /**
+   * Sockets of this device the last daemon left in the store that cannot be
+   * adopted (not all of them, or not at a request boundary): shut down, so the
+   * kernel sees them dead and takes a RECONFIGURE. Whether there were any.
+   */
+  dropStored(): boolean {
+    const { fdStore } = this.ports;
+    let any = false;
+    for (const slot of this.conns.keys()) {
+      const unread = fdStore.take(unreadName(this.record.index, slot));
+      if (unread !== undefined) closeFd(unread);
+      const fd = fdStore.take(socketName(this.record.index, slot));
+      if (fd === undefined) continue;
+      any = true;
+      closeStoredSocket(fd);
+    }
+    return any;
+  }
+
+  /** Carry on serving the last daemon's sockets, where it stopped reading: no RECONFIGURE, nothing the kernel sees. */
+  adopt(): void {
+    const { fdStore } = this.ports;
+    if (!this.lun) throw new IscsiNbdError('ECONFIG', `${this.device}: its LUN is not open`);
+    for (const slot of this.conns.keys()) {
+      const unread = fdStore.takeBytes(unreadName(this.record.index, slot))!;
+      const fd = fdStore.take(socketName(this.record.index, slot))!;
+      this.serve(this.lun, slot, fd, unread);
+    }
+    this.how = 'adopted';
+    this.ports.onAttach?.(this.device, 'adopted');
   }
 
   /** A new kernel device (NBD_CMD_CONNECT) on every slot; the kernel's index. */
@@ -161,6 +223,7 @@ class DeviceMapping {
   private onClosed(slot: number, c: AdoptedConnection, reason: string): void {
     if (this.conns[slot] !== c) return;
     this.conns[slot] = undefined;
+    this.fds[slot] = undefined;
     if (this.state !== 'attached' && this.state !== 'reattaching') return;
     // The kernel dropped the socket (a request timed out) or it broke here.
     // It re-sends what that socket carried on the next one, so the next one
@@ -196,7 +259,8 @@ class DeviceMapping {
     try {
       await this.reconfigure(slots);
       this.ports.log.info({ device: this.device, slots }, 'kernel connection reattached');
-      this.ports.onReattach?.(this.device);
+      this.how = 'reattached';
+      this.ports.onAttach?.(this.device, 'reattached');
       this.deadSince = 0;
       this.backoffMs = 100;
       this.setState('attached');
@@ -208,11 +272,35 @@ class DeviceMapping {
     }
   }
 
-  /** Stop timers and hand every socket over (answer what was read, read nothing more). */
-  async handOver(): Promise<void> {
+  /**
+   * Stop timers and hand every socket over (answer what was read, read
+   * nothing more). With `keep`, a socket that stopped at a request boundary
+   * goes to the fd store with the bytes read and not handled, so the next
+   * daemon carries on with it; any other is closed, and the next daemon
+   * reattaches that device.
+   */
+  async handOver(keep = false): Promise<void> {
     if (this.reattachTimer) clearTimeout(this.reattachTimer);
     this.reattachTimer = undefined;
-    await Promise.all(this.conns.map((c) => c?.handOver(HANDOVER_MS)));
+    const { fdStore, log } = this.ports;
+    await Promise.all(
+      this.conns.map((c, slot) => {
+        const fd = this.fds[slot];
+        const store = keep && fdStore.enabled && fd !== undefined && this.state === 'handing-over'
+          ? (unread: Buffer) => {
+              try {
+                // The socket first: an unread entry without its socket is never taken for one.
+                fdStore.put(socketName(this.record.index, slot), fd);
+                fdStore.putBytes(unreadName(this.record.index, slot), unread);
+                log.debug({ device: this.device, slot, unread: unread.length }, 'kernel socket kept in the fd store');
+              } catch (err) {
+                log.warn({ device: this.device, slot, err }, 'cannot keep the kernel socket in the fd store; the next daemon reattaches it');
+              }
+            }
+          : undefined;
+        return c?.handOver(HANDOVER_MS, store);
+      }),
+    );
   }
 
   status(): MappingStatus {
@@ -220,7 +308,7 @@ class DeviceMapping {
     return {
       device: this.device, index: r.index, url: parseIscsiUrl(r.url).redacted(), export: this.lun?.exp.name ?? r.exportName ?? '',
       identity: r.identity, blockSize: r.blockSize, size: r.size, connections: r.connections, readOnly: r.readOnly,
-      state: this.state, ...(this.error ? { error: this.error } : {}),
+      state: this.state, attach: this.how, ...(this.error ? { error: this.error } : {}),
       ...(this.lun ? { sessions: exportStatus(this.lun.exp).sessions } : {}),
     };
   }
@@ -243,7 +331,7 @@ export class DeviceManager {
   }
 
   private ports(kernel: KernelNbd): MappingPorts {
-    return { kernel, server: this.opts.server, log: this.opts.log, onReattach: this.opts.onReattach };
+    return { kernel, server: this.opts.server, fdStore: this.opts.fdStore ?? NO_FD_STORE, log: this.opts.log, onAttach: this.opts.onAttach };
   }
 
   /** Flush, log out, and let metrics forget it. */
@@ -331,6 +419,19 @@ export class DeviceManager {
     if (records.length === 0) return;
     const kernel = await this.kernel();
     await Promise.all(records.map((r) => this.restoreOne(r, kernel)));
+    this.dropUntaken();
+  }
+
+  /** Whatever the store gave back that no mapping took (a device gone, refused, or unmapped meanwhile). */
+  private dropUntaken(): void {
+    const store = this.opts.fdStore ?? NO_FD_STORE;
+    for (const name of store.untaken()) {
+      const fd = store.take(name);
+      if (fd === undefined) continue;
+      this.opts.log.info({ name }, 'closing a file descriptor from the systemd store that no mapping takes');
+      if (name.endsWith('.unread')) closeFd(fd);
+      else closeStoredSocket(fd);
+    }
   }
 
   /** Why an opened LUN may not take over a recorded device, if it may not. */
@@ -376,6 +477,14 @@ export class DeviceManager {
         await refuse(m, problem);
         return;
       }
+      if (m.canAdopt()) {
+        m.adopt();
+        m.setState('attached');
+        log.info({ identity: r.identity, connections: r.connections, path: 'adopted' }, 'device adopted: serving the last daemon\'s kernel sockets from the systemd fd store, unseen by the kernel');
+        return;
+      }
+      // Sockets the kernel still thinks alive would make it drop the new ones.
+      if (m.dropStored()) await new Promise((resolve) => setTimeout(resolve, STORED_SOCKET_SHUTDOWN_MS));
       await m.reconfigure([...Array(r.connections).keys()]);
       // The kernel answers success but drops our socket when an old one is
       // still alive: then ours reads EOF at once. Never leave it half-attached.
@@ -388,7 +497,9 @@ export class DeviceManager {
         return;
       }
       m.setState('attached');
-      log.info({ identity: r.identity, connections: r.connections }, 'device reattached');
+      m.how = 'reattached';
+      this.opts.onAttach?.(m.device, 'reattached');
+      log.info({ identity: r.identity, connections: r.connections, path: 'reattached' }, 'device reattached with fresh sockets (NBD_CMD_RECONFIGURE)');
     } catch (err) {
       log.error({ err }, 'cannot reattach the device');
       await refuse(m, (err as Error).message);
@@ -451,10 +562,14 @@ export class DeviceManager {
     return this.problems;
   }
 
-  /** SIGTERM: hand the sockets over (no device is detached), then the caller closes the exports. */
+  /**
+   * SIGTERM: hand the sockets over (no device is detached), then the caller
+   * closes the exports. Each socket that stops at a request boundary is kept
+   * in the fd store, when there is one, for the next daemon to adopt.
+   */
   async handOver(): Promise<void> {
     for (const m of this.mappings.values()) if (m.state !== 'refused') m.setState('handing-over');
-    await Promise.all([...this.mappings.values()].map((m) => m.handOver()));
+    await Promise.all([...this.mappings.values()].map((m) => m.handOver(true)));
     this.kernelP?.then((k) => k.close(), () => undefined);
   }
 }
@@ -467,6 +582,16 @@ function redactedSource(s: MapSource): string {
   } catch {
     return '(a URL that does not parse)';
   }
+}
+
+/** Let the kernel see a stored socket's end now, then drop our copy. */
+function closeStoredSocket(fd: number): void {
+  try {
+    shutdownFd(fd);
+  } catch {
+    // not a socket any more, or already shut down: closing is what is left
+  }
+  closeFd(fd);
 }
 
 /** Mounts and holders of /dev/nbdN (what makes a detach lose data). */

@@ -1,17 +1,24 @@
 import { spawn } from 'node:child_process';
 import { rootLogger } from '../log';
+import { sendUnixDatagram } from '../nbd/netlink/syscalls';
 
 /**
- * Tell systemd (Type=notify) about our state. Node cannot send unix datagrams
- * itself, so this runs systemd-notify on our behalf with --pid=ours; the unit
- * sets NotifyAccess=all so systemd accepts it. Without NOTIFY_SOCKET this does
- * nothing.
+ * Tell systemd (Type=notify) about our state: one datagram on NOTIFY_SOCKET,
+ * sent from this process (the main PID), as sd_notify(3) does. Without the
+ * FFI package it falls back to systemd-notify --pid=ours, which needs
+ * NotifyAccess=all. Without NOTIFY_SOCKET this does nothing.
  */
 export function notifySystemd(state: string): void {
-  if (!process.env.NOTIFY_SOCKET) return;
-  const args = [`--pid=${process.pid}`, ...state.split('\n')];
+  const socket = process.env.NOTIFY_SOCKET;
+  if (!socket) return;
   try {
-    const child = spawn('systemd-notify', args, { stdio: 'ignore' });
+    sendUnixDatagram(socket, Buffer.from(state));
+    return;
+  } catch (err) {
+    rootLogger().debug({ err }, 'cannot send to NOTIFY_SOCKET directly; trying systemd-notify');
+  }
+  try {
+    const child = spawn('systemd-notify', [`--pid=${process.pid}`, ...state.split('\n')], { stdio: 'ignore' });
     child.on('error', (err) => rootLogger().warn({ err }, 'systemd-notify failed'));
   } catch (err) {
     rootLogger().warn({ err }, 'systemd-notify failed');

@@ -33,6 +33,12 @@ export interface MappingStatus {
   connections: number;
   readOnly: boolean;
   state: string;
+  /**
+   * How its kernel sockets came: `new` (made when it was mapped), `reattached`
+   * (fresh ones with NBD_CMD_RECONFIGURE after the old ones died or a stop),
+   * `adopted` (the last daemon's, kept in systemd's fd store across a restart).
+   */
+  attach?: 'new' | 'reattached' | 'adopted';
   /** Why it is not attached, when it is not. */
   error?: string;
   /** The LUN's iSCSI sessions (login details, negotiated digests), while it is open. */

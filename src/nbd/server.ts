@@ -57,8 +57,12 @@ export interface AdoptedConnection {
    * Stop reading new requests, answer every request already read, then close:
    * what the kernel has not handed us yet stays queued in the kernel for the
    * next daemon, and nothing gets ESHUTDOWN. Resolves once the socket is closed.
+   * `keep` is called just before the close when the socket stopped at a
+   * request boundary with every request it carried answered and flushed:
+   * with the bytes read and not handled (to give the next reader of the same
+   * socket; see adopt). Not called otherwise.
    */
-  handOver(timeoutMs: number): Promise<void>;
+  handOver(timeoutMs: number, keep?: (unread: Buffer) => void): Promise<void>;
   /** Resolves once no request read on this connection is still being executed (even after it closed). */
   idle(): Promise<void>;
   info(): NbdConnectionInfo;
@@ -174,7 +178,7 @@ export class NbdServer extends EventEmitter {
    * end of a socketpair handed over with netlink NBD_CMD_CONNECT/RECONFIGURE
    * skips the handshake. Simple replies only, as the kernel wants.
    */
-  adopt(sock: net.Socket, exportName: string, exp: Export, label = 'kernel'): AdoptedConnection {
+  adopt(sock: net.Socket, exportName: string, exp: Export, label = 'kernel', unread: Buffer = Buffer.alloc(0)): AdoptedConnection {
     const c = new Connection(this, this.nextId++, sock, label, this.log);
     this.conns.set(c.id, c);
     this.emit('connection', c.info());
@@ -185,9 +189,9 @@ export class NbdServer extends EventEmitter {
       metaContexts: new Map(),
       transmissionFlags: transmissionFlagsFor(exp, false),
       blockSizeRequested: false,
-      leftover: Buffer.alloc(0),
+      leftover: unread,
     });
-    return { id: c.id, closed: c.whenClosed(), handOver: (ms) => c.handOver(ms), idle: () => c.idle(), info: () => c.info() };
+    return { id: c.id, closed: c.whenClosed(), handOver: (ms, keep) => c.handOver(ms, keep), idle: () => c.idle(), info: () => c.info() };
   }
 
   // ---- internals used by Connection ----
@@ -317,10 +321,22 @@ class Connection {
     this.onNegotiated(r);
   }
 
-  async handOver(timeoutMs: number): Promise<void> {
+  /**
+   * Read nothing more from the socket. pause() alone lets the handle read on
+   * into the stream's buffer; what it buffered already goes to the engine.
+   */
+  private stopReading(): void {
+    const s = this.raw as net.Socket & { _handle?: { readStop?: () => number } };
+    s.pause();
+    s._read = () => undefined; // read() below must not start the handle again
+    s._handle?.readStop?.();
+    while (s.read() !== null); // each chunk is emitted as 'data' to onData
+  }
+
+  async handOver(timeoutMs: number, keep?: (unread: Buffer) => void): Promise<void> {
     if (this.closed) return;
     this.holding = true;
-    this.sock.pause();
+    this.stopReading();
     const deadline = Date.now() + timeoutMs;
     // Requests already read are answered, including whole ones the engine
     // still had queued (a tick lets it start them); a partial one is left to
@@ -332,6 +348,10 @@ class Connection {
     }
     this.cork.flush();
     while (this.sock.writableLength > 0 && Date.now() < deadline && !this.closed) await new Promise((r) => setTimeout(r, 10));
+    if (keep && !this.closed && this.tx && this.tx.inFlight === 0 && this.sock.writableLength === 0) {
+      const unread = this.tx.takeUnparsed();
+      if (unread) keep(unread);
+    }
     this.fail('handed over');
     await this.closedPromise;
   }

@@ -122,7 +122,7 @@ interface Req {
 
 type ParseState =
   | { kind: 'header' }
-  | { kind: 'payload'; h: codec.RequestHeader }
+  | { kind: 'payload'; h: codec.RequestHeader; raw: Buffer }
   | { kind: 'discard'; h: codec.RequestHeader; remaining: number; error: RequestRefusal };
 
 export class TransmissionEngine {
@@ -182,6 +182,21 @@ export class TransmissionEngine {
     this.ctx.draining = true;
     this.pump();
     return this.whenIdle();
+  }
+
+  /**
+   * For a hand-over to the next process: every byte received and not yet
+   * started, from a request boundary on (a WRITE whose payload is still
+   * coming gives back its header too). Undefined when there is no boundary
+   * to hand over from (a refused WRITE's payload is being skipped). The
+   * engine reads nothing after this.
+   */
+  takeUnparsed(): Buffer | undefined {
+    const p = this.parse;
+    if (p.kind === 'discard' || this.state === 'closed' || this.state === 'disconnecting') return undefined;
+    const rest = this.q.drainAll();
+    this.setState('closed');
+    return p.kind === 'payload' ? Buffer.concat([p.raw, rest]) : rest;
   }
 
   /** The transport went away: replies are dropped; in-flight export calls still finish. */
@@ -258,7 +273,8 @@ export class TransmissionEngine {
         return;
       }
       if (this.q.length < C.REQUEST_HEADER_SIZE) return;
-      const h = codec.parseRequestHeader(this.q.take(C.REQUEST_HEADER_SIZE));
+      const raw = this.q.take(C.REQUEST_HEADER_SIZE);
+      const h = codec.parseRequestHeader(raw);
       if (!h) return this.drop('bad request magic');
       this.counters.requests++;
       if (h.type === C.CMD_DISC) {
@@ -283,7 +299,7 @@ export class TransmissionEngine {
           this.logRefused(h, bad);
           this.parse = { kind: 'discard', h, remaining: h.length, error: bad };
         } else {
-          this.parse = { kind: 'payload', h };
+          this.parse = { kind: 'payload', h, raw };
         }
         continue;
       }

@@ -18,6 +18,8 @@ import { freePort } from '../helpers/ports';
 import { startDaemon, type RunningDaemon } from '../../src/daemon/daemon';
 import type { KernelNbd } from '../../src/daemon/devices';
 import { createSocketPair, closeFd } from '../../src/nbd/netlink/kernel';
+import { dupFd } from '../../src/nbd/netlink/syscalls';
+import type { FdKeeper } from '../../src/daemon/fd-store';
 import { DEFAULT_TIMEOUTS, type DaemonConfig } from '../../src/config';
 import { setRootLogger, createLogger } from '../../src/log';
 import { render as renderStatus } from '../../src/cli/status';
@@ -71,11 +73,18 @@ class KernelSock {
   }
 
   io(type: number, offset: number, length: number, payload?: Buffer): Promise<{ error: number; data: Buffer }> {
+    return this.ioSplit(type, offset, length, payload).reply;
+  }
+
+  /** A request of which only the first `first` bytes are sent now; `rest()` sends the others. */
+  ioSplit(type: number, offset: number, length: number, payload?: Buffer, first = Infinity): { reply: Promise<{ error: number; data: Buffer }>; rest: () => void } {
     const cookie = this.next++;
-    return new Promise((resolve) => {
+    const bytes = req(type, cookie, offset, length, 0, payload);
+    const reply = new Promise<{ error: number; data: Buffer }>((resolve) => {
       this.waiting.set(cookie, { len: type === CMD_READ ? length : 0, resolve });
-      this.sock.write(req(type, cookie, offset, length, 0, payload));
+      this.sock.write(bytes.subarray(0, Math.min(first, bytes.length)));
     });
+    return { reply, rest: () => void (first < bytes.length && this.sock.write(bytes.subarray(first))) };
   }
 }
 
@@ -179,8 +188,52 @@ function config(name: string): DaemonConfig {
   };
 }
 
-async function daemon(cfg: DaemonConfig, kernel: FakeKernel): Promise<RunningDaemon> {
-  return startDaemon(cfg, { kernel: async () => kernel });
+async function daemon(cfg: DaemonConfig, kernel: FakeKernel, fdStore?: FdKeeper): Promise<RunningDaemon> {
+  return startDaemon(cfg, { kernel: async () => kernel, fdStore });
+}
+
+/**
+ * systemd's fd store as a service sees it: what one run puts (its own copies
+ * of the fds) the next run gets back, after restart(); a stop empties it.
+ */
+class FakeFdStore implements FdKeeper {
+  readonly enabled = true;
+  private stored = new Map<string, number | Buffer>();
+  private received = new Map<string, number | Buffer>();
+  put(name: string, fd: number): void {
+    this.stored.set(name, dupFd(fd));
+  }
+  putBytes(name: string, data: Buffer): void {
+    this.stored.set(name, Buffer.from(data));
+  }
+  take(name: string): number | undefined {
+    const v = this.received.get(name);
+    this.received.delete(name);
+    return typeof v === 'number' ? v : undefined;
+  }
+  takeBytes(name: string): Buffer | undefined {
+    const v = this.received.get(name);
+    this.received.delete(name);
+    return Buffer.isBuffer(v) ? v : undefined;
+  }
+  has(name: string): boolean {
+    return this.received.has(name);
+  }
+  untaken(): string[] {
+    return [...this.received.keys()];
+  }
+  names(): string[] {
+    return [...this.stored.keys()].sort();
+  }
+  restart(): void {
+    this.received = this.stored;
+    this.stored = new Map();
+  }
+  /** `systemctl stop`: systemd closes what it kept. */
+  empty(): void {
+    for (const v of this.stored.values()) if (typeof v === 'number') closeFd(v);
+    this.stored.clear();
+  }
 }
 
 test('map, I/O, kernel drops a socket and gets a new one, hand-over on stop, reattach by the next daemon, unmap', { timeout: 120_000 }, async () => {
@@ -412,5 +465,97 @@ test('a start that fails at a late step undoes every step before it: sessions, l
     await callControl(cfg.control!, { op: 'unmap', device: '/dev/nbd0' });
   } finally {
     await c.stop('test');
+  }
+});
+
+test('a restart through the fd store: the next daemon serves the same kernel sockets from where the last one stopped reading', { timeout: 120_000 }, async () => {
+  const kernel = new FakeKernel();
+  const store = new FakeFdStore();
+  const cfg = config('s');
+  const a = await daemon(cfg, kernel, store);
+  let sock: KernelSock;
+  const before = crypto.randomBytes(8 * BS);
+  const partial = crypto.randomBytes(2 * BS);
+  const queued = crypto.randomBytes(BS);
+  try {
+    await callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), stateDir: cfg.stateDir, connections: 1 });
+    sock = kernel.sock(0);
+    assert.equal((await sock.io(CMD_WRITE, 0, before.length, before)).error, 0);
+  } catch (err) {
+    await a.stop('test');
+    throw err;
+  }
+  // A WRITE of which the daemon has read the header and half the payload when it stops.
+  const w = sock.ioSplit(CMD_WRITE, 16 * BS, partial.length, partial, 28 + BS);
+  await new Promise((r) => setTimeout(r, 200));
+  await a.stop('restart');
+  assert.deepEqual(store.names(), ['nbd0.0', 'nbd0.0.unread'], 'the socket and what was read of it are kept');
+  assert.equal(sock.dead, false, 'the kernel saw no close');
+  // While no daemon runs, the kernel goes on sending: the rest of that WRITE, and another request.
+  w.rest();
+  const q = sock.io(CMD_WRITE, 32 * BS, queued.length, queued);
+  store.restart();
+  const reconfigures = kernel.reconfigures;
+  const b = await daemon(cfg, kernel, store);
+  try {
+    assert.deepEqual(await w.reply, { error: 0, data: Buffer.alloc(0) }, 'the WRITE split across the restart is answered once');
+    assert.equal((await q).error, 0, 'the request queued while no daemon ran is answered');
+    assert.equal(kernel.reconfigures, reconfigures, 'no RECONFIGURE');
+    assert.equal(kernel.sock(0), sock, 'the very same kernel socket');
+    const [m] = b.devices.list();
+    assert.equal(m.state, 'attached');
+    assert.equal(m.attach, 'adopted');
+    assert.deepEqual(store.untaken(), [], 'everything stored was taken');
+    for (const [off, data] of [[0, before], [16 * BS, partial], [32 * BS, queued]] as const) {
+      const r = await sock.io(CMD_READ, off, data.length);
+      assert.equal(r.error, 0);
+      assert.ok(r.data.equals(data), `data at ${off} read back`);
+    }
+  } finally {
+    await b.stop('stop');
+  }
+  // A stop empties the store: the next start reattaches with fresh sockets.
+  store.empty();
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(sock.dead, true, 'with the store emptied the kernel sees the close');
+  store.restart();
+  const c = await daemon(cfg, kernel, store);
+  try {
+    const [m] = c.devices.list();
+    assert.deepEqual([m.state, m.attach], ['attached', 'reattached']);
+    assert.equal(kernel.reconfigures, reconfigures + 1);
+    const r = await kernel.sock(0).io(CMD_READ, 16 * BS, partial.length);
+    assert.ok(r.data.equals(partial));
+    await callControl(cfg.control!, { op: 'unmap', device: '/dev/nbd0' });
+  } finally {
+    await c.stop('test');
+  }
+});
+
+test('sockets left in the store without their unread bytes (a hand-over cut short) are shut down and the device reattached', { timeout: 120_000 }, async () => {
+  const kernel = new FakeKernel();
+  const store = new FakeFdStore();
+  const cfg = config('t');
+  const a = await daemon(cfg, kernel, store);
+  try {
+    await callControl(cfg.control!, { op: 'map', url: tgtd.url(1, 1), stateDir: cfg.stateDir, connections: 2 });
+  } finally {
+    await a.stop('restart');
+  }
+  const old = [kernel.sock(0, 0), kernel.sock(0, 1)];
+  // As if the daemon died between storing slot 1's socket and its unread bytes.
+  const s = store as unknown as { stored: Map<string, number | Buffer> };
+  s.stored.delete('nbd0.1.unread');
+  store.restart();
+  const b = await daemon(cfg, kernel, store);
+  try {
+    const [m] = b.devices.list();
+    assert.deepEqual([m.state, m.attach], ['attached', 'reattached']);
+    assert.ok(old.every((k) => k.dead), 'both old sockets were shut down, so the kernel took new ones');
+    assert.equal((await kernel.sock(0, 1).io(CMD_READ, 0, BS)).error, 0);
+    assert.deepEqual(store.untaken(), []);
+    await callControl(cfg.control!, { op: 'unmap', device: '/dev/nbd0' });
+  } finally {
+    await b.stop('test');
   }
 });

@@ -192,13 +192,16 @@ test('mapped devices: one-hot state, reattach counter from 0, gone when no longe
       DEVICE_STATES.map((st) => [st, st === 'attaching' ? 1 : 0]).sort());
     assert.deepEqual(find(s, 'iscsi_nbd_device_reattach_total').map((x) => [x.labels.device, x.value]).sort(), [['/dev/nbd0', 0], ['/dev/nbd1', 0]]);
 
-    m.recordReattach('/dev/nbd0');
+    m.recordAttach('/dev/nbd0', 'reattached');
+    m.recordAttach('/dev/nbd0', 'adopted');
+    m.recordAttach('/dev/nbd0', 'adopted');
     m.setDevices([{ device: '/dev/nbd0', state: 'attached' }]);
     s = await srv.scrape();
     assert.deepEqual(find(s, 'iscsi_nbd_device_state', { device: '/dev/nbd0', state: 'attached' }).map((x) => x.value), [1]);
     assert.deepEqual(find(s, 'iscsi_nbd_device_state', { device: '/dev/nbd0', state: 'attaching' }).map((x) => x.value), [0]);
     assert.equal(find(s, 'iscsi_nbd_device_state', { device: '/dev/nbd0' }).reduce((n, x) => n + x.value, 0), 1);
     assert.deepEqual(find(s, 'iscsi_nbd_device_reattach_total').map((x) => [x.labels.device, x.value]), [['/dev/nbd0', 1]]);
+    assert.deepEqual(find(s, 'iscsi_nbd_device_adopt_total').map((x) => [x.labels.device, x.value]), [['/dev/nbd0', 2]], 'adoptions counted apart from reattaches');
     assert.deepEqual(find(s, 'iscsi_nbd_device_state', { device: '/dev/nbd1' }), [], 'an unmapped device is dropped');
 
     m.setDevices([]);

@@ -49,7 +49,8 @@ test('promtool check metrics finds no problem in a populated scrape', { skip, ti
     { device: '/dev/nbd0', state: 'attached' },
     { device: '/dev/nbd1', state: 'reattaching' },
   ]);
-  metrics.recordReattach('/dev/nbd1');
+  metrics.recordAttach('/dev/nbd1', 'reattached');
+  metrics.recordAttach('/dev/nbd1', 'adopted');
 
   const srv = await serve(metrics);
   try {

@@ -1,5 +1,6 @@
-// The thin libc adapter under the NBD netlink layer: socketpair, close and a
-// NETLINK_GENERIC socket, called through koffi. Node has no netlink and no
+// The thin libc adapter under the NBD netlink layer: socketpair, close, a
+// NETLINK_GENERIC socket, and what keeps kernel sockets across a restart
+// (sendmsg with SCM_RIGHTS to systemd, memfd, shutdown), called through koffi. Node has no netlink and no
 // socketpair, hence FFI. koffi is required on first use only, so importing
 // this module never fails on a machine without it.
 //
@@ -7,6 +8,7 @@
 // carried back from there. So the waiting (poll) runs on a worker, and the
 // calls whose errno we report (socket, bind, recv with MSG_DONTWAIT, send by
 // default) run on the main thread, where they never block.
+import fs from 'node:fs';
 import { endianness, constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NetlinkError, errnoName } from './errors';
@@ -24,7 +26,14 @@ type KoffiFunction = ReturnType<ReturnType<Koffi['load']>['func']>;
 const AF_UNIX = 1;
 const AF_NETLINK = 16;
 const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
 const SOCK_RAW = 3;
+const SOL_SOCKET = 1;
+const SCM_RIGHTS = 1;
+const MSG_NOSIGNAL = 0x4000;
+const SHUT_RDWR = 2;
+const MFD_CLOEXEC = 1;
+const F_DUPFD_CLOEXEC = 1030;
 const SOCK_CLOEXEC = 0o2000000;
 const MSG_TRUNC = 0x20;
 const MSG_DONTWAIT = 0x40;
@@ -53,6 +62,10 @@ interface Libc {
   recv(fd: number, buf: Buffer, len: number, flags: number): number;
   pollOnWorker(fds: Buffer, nfds: number, timeoutMs: number): Promise<number>;
   close(fd: number): number;
+  sendmsg(fd: number, msg: Record<string, unknown>, flags: number): number;
+  memfdCreate(name: string, flags: number): number;
+  shutdown(fd: number, how: number): number;
+  dup(fd: number): number;
 }
 
 let libc: Libc | undefined;
@@ -93,6 +106,15 @@ function loadLibc(): Libc {
   const recv = lib.func('intptr_t recv(int, void *buf, size_t len, int flags)');
   const poll = lib.func('int poll(void *fds, unsigned long nfds, int timeout)');
   const close = lib.func('int close(int)');
+  const iovec = koffi.struct('iscsi_nbd_iovec', { iov_base: 'void *', iov_len: 'size_t' });
+  koffi.struct('iscsi_nbd_msghdr', {
+    msg_name: 'void *', msg_namelen: 'uint32_t', msg_iov: koffi.pointer(iovec), msg_iovlen: 'size_t',
+    msg_control: 'void *', msg_controllen: 'size_t', msg_flags: 'int',
+  });
+  const sendmsg = lib.func('intptr_t sendmsg(int, const iscsi_nbd_msghdr *msg, int flags)');
+  const memfdCreate = lib.func('int memfd_create(const char *name, unsigned int flags)');
+  const shutdown = lib.func('int shutdown(int, int)');
+  const fcntl = lib.func('int fcntl(int, int, int)');
   libc = {
     errno: () => koffi.errno(),
     socket: (d, t, p) => Number(socket(d, t, p)),
@@ -104,6 +126,10 @@ function loadLibc(): Libc {
     recv: (fd, b, l, f) => Number(recv(fd, b, l, f)),
     pollOnWorker: (fds, n, t) => onWorker(poll, fds, n, t),
     close: (fd) => Number(close(fd)),
+    sendmsg: (fd, m, f) => Number(sendmsg(fd, m, f)),
+    memfdCreate: (n, f) => Number(memfdCreate(n, f)),
+    shutdown: (fd, h) => Number(shutdown(fd, h)),
+    dup: (fd) => Number(fcntl(fd, F_DUPFD_CLOEXEC, 3)),
   };
   return libc;
 }
@@ -135,6 +161,74 @@ export function closeFd(fd: number): void {
     const e = l.errno();
     if (e !== EINTR) throw syscallError(`close(${fd})`, e);
   }
+}
+
+/** sockaddr_un for a path; a leading '@' is Linux's abstract namespace (systemd's NOTIFY_SOCKET may be one). */
+function unixAddress(p: string): Buffer {
+  const name = Buffer.from(p.startsWith('@') ? `\0${p.slice(1)}` : p, 'utf8');
+  if (name.length > 107) throw new NetlinkError('EINVAL', `unix socket path too long: ${p}`, { errno: 'ENAMETOOLONG' });
+  const a = Buffer.alloc(2 + name.length + (p.startsWith('@') ? 0 : 1));
+  a.writeUInt16LE(AF_UNIX, 0);
+  name.copy(a, 2);
+  return a;
+}
+
+/**
+ * One datagram to a unix datagram socket, with `fds` attached (SCM_RIGHTS):
+ * the receiver gets its own copies. Node cannot pass fds over a datagram
+ * socket, so this is how the daemon talks to systemd's NOTIFY_SOCKET.
+ */
+export function sendUnixDatagram(p: string, payload: Buffer, fds: readonly number[] = []): void {
+  const l = loadLibc();
+  const addr = unixAddress(p);
+  const fd = l.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw syscallError('socket(AF_UNIX, SOCK_DGRAM)', l.errno());
+  try {
+    // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; } then the ints, padded to 8.
+    const control = fds.length ? Buffer.alloc(16 + Math.ceil((fds.length * 4) / 8) * 8) : null;
+    if (control) {
+      control.writeBigUInt64LE(BigInt(16 + fds.length * 4), 0);
+      control.writeInt32LE(SOL_SOCKET, 8);
+      control.writeInt32LE(SCM_RIGHTS, 12);
+      fds.forEach((f, i) => control.writeInt32LE(f, 16 + i * 4));
+    }
+    const msg = {
+      msg_name: addr, msg_namelen: addr.length, msg_iov: [{ iov_base: payload, iov_len: payload.length }], msg_iovlen: 1,
+      msg_control: control, msg_controllen: control?.length ?? 0, msg_flags: 0,
+    };
+    const n = l.sendmsg(fd, msg, MSG_NOSIGNAL);
+    if (n < 0) throw syscallError(`sendmsg(${p})`, l.errno());
+  } finally {
+    l.close(fd);
+  }
+}
+
+/** An anonymous in-memory file (memfd_create, close-on-exec) holding `data`. */
+export function memfdWith(name: string, data: Buffer): number {
+  const l = loadLibc();
+  const fd = l.memfdCreate(name, MFD_CLOEXEC);
+  if (fd < 0) throw syscallError('memfd_create', l.errno());
+  try {
+    for (let off = 0; off < data.length; ) off += fs.writeSync(fd, data, off, data.length - off, off);
+  } catch (err) {
+    l.close(fd);
+    throw err;
+  }
+  return fd;
+}
+
+/** Another fd for the same open file (close-on-exec). */
+export function dupFd(fd: number): number {
+  const l = loadLibc();
+  const n = l.dup(fd);
+  if (n < 0) throw syscallError(`fcntl(${fd}, F_DUPFD_CLOEXEC)`, l.errno());
+  return n;
+}
+
+/** shutdown(fd, SHUT_RDWR): the peer sees the end now, whoever else holds a copy of the fd. */
+export function shutdownFd(fd: number): void {
+  const l = loadLibc();
+  if (l.shutdown(fd, SHUT_RDWR) !== 0) throw syscallError(`shutdown(${fd})`, l.errno());
 }
 
 function intOption(v: number): Buffer {
