@@ -129,6 +129,9 @@ export interface ConfigFileValues {
 }
 
 /** pino's levels: the config's `logLevel` and the `--log-level` choices. */
+/** iSCSI sessions per export: the schema's range, and ISCSI_NBD_SESSIONS'. */
+export const MAX_SESSIONS = 64;
+
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
@@ -174,7 +177,7 @@ const exportSchema = objectSchema<ExportConfig>()({
     name: { type: 'string', maxLength: 4096 },
     url: { type: 'string', pattern: '^iscsi://' },
     description: { type: 'string', maxLength: 1024, nullable: true },
-    sessions: { type: 'integer', minimum: 1, maximum: 64, nullable: true },
+    sessions: { type: 'integer', minimum: 1, maximum: MAX_SESSIONS, nullable: true },
     readOnly: optBool,
     portals: { type: 'array', items: { type: 'string', minLength: 1 }, nullable: true },
     discoverPortals: optBool,
@@ -239,7 +242,7 @@ export const CONFIG_SCHEMA = objectSchema<ConfigFileValues>()({
       oneOf: [address, port, { type: 'array', items: { oneOf: [address, port] }, minItems: 1 }],
     } as never,
     initiatorName: { type: 'string', minLength: 1, maxLength: 223, nullable: true },
-    sessions: { type: 'integer', minimum: 1, maximum: 64, nullable: true },
+    sessions: { type: 'integer', minimum: 1, maximum: MAX_SESSIONS, nullable: true },
     digest: { type: 'string', enum: DIGEST_MODES, nullable: true },
     readOnly: optBool,
     logLevel: { type: 'string', enum: LOG_LEVELS, nullable: true },

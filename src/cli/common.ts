@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
-import { IscsiNbdError } from '../errors';
+import { ConfigError, IscsiNbdError } from '../errors';
 import { createLogger, setRootLogger, tell } from '../log';
-import { DIGEST_MODES, LOG_LEVELS } from '../config';
+import { DIGEST_MODES, LOG_LEVELS, MAX_SESSIONS } from '../config';
 
 // What every command shares: exit codes, the common options, logging setup
 // and the one place an error becomes a message and an exit code.
@@ -58,7 +58,7 @@ export interface LogArgs {
 export function withCommonOptions<T>(y: Argv<T>) {
   return y
     .option('log-level', { choices: LOG_LEVELS, describe: 'default info (warn for one-shot commands)' })
-    .option('log-format', { choices: ['json', 'pretty', 'auto'] as const, default: 'auto', describe: 'pretty on a terminal by default' })
+    .option('log-format', { choices: ['json', 'pretty', 'auto'] as const, default: 'auto', describe: 'auto: text, except JSON lines when serve or target run off a terminal' })
     .option('initiator-name', { type: 'string', describe: 'our iSCSI initiator name (else /etc/iscsi/initiatorname.iscsi, else a generated, persisted one)' })
     .option('chap-secret-file', { type: 'string', describe: 'read the CHAP secret from this file (instead of the URL)' })
     .option('chap-secret-env', { type: 'string', describe: 'read the CHAP secret from this environment variable', default: 'ISCSI_NBD_CHAP_SECRET' })
@@ -74,37 +74,90 @@ export function withCommonOptions<T>(y: Argv<T>) {
  * (Not yargs' .env(): it turns every ISCSI_NBD_* variable into an option,
  * which strict mode then rejects, ISCSI_NBD_CHAP_SECRET among them.)
  */
-const ENV_OPTIONS: Record<string, { key: string; kind: 'string' | 'list' | 'number' | 'boolean' }> = {
+const ENV_OPTIONS: Record<string, { key: string; kind: 'string' | 'list' | 'number' | 'boolean'; range?: [number, number] }> = {
   ISCSI_NBD_LOG_LEVEL: { key: 'log-level', kind: 'string' },
   ISCSI_NBD_LISTEN: { key: 'listen', kind: 'list' },
   ISCSI_NBD_METRICS: { key: 'metrics', kind: 'string' },
   ISCSI_NBD_INITIATOR_NAME: { key: 'initiator-name', kind: 'string' },
   ISCSI_NBD_CONTROL: { key: 'control', kind: 'string' },
-  ISCSI_NBD_SESSIONS: { key: 'sessions', kind: 'number' },
+  ISCSI_NBD_SESSIONS: { key: 'sessions', kind: 'number', range: [1, MAX_SESSIONS] },
   ISCSI_NBD_DIGEST: { key: 'digest', kind: 'string' },
   ISCSI_NBD_READ_ONLY: { key: 'read-only', kind: 'boolean' },
   ISCSI_NBD_STATE_DIR: { key: 'state-dir', kind: 'string' },
   ISCSI_NBD_DISCOVERY_CHAP: { key: 'discovery-chap', kind: 'string' },
 };
 
-/** Fill the options of this command that the command line left out (these have no yargs default) from the environment. */
+/** The variables above, for --help epilogues: the ones that stand for an option the command has. */
+export function envOptionsFor(known: (key: string) => boolean): Array<{ name: string; flag: string }> {
+  return Object.entries(ENV_OPTIONS).filter(([, o]) => known(o.key)).map(([name, o]) => ({ name, flag: `--${o.key}` }));
+}
+
+const TRUE_WORDS = /^(1|true|yes|on)$/i;
+const FALSE_WORDS = /^(0|false|no|off)$/i;
+
+/**
+ * Fill the options of this command that the command line left out (these
+ * have no yargs default) from the environment. A value not of the option's
+ * kind (a boolean that is neither yes nor no, a number that is not one) is a
+ * UsageError, and an out-of-range number a ConfigError, naming the variable:
+ * the same rule as for the flag (exit 2 for the form, exit 6 for the value).
+ */
 export function applyEnvOptions(argv: Record<string, unknown>, known: (key: string) => boolean, env: NodeJS.ProcessEnv = process.env): void {
-  for (const [name, { key, kind }] of Object.entries(ENV_OPTIONS)) {
+  for (const [name, { key, kind, range }] of Object.entries(ENV_OPTIONS)) {
     const raw = env[name];
     if (raw === undefined || raw === '' || !known(key) || argv[key] !== undefined) continue;
-    const value =
-      kind === 'list' ? raw.split(',').map((s) => s.trim()).filter(Boolean)
-      : kind === 'number' ? Number(raw)
-      : kind === 'boolean' ? /^(1|true|yes|on)$/i.test(raw)
-      : raw;
+    let value: unknown = raw;
+    if (kind === 'list') value = raw.split(',').map((s) => s.trim()).filter(Boolean);
+    else if (kind === 'boolean') {
+      if (TRUE_WORDS.test(raw.trim())) value = true;
+      else if (FALSE_WORDS.test(raw.trim())) value = false;
+      else throw new UsageError(`${name}=${raw} is not a yes or no: use 1/0, true/false, yes/no or on/off (it stands for --${key})`);
+    } else if (kind === 'number') {
+      const n = raw.trim() === '' ? NaN : Number(raw);
+      if (!Number.isFinite(n)) throw new UsageError(`${name}=${raw} is not a number (it stands for --${key})`);
+      if (range && (!Number.isInteger(n) || n < range[0] || n > range[1])) {
+        throw new ConfigError('ECONFIG', `${name}=${raw}: must be a whole number ${range[0]}..${range[1]} (it stands for --${key})`);
+      }
+      value = n;
+    }
     argv[key] = value;
     argv[key.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase())] = value;
   }
 }
 
-export function setupLogging(argv: LogArgs, fallbackLevel = 'info'): void {
+/**
+ * Number options given something that is not a number (yargs makes it NaN):
+ * a usage error that quotes what was typed, before any command runs.
+ */
+export function checkNumberOptions(argv: Record<string, unknown>, numberKeys: readonly string[], args: readonly string[]): void {
+  for (const key of numberKeys) {
+    const v = argv[key];
+    const values = Array.isArray(v) ? v : [v];
+    if (!values.some((x) => typeof x === 'number' && Number.isNaN(x))) continue;
+    throw new UsageError(`--${key} wants a number, got ${JSON.stringify(typedValue(args, key) ?? String(v))}`);
+  }
+}
+
+/** What followed --key (or --key=) on the command line. */
+function typedValue(args: readonly string[], key: string): string | undefined {
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === `--${key}`) return args[i + 1];
+    if (args[i].startsWith(`--${key}=`)) return args[i].slice(key.length + 3);
+  }
+  return undefined;
+}
+
+/**
+ * The root logger for a command. `--log-format auto` is JSON off a terminal
+ * for a service (serve, target: journald and log collectors read it), but
+ * text for a one-shot command (discover, copy): a person or a script reads
+ * its stderr, so errors, warnings and progress stay plain text unless
+ * `--log-format json` asks for JSON lines.
+ */
+export function setupLogging(argv: LogArgs, fallbackLevel = 'info', oneShot = false): void {
   const fmt = argv['log-format'] ?? 'auto';
-  setRootLogger(createLogger({ level: argv['log-level'] ?? fallbackLevel, pretty: fmt === 'auto' ? undefined : fmt === 'pretty' }));
+  const pretty = fmt === 'auto' ? (oneShot ? true : undefined) : fmt === 'pretty';
+  setRootLogger(createLogger({ level: argv['log-level'] ?? fallbackLevel, pretty }));
 }
 
 /** The line that sends a person with a usage error to the right --help. */

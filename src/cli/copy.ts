@@ -5,7 +5,7 @@ import type { SecretOptions } from '../credentials';
 import { defaultControlPath } from '../daemon/paths';
 import { parseIscsiUrl } from '../iscsi/url';
 import type { DigestPref } from '../config';
-import { copy, CopyInterrupted, CopyProgress, CopySummary } from '../copy/copy';
+import { checkTuning, CHUNK_KIB_RANGE, copy, CopyInterrupted, CopyProgress, CopySummary, PARALLEL_RANGE } from '../copy/copy';
 import { isStream, isUrl } from '../copy/sides';
 import { servedByDaemon } from '../copy/served';
 import { LogArgs, setupLogging, withCommonOptions } from './common';
@@ -21,8 +21,8 @@ export function options<T>(y: Argv<T>) {
     .positional('dst', { type: 'string', demandOption: true, describe: 'image file or block device, iscsi://host/<iqn>/<lun>, - for stdout, or a pipe/FIFO//dev/null (written front to back)' })
     .option('verify', { type: 'boolean', default: false, describe: 'read both sides back and compare after copying' })
     .option('progress', { choices: ['auto', 'bar', 'plain', 'none'] as const, default: 'auto', describe: 'bar on a terminal, plain lines otherwise' })
-    .option('chunk', { type: 'number', default: 1024, describe: 'KiB per request' })
-    .option('parallel', { type: 'number', default: 8, describe: 'requests in flight' })
+    .option('chunk', { type: 'number', default: 1024, describe: `KiB per request, ${CHUNK_KIB_RANGE[0]}..${CHUNK_KIB_RANGE[1]}` })
+    .option('parallel', { type: 'number', default: 8, describe: `requests in flight, ${PARALLEL_RANGE[0]}..${PARALLEL_RANGE[1]}` })
     .option('allow-short', {
       type: 'boolean',
       default: false,
@@ -188,8 +188,9 @@ async function checkNotServed(argv: CopyArgs): Promise<void> {
 
 export async function run(argv: CopyArgs): Promise<void> {
   // Quiet unless asked: the progress and the summary are the output.
-  setupLogging(argv, 'warn');
+  setupLogging(argv, 'warn', true);
   if (!isUrl(argv.src) && !isUrl(argv.dst)) throw new ConfigError('ECONFIG', 'one of SRC and DST must be an iscsi:// URL (use cp for file to file)');
+  checkTuning(argv);
   await checkNotServed(argv);
   // With `-` (or /dev/stdout) as DST, stdout carries the data: everything else goes to stderr.
   const out = isStream(argv.dst) || isStdout(argv.dst) ? process.stderr : process.stdout;

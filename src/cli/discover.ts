@@ -112,7 +112,7 @@ async function inspectTarget(t: DiscoveredTarget, portal: { host: string; port: 
 export async function run(argv: DiscoverArgs): Promise<void> {
   // An interactive command: only warnings unless a level was asked for (the
   // shared option defaults to info, which would bury the answer in log lines).
-  setupLogging(argv, 'warn');
+  setupLogging(argv, 'warn', true);
   const url = parsePortalUrl(argv.url);
   const auth = authFor(url, argv);
   const dauth = discoveryAuth(argv, auth);

@@ -1,6 +1,6 @@
 import yargs from 'yargs';
 import type { CommandModule } from 'yargs';
-import { applyEnvOptions, EXIT_USAGE, fail, seeHelp } from './common';
+import { applyEnvOptions, checkNumberOptions, EXIT_USAGE, fail, seeHelp, UsageError } from './common';
 import { serveCommand } from './serve';
 import { discoverCommand } from './discover';
 import { demoCommand } from './demo';
@@ -15,10 +15,22 @@ import { parseLunUrl } from '../iscsi/url';
 // The command line: each command is a yargs CommandModule in its own file;
 // this file only lists them and turns a failure into an exit code.
 
-/** yargs calls middleware with the parsed arguments and itself (for the current command's options). */
-function envMiddleware(argv: Record<string, unknown>, y: { getOptions(): { key: Record<string, unknown> } }): void {
-  const known = y.getOptions().key;
-  applyEnvOptions(argv, (k) => k in known);
+/**
+ * yargs calls middleware with the parsed arguments and itself (for the
+ * current command's options): environment variables fill options left out,
+ * and a number option given a non-number is refused before the command runs.
+ */
+function envMiddleware(args: readonly string[]) {
+  return (argv: Record<string, unknown>, y: { getOptions(): { key: Record<string, unknown>; number: string[] } }): void => {
+    const o = y.getOptions();
+    try {
+      checkNumberOptions(argv, o.number, args);
+      applyEnvOptions(argv, (k) => k in o.key);
+    } catch (err) {
+      // Point a usage error at the command's --help.
+      throw err instanceof UsageError && !err.command ? new UsageError(err.message, commandOf(args)) : err;
+    }
+  };
 }
 
 /**
@@ -70,6 +82,41 @@ export function commandOf(args: readonly string[]): string | undefined {
   return undefined;
 }
 
+interface KnownOptions {
+  key: Record<string, unknown>;
+  alias: Record<string, string[]>;
+}
+
+/** The options a command knows (its builder run on a yargs of its own), plus the global ones. */
+function optionsOf(command: string | undefined): KnownOptions {
+  const y = yargs([]);
+  const c = COMMANDS.find((m) => String(m.command).split(/\s+/)[0] === command);
+  if (typeof c?.builder === 'function') (c.builder as (y: unknown) => unknown)(y);
+  const o = (y as unknown as { getOptions(): KnownOptions }).getOptions();
+  return { key: { ...o.key, help: true, h: true, version: true, V: true }, alias: o.alias ?? {} };
+}
+
+/**
+ * `discover --bogus 127.0.0.1:3299`: an unknown option takes the word after
+ * it as its value, and yargs then says only that an argument is missing. Name
+ * the unknown option and the word it took instead.
+ */
+export function swallowedArgument(args: readonly string[], o: KnownOptions): string | undefined {
+  const known = new Set<string>(Object.keys(o.key));
+  for (const names of Object.values(o.alias ?? {})) for (const n of names) known.add(n);
+  const camel = (k: string): string => k.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+  for (let i = 0; i < args.length - 1; i++) {
+    const a = args[i];
+    if (a === '--') break;
+    const m = /^--?(?:no-)?([^=]+)$/.exec(a);
+    if (!m || known.has(m[1]) || known.has(camel(m[1]))) continue;
+    const next = args[i + 1];
+    if (next.startsWith('-')) continue;
+    return `unknown option ${a}: it took "${next}" as its value, which left no room for the command's own argument`;
+  }
+  return undefined;
+}
+
 export async function main(args: string[]): Promise<void> {
   let cli = yargs(args)
     .scriptName('iscsi-nbd')
@@ -77,7 +124,7 @@ export async function main(args: string[]): Promise<void> {
   for (const c of COMMANDS) cli = cli.command(c);
   cli = cli
     .completion('completion', 'print a bash/zsh completion script: source <(iscsi-nbd completion)')
-    .middleware(envMiddleware as never, true)
+    .middleware(envMiddleware(args) as never, true)
     .demandCommand(1, `name a command: ${commandNames().join(', ')}`)
     .strict()
     .recommendCommands()
@@ -88,6 +135,8 @@ export async function main(args: string[]): Promise<void> {
     .fail((msg, err) => {
       // A check() that returns a message passes it as `err` too: that is a usage error.
       if (err instanceof Error) fail(err);
+      const swallowed = /^Not enough non-option arguments/.test(msg) ? swallowedArgument(args, optionsOf(commandOf(args))) : undefined;
+      if (swallowed) msg = swallowed;
       process.stderr.write(`iscsi-nbd: ${msg}\n${seeHelp(commandOf(args))}\n`);
       process.exit(EXIT_USAGE);
     });

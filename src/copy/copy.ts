@@ -221,10 +221,25 @@ interface Tuning {
   sparse: boolean;
 }
 
+/** --chunk (KiB) and --parallel: what is accepted, rather than silently raised or capped. */
+export const CHUNK_KIB_RANGE: readonly [number, number] = [64, 32 * 1024];
+export const PARALLEL_RANGE: readonly [number, number] = [1, 64];
+
+/** Refuse a chunk size or request count out of range (a ConfigError naming the flag), before anything connects. */
+export function checkTuning(o: Pick<CopyOptions, 'chunk' | 'parallel'>): void {
+  const check = (v: number | undefined, flag: string, [lo, hi]: readonly [number, number], unit: string): void => {
+    if (v === undefined) return;
+    if (!Number.isInteger(v) || v < lo || v > hi) throw new ConfigError('ECONFIG', `${flag} must be a whole number ${lo}..${hi}${unit} (got ${v})`);
+  };
+  check(o.chunk, '--chunk', CHUNK_KIB_RANGE, ' (KiB)');
+  check(o.parallel, '--parallel', PARALLEL_RANGE, '');
+}
+
 function tuning(o: CopyOptions): Tuning {
+  checkTuning(o);
   return {
     chunkKiB: o.chunk ?? 1024,
-    parallel: Math.max(1, Math.min(64, Math.floor(o.parallel ?? 8))),
+    parallel: o.parallel ?? 8,
     sparse: o.sparse !== false,
   };
 }
@@ -248,6 +263,7 @@ function checkWritable(dst: Side): void {
 /** The copy itself, for the CLI and for tests. */
 export async function copy(o: CopyOptions): Promise<CopySummary> {
   if (!isUrl(o.src) && !isUrl(o.dst)) throw new ConfigError('ECONFIG', 'one of SRC and DST must be an iscsi:// URL (use cp for file to file)');
+  checkTuning(o);
   // A path that is neither a regular file nor a block device is a stream (a pipe, a FIFO, /dev/null).
   const srcKind = isUrl(o.src) ? undefined : pathKind(o.src);
   const dstKind = isUrl(o.dst) ? undefined : pathKind(o.dst);

@@ -1,5 +1,5 @@
 // The copy engine (`iscsi-nbd copy`): public surface.
-export { copy, CopyInterrupted, ShortSource, zeroRuns, forChunks, readOrZero, gcd, lcm, roundUp } from './copy';
+export { copy, checkTuning, CopyInterrupted, ShortSource, zeroRuns, forChunks, readOrZero, gcd, lcm, roundUp } from './copy';
 export type { CopyOptions, CopySummary, CopyProgress } from './copy';
 export { FileSide, LunSide, StreamSource, StreamSink, isUrl, isStream, pathKind, openLocalSource, openLocalDest } from './sides';
 export type { Side, Extent, LunSideOptions, PathKind } from './sides';

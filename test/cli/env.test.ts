@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { applyEnvOptions } from '../../src/cli/common';
+import { applyEnvOptions, UsageError } from '../../src/cli/common';
 
 const BIN = path.resolve(__dirname, '../../../bin/iscsi-nbd.js');
 
@@ -31,4 +31,17 @@ test('applyEnvOptions: a flag on the command line wins; lists split; booleans re
   assert.equal(argv['read-only'], true);
   assert.equal(argv.readOnly, true);
   assert.equal(argv.metrics, undefined, 'an option the command does not have is left out');
+  const off: Record<string, unknown> = {};
+  applyEnvOptions(off, () => true, { ISCSI_NBD_READ_ONLY: 'No' });
+  assert.equal(off['read-only'], false);
+});
+
+test('applyEnvOptions: a boolean that is neither yes nor no, or a number that is not one, is a usage error; out of range a config error', () => {
+  const all = (): boolean => true;
+  assert.throws(() => applyEnvOptions({}, all, { ISCSI_NBD_READ_ONLY: 'maybe' }), (e: Error) => e instanceof UsageError && /ISCSI_NBD_READ_ONLY=maybe is not a yes or no/.test(e.message));
+  assert.throws(() => applyEnvOptions({}, all, { ISCSI_NBD_SESSIONS: '2x' }), (e: Error) => e instanceof UsageError && /ISCSI_NBD_SESSIONS=2x is not a number/.test(e.message));
+  assert.throws(() => applyEnvOptions({}, all, { ISCSI_NBD_SESSIONS: '65' }), (e: Error & { code?: string }) => e.code === 'ECONFIG' && /ISCSI_NBD_SESSIONS=65: must be a whole number 1\.\.64/.test(e.message));
+  // Not checked when the command has no such option, or the flag was given.
+  applyEnvOptions({}, () => false, { ISCSI_NBD_READ_ONLY: 'maybe' });
+  applyEnvOptions({ 'read-only': true }, all, { ISCSI_NBD_READ_ONLY: 'maybe' });
 });

@@ -76,6 +76,29 @@ test('usage errors exit 2 and point at the command\'s --help', { timeout: 60_000
   assert.equal(commandOf(['nope']), undefined);
 });
 
+test('bad values are refused before connecting, naming the flag or variable given: exit 2 for the form, 6 for the value', { timeout: 120_000 }, () => {
+  const src = '/nonexistent/x.img';
+  const cases: Array<[string[], Record<string, string>, number, RegExp]> = [
+    [['copy', src, `${NO_LUN}/0`, '--chunk', 'abc'], {}, 2, /^iscsi-nbd: --chunk wants a number, got "abc"\n\(see iscsi-nbd copy --help\)\n$/],
+    [['copy', src, `${NO_LUN}/0`, '--chunk', '0'], {}, 6, /^iscsi-nbd: --chunk must be a whole number 64\.\.32768 \(KiB\) \(got 0\) \[ECONFIG\]\n$/],
+    [['copy', src, `${NO_LUN}/0`, '--parallel', '0'], {}, 6, /^iscsi-nbd: --parallel must be a whole number 1\.\.64 \(got 0\) \[ECONFIG\]\n$/],
+    [['copy', src, `${NO_LUN}/0`, '--parallel', '1e9'], {}, 6, /^iscsi-nbd: --parallel must be a whole number 1\.\.64 \(got 1000000000\) \[ECONFIG\]\n$/],
+    [['map', '--io-timeout', 'abc', `${NO_LUN}/0`], {}, 2, /^iscsi-nbd: --io-timeout wants a number, got "abc"\n\(see iscsi-nbd map --help\)\n$/],
+    [['serve', '--export', `a=${NO_LUN}/0`], { ISCSI_NBD_READ_ONLY: 'maybe' }, 2,
+      /^iscsi-nbd: ISCSI_NBD_READ_ONLY=maybe is not a yes or no: use 1\/0, true\/false, yes\/no or on\/off \(it stands for --read-only\)\n\(see iscsi-nbd serve --help\)\n$/],
+    [['serve', '--export', `a=${NO_LUN}/0`], { ISCSI_NBD_SESSIONS: '0' }, 6, /^iscsi-nbd: ISCSI_NBD_SESSIONS=0: must be a whole number 1\.\.64 \(it stands for --sessions\) \[ECONFIG\]\n$/],
+    [['serve', '--export', `a=${NO_LUN}/0`], { ISCSI_NBD_SESSIONS: 'lots' }, 2, /^iscsi-nbd: ISCSI_NBD_SESSIONS=lots is not a number \(it stands for --sessions\)\n/],
+    [['discover', '--bogus', '127.0.0.1:1'], {}, 2,
+      /^iscsi-nbd: unknown option --bogus: it took "127\.0\.0\.1:1" as its value, which left no room for the command's own argument\n\(see iscsi-nbd discover --help\)\n$/],
+  ];
+  for (const [args, env, code, want] of cases) {
+    const r = cli(args, env);
+    const what = `${Object.entries(env).map(([k, v]) => `${k}=${v} `).join('')}${args.join(' ')}`;
+    assert.equal(r.code, code, `${what}: ${r.all}`);
+    assert.match(r.err, want, what);
+  }
+});
+
 test('--log-level lists its choices and refuses others (flag and environment)', { timeout: 60_000 }, () => {
   const choices = /Choices: "trace", "debug", "info", "warn", "error", "fatal", "silent"/;
   for (const [args, env] of [

@@ -1,10 +1,7 @@
-// One-shot commands (discover, copy) write plain text to stderr on a terminal
-// and JSON lines otherwise, never both mixed: their errors, warnings, progress
-// lines go through tell() (src/log.ts) like the log lines do.
-//
-// TODO(lead): needs the src/cli/{common,discover,copy}.ts changes described
-// with this test (fail(), warn(), the failed-target line, copy's progress,
-// warnings and interruption lines through tell()).
+// One-shot commands (discover, copy) write plain text to stderr, on a
+// terminal or not, and JSON lines with --log-format json, never both mixed:
+// their errors, warnings, progress lines go through tell() (src/log.ts) like
+// the log lines do.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -40,17 +37,17 @@ after(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 }, { timeout: 60000 });
 
-test('not a terminal: every stderr line of discover and copy is JSON', { skip, timeout: 120000 }, async () => {
+test('--log-format json: every stderr line of discover and copy is JSON', { skip, timeout: 120000 }, async () => {
   const env = { ISCSI_NBD_STATE_DIR: dir };
   // A target that refuses us (CHAP) next to one that works: the answer on stdout, the failure on stderr.
-  const d = await runCliRaw(['discover', `iscsi://${tgtd!.portal}`, '--log-level', 'info'], 60000, env);
+  const d = await runCliRaw(['discover', `iscsi://${tgtd!.portal}`, '--log-level', 'info', '--log-format', 'json'], 60000, env);
   assert.equal(d.code, 4, d.err);
   assert.match(d.out, /Target: iqn\.2026-11\.test\.iscsi-nbd:t1/);
   const dl = parseLogLines(d.err, 'discover stderr');
   const failed = dl.find((l) => l.level === 50 && l.target === tgtd!.iqn(2));
   assert.ok(failed, `the failed target as a JSON error line:\n${d.err}`);
 
-  const u = await runCliRaw(['discover', '127.0.0.1:1'], 30000, env);
+  const u = await runCliRaw(['discover', '127.0.0.1:1', '--log-format', 'json'], 30000, env);
   assert.equal(u.code, 3);
   const ul = parseLogLines(u.err, 'unreachable discover stderr');
   assert.equal(ul.length, 1, u.err);
@@ -59,12 +56,26 @@ test('not a terminal: every stderr line of discover and copy is JSON', { skip, t
 
   const img = path.join(dir, 'img');
   fs.writeFileSync(img, Buffer.alloc(MiB, 7));
-  const c = await runCliRaw(['copy', img, tgtd!.url(1, 1), '--log-level', 'info'], 60000, env);
+  const c = await runCliRaw(['copy', img, tgtd!.url(1, 1), '--log-level', 'info', '--log-format', 'json'], 60000, env);
   assert.equal(c.code, 0, c.err);
   assert.match(c.out, /^copied 1048576 bytes/);
   const cl = parseLogLines(c.err, 'copy stderr');
   assert.ok(cl.some((l) => l.phase === 'copy' && l.pct === 100 && /^copy: 100% /.test(String(l.msg))), `progress as JSON:\n${c.err}`);
   assert.ok(cl.some((l) => l.level === 40 && /larger than the source/.test(String(l.msg))), c.err);
+});
+
+test('not a terminal, no --log-format: plain text, no JSON line', { skip, timeout: 60000 }, async () => {
+  const env = { ISCSI_NBD_STATE_DIR: dir };
+  const u = await runCliRaw(['discover', '127.0.0.1:1'], 30000, env);
+  assert.equal(u.code, 3, u.err);
+  assert.match(u.err, /^iscsi-nbd: cannot connect to iSCSI portal 127\.0\.0\.1:1: .* \[ECONNECT\]\n$/);
+  const img = path.join(dir, 'img-plain');
+  fs.writeFileSync(img, Buffer.alloc(MiB, 7));
+  const c = await runCliRaw(['copy', img, tgtd!.url(1, 1), '--progress', 'plain'], 60000, env);
+  assert.equal(c.code, 0, c.err);
+  for (const l of c.err.split('\n').filter(Boolean)) assert.ok(!l.startsWith('{'), `a JSON line off a terminal without --log-format json: ${l}`);
+  assert.match(c.err, /^copy: 100% /m);
+  assert.match(c.err, /WARN: the destination LUN is larger than the source/);
 });
 
 test('on a terminal: plain text only', { skip: skip || (onPath('script') ? false : 'no script(1)'), timeout: 120000 }, () => {
