@@ -87,11 +87,6 @@ const ENV_OPTIONS: Record<string, { key: string; kind: 'string' | 'list' | 'numb
   ISCSI_NBD_DISCOVERY_CHAP: { key: 'discovery-chap', kind: 'string' },
 };
 
-/** The variables above, for --help epilogues: the ones that stand for an option the command has. */
-export function envOptionsFor(known: (key: string) => boolean): Array<{ name: string; flag: string }> {
-  return Object.entries(ENV_OPTIONS).filter(([, o]) => known(o.key)).map(([name, o]) => ({ name, flag: `--${o.key}` }));
-}
-
 const TRUE_WORDS = /^(1|true|yes|on)$/i;
 const FALSE_WORDS = /^(0|false|no|off)$/i;
 

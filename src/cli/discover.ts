@@ -1,6 +1,6 @@
 import { discover, DiscoveredTarget } from '../iscsi/discovery';
 import { IscsiSession } from '../iscsi/initiator';
-import { parsePortalUrl, formatHostPort } from '../iscsi/url';
+import { parsePortalUrl, formatHostPort, type IscsiUrl } from '../iscsi/url';
 import { aclHint } from '../iscsi/login';
 import { LogicalUnit, deviceTypeName } from '../scsi/lun';
 import { ConfigError, IscsiNbdError } from '../errors';
@@ -49,6 +49,8 @@ export interface LunReport {
   size?: string;
   blockSize?: number;
   writeProtect?: boolean;
+  /** A disk's URL through the portal discover was given (no password), to paste into map, serve or copy. */
+  url?: string;
   error?: string;
 }
 
@@ -109,6 +111,12 @@ async function inspectTarget(t: DiscoveredTarget, portal: { host: string; port: 
   return report;
 }
 
+/** iscsi://[user@]host:port/<iqn>/<lun>: the user but never the secret (it comes from the environment or a file). */
+function lunUrl(portal: IscsiUrl, target: string, lun: number): string {
+  const user = portal.auth ? `${encodeURIComponent(portal.auth.user)}@` : '';
+  return `iscsi://${user}${formatHostPort(portal.host, portal.port)}/${target}/${lun}`;
+}
+
 export async function run(argv: DiscoverArgs): Promise<void> {
   // An interactive command: only warnings unless a level was asked for (the
   // shared option defaults to info, which would bury the answer in log lines).
@@ -119,7 +127,11 @@ export async function run(argv: DiscoverArgs): Promise<void> {
   const iname = initiatorName(argv['initiator-name']);
   const digest = argv.digest ?? 'prefer-none';
   const portal = { host: url.host, port: url.port };
-  const targets = await discover({ portal, initiatorName: iname, auth: dauth, digest, log: rootLogger() });
+  const targets = await discover({ portal, initiatorName: iname, auth: dauth, digest, log: rootLogger() }).catch((err: unknown) => {
+    if ((err as IscsiNbdError).code !== 'EPROTO') throw err;
+    // An HTTP server, an SSH daemon...: its answer to our Login Request does not parse as iSCSI.
+    throw new IscsiNbdError('EPROTO', `${formatHostPort(url.host, url.port)} is not an iSCSI target (it answered our login with something else: ${(err as Error).message})`, { cause: err });
+  });
   const wanted = url.target ? targets.filter((t) => t.name === url.target) : targets;
   if (url.target && wanted.length === 0) {
     throw new IscsiNbdError('ENOTARGET', `target ${url.target} is not offered by ${formatHostPort(url.host, url.port)} (it offers: ${targets.map((t) => t.name).join(', ') || 'nothing'}); ${aclHint(iname)}`);
@@ -127,7 +139,9 @@ export async function run(argv: DiscoverArgs): Promise<void> {
   const reports: TargetReport[] = [];
   for (const t of wanted) {
     // Log in through the portal we were given: the advertised ones may not be reachable from here.
-    reports.push(await inspectTarget(t, portal, { initiatorName: iname, auth, digest }));
+    const r = await inspectTarget(t, portal, { initiatorName: iname, auth, digest });
+    for (const l of r.luns) if (l.deviceType === 0 && !l.error) l.url = lunUrl(url, t.name, l.lun);
+    reports.push(r);
   }
   if (argv.json) {
     process.stdout.write(JSON.stringify({ portal: formatHostPort(url.host, url.port), initiatorName: iname, targets: reports }, null, 2) + '\n');
@@ -145,6 +159,7 @@ export async function run(argv: DiscoverArgs): Promise<void> {
         }
         const size = l.size !== undefined ? `  ${humanBytes(BigInt(l.size), { trim: true })} (${l.size} bytes), block ${l.blockSize}${l.writeProtect ? ', read-only' : ''}` : '';
         out.push(`  Lun ${l.lun}: ${l.deviceTypeName}  ${l.vendor} ${l.product} ${l.revision}`.trimEnd() + size);
+        if (l.url) out.push(`    ${l.url}`);
       }
     }
     process.stdout.write(out.join('\n') + '\n');

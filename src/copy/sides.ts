@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import tty from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
 import { IscsiSession } from '../iscsi/initiator';
-import { parseLunUrl } from '../iscsi/url';
+import { formatHostPort, parseLunUrl } from '../iscsi/url';
 import { LogicalUnit } from '../scsi/lun';
 import { ConfigError, IscsiNbdError, RequestError } from '../errors';
 import { rootLogger } from '../log';
@@ -252,6 +252,10 @@ export class LunSide implements Side {
       await session.connect();
     } catch (err) {
       session.close();
+      if ((err as IscsiNbdError).code === 'EPROTO') {
+        // An HTTP server, an SSH daemon...: its answer to our Login Request does not parse as iSCSI.
+        throw new IscsiNbdError('EPROTO', `${label}: cannot log in: ${formatHostPort(u.host, u.port)} is not an iSCSI target (it answered our login with something else: ${(err as Error).message})`, { cause: err });
+      }
       throw withContext(err, `${label}: cannot log in`);
     }
     const lun = new LogicalUnit(session, u.lun ?? 0, { log: rootLogger().child({ url: label }) });

@@ -95,7 +95,11 @@ test('discover: two targets, three LUNs, CHAP, wrong secret, human output, unrea
   assert.ok(lines.some((l) => /^\s+Lun 2: disk .*16 MiB \(16777216 bytes\), block 4096$/.test(l)), h.stdout);
   assert.ok(lines.some((l) => /^\s+Lun 1: disk .*12 MiB \(12582912 bytes\), block 512$/.test(l)), h.stdout);
   assert.equal(lines[0], `Initiator: ${TEST_INITIATOR}`, 'the initiator name target ACLs must list comes first');
-  assert.equal(lines.length, 10, h.stdout); // the initiator + 2 targets x (name, portal) + 5 LUN lines
+  // Each disk's URL to paste, through the portal given, with the user and never the secret.
+  for (const [iqn, lun] of [[T1, 1], [T1, 2], [T2, 1]] as const) {
+    assert.ok(lines.includes(`    iscsi://${encodeURIComponent(CHAP.user)}@${tgt.portal}/${iqn}/${lun}`), h.stdout);
+  }
+  assert.equal(lines.length, 13, h.stdout); // the initiator + 2 targets x (name, portal) + 5 LUN lines + 3 disk URLs
   assert.doesNotMatch(h.stdout, /[{}]/, 'no JSON or log lines in the human output');
   assert.equal(h.stderr.trim(), '', 'nothing on stderr when all is well');
 
