@@ -17,7 +17,11 @@ import { MappingStore } from './mapping-store';
 import { claimStateDir, releaseStateDir } from './owner';
 import { applyReload, exportStates, type ReloadOutcome } from './reload';
 import { UndoStack } from './undo';
-import { NO_FD_STORE, SystemdFdStore, type FdKeeper } from './fd-store';
+import { parseHandover } from '../nbd/handover';
+import { closeStoredSocket, closeUntaken, NO_FD_STORE, SystemdFdStore, type FdKeeper } from './fd-store';
+
+/** How long a stop waits for one NBD client's requests in flight before giving up its hand-over. */
+const CLIENT_HANDOVER_MS = 20_000;
 import { clientStatus, DaemonStatus, exportsStatus } from './status';
 
 export type { ReloadOutcome } from './reload';
@@ -116,6 +120,7 @@ export class Daemon implements RunningDaemon {
       await d.openExports();
       await d.listenNbd();
       await d.restoreDevices();
+      closeUntaken(d.fdStore, d.log);
       await d.serveMetrics();
       await d.serveControl();
     } catch (err) {
@@ -188,8 +193,12 @@ export class Daemon implements RunningDaemon {
 
   /** Step 2: the NBD listeners. */
   private async listenNbd(): Promise<void> {
-    const { server } = this;
-    this.undo.push('nbd-listeners', (how) => server.close({ drainMs: how === 'stop' ? 30_000 : 0 }));
+    const { server, fdStore } = this;
+    this.undo.push('nbd-listeners', async (how) => {
+      // Plain clients in transmission go to the fd store, as the kernel's sockets do; the rest drain.
+      if (fdStore.enabled) await server.handOverClients(CLIENT_HANDOVER_MS, (fd, record) => this.keepClient(fd, record));
+      await server.close({ drainMs: how === 'stop' ? 30_000 : 0 });
+    });
     for (const l of this.cfg.listen) {
       const addr = parseListen(l);
       try {
@@ -203,6 +212,67 @@ export class Daemon implements RunningDaemon {
     }
     // One line per listener, once every listener is up (NbdServer.listen() itself does not log it).
     for (const a of server.addresses()) this.log.info({ address: typeof a === 'string' ? a : formatHostPort(a.address, a.port) }, 'serving NBD');
+    this.adoptClients();
+  }
+
+  private keptClients = 0;
+
+  private keepClient(fd: number, record: Buffer): void {
+    const name = `client.${this.keptClients++}`;
+    try {
+      this.fdStore.put(name, fd);
+      this.fdStore.putBytes(`${name}.state`, record);
+    } catch (err) {
+      this.log.warn({ err }, 'cannot keep an NBD client connection in the fd store; it ends with this daemon');
+    }
+  }
+
+  /**
+   * NBD clients the last daemon handed over: each carries on from where it
+   * stopped reading, once its export serves (its requests wait meanwhile).
+   */
+  private adoptClients(): void {
+    const { fdStore, log } = this;
+    for (const name of fdStore.untaken()) {
+      if (!/^client\.\d+$/.test(name) || !fdStore.has(`${name}.state`)) continue;
+      const record = fdStore.takeBytes(`${name}.state`)!;
+      const fd = fdStore.take(name)!;
+      let exportName: string;
+      try {
+        exportName = parseHandover(record).state.exportName;
+      } catch (err) {
+        log.warn({ name, err }, 'an NBD client handed over by the last daemon has an unreadable record; closing it');
+        closeStoredSocket(fd);
+        continue;
+      }
+      let lastError: unknown;
+      const attempt = (): boolean => {
+        try {
+          const id = this.server.adoptClient(fd, record);
+          log.info({ conn: id, export: exportName, path: 'adopted' }, 'NBD client adopted from the systemd fd store: it carries on unseen');
+          return true;
+        } catch (err) {
+          lastError = err;
+          return false;
+        }
+      };
+      if (!this.manager.exports.has(exportName)) {
+        log.warn({ export: exportName }, 'an NBD client handed over by the last daemon used an export that is gone; closing it');
+        closeStoredSocket(fd);
+        continue;
+      }
+      if (attempt()) continue;
+      // Its export is not serving yet (still logging in), or is gone: wait a while, then let the client go.
+      const deadline = Date.now() + this.cfg.timeouts.reattach * 1000;
+      const timer = setInterval(() => {
+        if (attempt()) clearInterval(timer);
+        else if (Date.now() > deadline || this.stopping) {
+          clearInterval(timer);
+          log.warn({ export: exportName, err: lastError }, 'an NBD client handed over by the last daemon cannot be served; closing it');
+          closeStoredSocket(fd);
+        }
+      }, 200);
+    }
   }
 
   /** The state dir is ours from the first mapping on; released after the devices are handed over. */

@@ -10,8 +10,8 @@ import type { Logger } from '../log';
 import { exportStatus, type MappingStatus } from './status';
 import { MappingRecord, MappingStore, MAPPING_VERSION } from './mapping-store';
 import { sourceText, type MapSource, type MapSpec } from './map-spec';
-import { NO_FD_STORE, type FdKeeper } from './fd-store';
-import { closeFd, shutdownFd } from '../nbd/netlink/syscalls';
+import { closeStoredSocket, NO_FD_STORE, type FdKeeper } from './fd-store';
+import { closeFd } from '../nbd/netlink/syscalls';
 
 // Kernel NBD devices this daemon owns (`iscsi-nbd map`): each is a LUN opened
 // through the export manager, served to the kernel over socketpairs handed in
@@ -419,19 +419,6 @@ export class DeviceManager {
     if (records.length === 0) return;
     const kernel = await this.kernel();
     await Promise.all(records.map((r) => this.restoreOne(r, kernel)));
-    this.dropUntaken();
-  }
-
-  /** Whatever the store gave back that no mapping took (a device gone, refused, or unmapped meanwhile). */
-  private dropUntaken(): void {
-    const store = this.opts.fdStore ?? NO_FD_STORE;
-    for (const name of store.untaken()) {
-      const fd = store.take(name);
-      if (fd === undefined) continue;
-      this.opts.log.info({ name }, 'closing a file descriptor from the systemd store that no mapping takes');
-      if (name.endsWith('.unread')) closeFd(fd);
-      else closeStoredSocket(fd);
-    }
   }
 
   /** Why an opened LUN may not take over a recorded device, if it may not. */
@@ -582,16 +569,6 @@ function redactedSource(s: MapSource): string {
   } catch {
     return '(a URL that does not parse)';
   }
-}
-
-/** Let the kernel see a stored socket's end now, then drop our copy. */
-function closeStoredSocket(fd: number): void {
-  try {
-    shutdownFd(fd);
-  } catch {
-    // not a socket any more, or already shut down: closing is what is left
-  }
-  closeFd(fd);
 }
 
 /** Mounts and holders of /dev/nbdN (what makes a detach lose data). */

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import type { Logger } from '../log';
-import { closeFd, memfdWith, sendUnixDatagram } from '../nbd/netlink/syscalls';
+import { closeFd, memfdWith, sendUnixDatagram, shutdownFd } from '../nbd/netlink/syscalls';
 
 // systemd's file descriptor store (FILE_DESCRIPTOR_STORE.md in systemd's docs):
 // a service hands fds to systemd with FDSTORE=1 and FDNAME=… on NOTIFY_SOCKET,
@@ -135,3 +135,27 @@ export const NO_FD_STORE: FdKeeper = {
   has: () => false,
   untaken: () => [],
 };
+
+/** Let the peer of a stored socket see its end now (whoever else holds a copy), then drop ours. */
+export function closeStoredSocket(fd: number): void {
+  try {
+    shutdownFd(fd);
+  } catch {
+    // not a socket, or shut down already: closing is what is left
+  }
+  closeFd(fd);
+}
+
+/** Whatever the store gave back and nothing took (a device gone or refused, an export removed): closed. */
+export function closeUntaken(store: FdKeeper, log: Logger): void {
+  for (const name of store.untaken()) {
+    const fd = store.take(name);
+    if (fd === undefined) continue;
+    log.info({ name }, 'closing a file descriptor from the systemd store that nothing takes');
+    if (isRecordName(name)) closeFd(fd);
+    else closeStoredSocket(fd);
+  }
+}
+
+/** Names of the memfds that go with a stored socket (its unread bytes, or a client's state). */
+export const isRecordName = (name: string): boolean => name.endsWith('.unread') || name.endsWith('.state');

@@ -7,7 +7,8 @@ import tls from 'node:tls';
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log';
 import { rootLogger } from '../log';
-import { ConfigError } from '../errors';
+import { ConfigError, IscsiNbdError } from '../errors';
+import { encodeHandover, parseHandover, type HandoverState } from './handover';
 import type { Export } from '../bridge/export';
 import { HandshakeEngine, HandshakeResult, TlsMode } from './handshake';
 import { TransmissionEngine } from './transmission';
@@ -174,6 +175,51 @@ export class NbdServer extends EventEmitter {
   }
 
   /**
+   * Hand every plain (not TLS) client in transmission phase over to the next
+   * process: each stops reading at a request boundary and answers what it
+   * read; `keep` then gets its fd (still open) and a record of its state and
+   * unread bytes (see handover.ts), for adoptClient() in the next process.
+   * Clients that cannot be handed over are left for close() to drain.
+   */
+  async handOverClients(timeoutMs: number, keep: (fd: number, record: Buffer) => void): Promise<void> {
+    await Promise.all(
+      [...this.conns.values()].map((c) => {
+        const fd = c.handoverFd();
+        if (fd === undefined) return undefined;
+        return c.handOver(timeoutMs, (unread) => keep(fd, encodeHandover(c.handoverState()!, unread)));
+      }),
+    );
+  }
+
+  /**
+   * Carry on a client connection handed over by the previous process: the
+   * same export, the same agreed flags, from where it stopped reading. Throws
+   * (and leaves `fd` to the caller) when that cannot be honoured.
+   */
+  adoptClient(fd: number, record: Buffer): number {
+    const { state, unread } = parseHandover(record);
+    const exp = this.options.exports.get(state.exportName);
+    if (!exp) throw new IscsiNbdError('ECONFIG', `export "${state.exportName}" is not served now`);
+    if (transmissionFlagsFor(exp, state.structuredReplies) !== state.transmissionFlags) {
+      throw new IscsiNbdError('ECONFIG', `export "${state.exportName}" changed its flags since the client connected`);
+    }
+    const sock = new net.Socket({ fd, readable: true, writable: true });
+    const c = new Connection(this, this.nextId++, sock, state.label, this.log);
+    this.conns.set(c.id, c);
+    this.emit('connection', c.info());
+    c.startTransmission({
+      export: exp,
+      exportName: state.exportName,
+      structuredReplies: state.structuredReplies,
+      metaContexts: new Map(state.metaContexts),
+      transmissionFlags: state.transmissionFlags,
+      blockSizeRequested: state.blockSizeRequested,
+      leftover: unread,
+    });
+    return c.id;
+  }
+
+  /**
    * Serve a socket that is already in the transmission phase: the kernel's
    * end of a socketpair handed over with netlink NBD_CMD_CONNECT/RECONFIGURE
    * skips the handshake. Simple replies only, as the kernel wants.
@@ -331,6 +377,22 @@ class Connection {
     s._read = () => undefined; // read() below must not start the handle again
     s._handle?.readStop?.();
     while (s.read() !== null); // each chunk is emitted as 'data' to onData
+  }
+
+  /** Our fd of a plain socket in transmission phase (what can be handed to another process), else undefined. */
+  handoverFd(): number | undefined {
+    if (this.closed || !this.tx || this.state !== 'transmission' || this.tlsSocket) return undefined;
+    const fd = (this.raw as net.Socket & { _handle?: { fd?: number } })._handle?.fd;
+    return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+  }
+
+  handoverState(): HandoverState | undefined {
+    const r = this.result;
+    if (!r) return undefined;
+    return {
+      exportName: r.exportName, structuredReplies: r.structuredReplies, metaContexts: [...r.metaContexts],
+      transmissionFlags: r.transmissionFlags, blockSizeRequested: r.blockSizeRequested, label: this.listener,
+    };
   }
 
   async handOver(timeoutMs: number, keep?: (unread: Buffer) => void): Promise<void> {

@@ -18,8 +18,9 @@ import { freePort } from '../helpers/ports';
 import { startDaemon, type RunningDaemon } from '../../src/daemon/daemon';
 import type { KernelNbd } from '../../src/daemon/devices';
 import { createSocketPair, closeFd } from '../../src/nbd/netlink/kernel';
-import { dupFd } from '../../src/nbd/netlink/syscalls';
 import type { FdKeeper } from '../../src/daemon/fd-store';
+import { FakeFdStore } from '../helpers/fd-store';
+import { SimpleRequester } from '../helpers/simple-replies';
 import { DEFAULT_TIMEOUTS, type DaemonConfig } from '../../src/config';
 import { setRootLogger, createLogger } from '../../src/log';
 import { render as renderStatus } from '../../src/cli/status';
@@ -31,20 +32,17 @@ const CMD_WRITE = 1;
 const CMD_DISC = 2;
 
 /** A kernel-side NBD connection: sends requests, matches replies by cookie. */
-class KernelSock {
-  private buf = Buffer.alloc(0);
-  private next = 1n;
-  private readonly waiting = new Map<bigint, { len: number; resolve: (r: { error: number; data: Buffer }) => void }>();
+class KernelSock extends SimpleRequester {
   readonly closed: Promise<void>;
 
-  constructor(readonly sock: net.Socket) {
+  constructor(sock: net.Socket) {
+    super(sock);
     sock.on('data', (c: Buffer) => this.onData(c));
     sock.on('error', () => undefined);
     this.closed = new Promise((r) =>
       sock.once('close', () => {
         // Unanswered requests stay with the kernel, which re-sends them on a new socket.
-        for (const w of this.waiting.values()) w.resolve({ error: -1, data: Buffer.alloc(0) });
-        this.waiting.clear();
+        this.abandon();
         r();
       }),
     );
@@ -52,39 +50,6 @@ class KernelSock {
 
   get dead(): boolean {
     return this.sock.destroyed;
-  }
-
-  private onData(c: Buffer): void {
-    this.buf = Buffer.concat([this.buf, c]);
-    for (;;) {
-      if (this.buf.length < 16) return;
-      assert.equal(this.buf.readUInt32BE(0), 0x67446698, 'simple reply magic');
-      const error = this.buf.readUInt32BE(4);
-      const cookie = this.buf.readBigUInt64BE(8);
-      const w = this.waiting.get(cookie);
-      assert.ok(w, `reply for unknown cookie ${cookie}`);
-      const len = error ? 0 : w.len;
-      if (this.buf.length < 16 + len) return;
-      const data = Buffer.from(this.buf.subarray(16, 16 + len));
-      this.buf = this.buf.subarray(16 + len);
-      this.waiting.delete(cookie);
-      w.resolve({ error, data });
-    }
-  }
-
-  io(type: number, offset: number, length: number, payload?: Buffer): Promise<{ error: number; data: Buffer }> {
-    return this.ioSplit(type, offset, length, payload).reply;
-  }
-
-  /** A request of which only the first `first` bytes are sent now; `rest()` sends the others. */
-  ioSplit(type: number, offset: number, length: number, payload?: Buffer, first = Infinity): { reply: Promise<{ error: number; data: Buffer }>; rest: () => void } {
-    const cookie = this.next++;
-    const bytes = req(type, cookie, offset, length, 0, payload);
-    const reply = new Promise<{ error: number; data: Buffer }>((resolve) => {
-      this.waiting.set(cookie, { len: type === CMD_READ ? length : 0, resolve });
-      this.sock.write(bytes.subarray(0, Math.min(first, bytes.length)));
-    });
-    return { reply, rest: () => void (first < bytes.length && this.sock.write(bytes.subarray(first))) };
   }
 }
 
@@ -190,50 +155,6 @@ function config(name: string): DaemonConfig {
 
 async function daemon(cfg: DaemonConfig, kernel: FakeKernel, fdStore?: FdKeeper): Promise<RunningDaemon> {
   return startDaemon(cfg, { kernel: async () => kernel, fdStore });
-}
-
-/**
- * systemd's fd store as a service sees it: what one run puts (its own copies
- * of the fds) the next run gets back, after restart(); a stop empties it.
- */
-class FakeFdStore implements FdKeeper {
-  readonly enabled = true;
-  private stored = new Map<string, number | Buffer>();
-  private received = new Map<string, number | Buffer>();
-  put(name: string, fd: number): void {
-    this.stored.set(name, dupFd(fd));
-  }
-  putBytes(name: string, data: Buffer): void {
-    this.stored.set(name, Buffer.from(data));
-  }
-  take(name: string): number | undefined {
-    const v = this.received.get(name);
-    this.received.delete(name);
-    return typeof v === 'number' ? v : undefined;
-  }
-  takeBytes(name: string): Buffer | undefined {
-    const v = this.received.get(name);
-    this.received.delete(name);
-    return Buffer.isBuffer(v) ? v : undefined;
-  }
-  has(name: string): boolean {
-    return this.received.has(name);
-  }
-  untaken(): string[] {
-    return [...this.received.keys()];
-  }
-  names(): string[] {
-    return [...this.stored.keys()].sort();
-  }
-  restart(): void {
-    this.received = this.stored;
-    this.stored = new Map();
-  }
-  /** `systemctl stop`: systemd closes what it kept. */
-  empty(): void {
-    for (const v of this.stored.values()) if (typeof v === 'number') closeFd(v);
-    this.stored.clear();
-  }
 }
 
 test('map, I/O, kernel drops a socket and gets a new one, hand-over on stop, reattach by the next daemon, unmap', { timeout: 120_000 }, async () => {
