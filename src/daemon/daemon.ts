@@ -91,7 +91,7 @@ function tlsOptions(cfg: DaemonConfig): NbdTlsOptions | undefined {
  */
 export class Daemon implements RunningDaemon {
   readonly manager: ExportManager;
-  readonly server: NbdServer;
+  private nbd?: NbdServer;
   readonly devices: DeviceManager;
   readonly initiatorName: string;
   private readonly log = rootLogger();
@@ -159,7 +159,6 @@ export class Daemon implements RunningDaemon {
         }),
     };
     this.manager = new ExportManager(this.managerOptions);
-    this.server = new NbdServer({ exports: this.manager, tls: tlsOptions(cfg), handshakeTimeoutMs: cfg.timeouts.handshake * 1000, log: log.child({ component: 'exports' }) });
     // Mapped devices: their LUNs are not NBD exports anyone may connect to; the
     // kernel reaches them only through the socketpairs handed to it.
     this.mapped = new ExportManager({ ...this.managerOptions, log: log.child({ component: 'devices' }) });
@@ -191,9 +190,17 @@ export class Daemon implements RunningDaemon {
     }
   }
 
+  /** The NBD server of the exports (made in step 2). */
+  get server(): NbdServer {
+    if (!this.nbd) throw new Error('the NBD server is not started yet');
+    return this.nbd;
+  }
+
   /** Step 2: the NBD listeners. */
   private async listenNbd(): Promise<void> {
-    const { server, fdStore } = this;
+    const { fdStore, cfg } = this;
+    // Made only now, after the logins: a TLS file that does not parse is reported after a login that fails, as before.
+    const server = (this.nbd = new NbdServer({ exports: this.manager, tls: tlsOptions(cfg), handshakeTimeoutMs: cfg.timeouts.handshake * 1000, log: this.log.child({ component: 'exports' }) }));
     this.undo.push('nbd-listeners', async (how) => {
       // Plain clients in transmission go to the fd store, as the kernel's sockets do; the rest drain.
       if (fdStore.enabled) await server.handOverClients(CLIENT_HANDOVER_MS, (fd, record) => this.keepClient(fd, record));
