@@ -1,8 +1,7 @@
 import dns from 'node:dns';
 import fs from 'node:fs';
 import net from 'node:net';
-import YAML, { LineCounter, isMap, isNode, isScalar } from 'yaml';
-import Ajv, { type ErrorObject, type JSONSchemaType } from 'ajv';
+import type { ErrorObject, JSONSchemaType, ValidateFunction } from 'ajv';
 import { ConfigError } from './errors';
 import { parseIscsiUrl, parseLunUrl } from './iscsi/url';
 
@@ -268,8 +267,18 @@ function withoutNullable(v: unknown): unknown {
   return Object.fromEntries(Object.entries(v).filter(([k]) => k !== 'nullable').map(([k, x]) => [k, withoutNullable(x)]));
 }
 
-const ajv = new Ajv({ allErrors: true, strict: false });
-const validate = ajv.compile<ConfigFileValues>(withoutNullable(CONFIG_SCHEMA) as JSONSchemaType<ConfigFileValues>);
+// yaml and ajv (and compiling the schema) cost about 60 ms at start: loaded on
+// the first config file only, so `--version`, `status` and `serve` without
+// --config never pay for them.
+let validator: ValidateFunction<ConfigFileValues> | undefined;
+function validate(raw: unknown): raw is ConfigFileValues {
+  if (!validator) {
+    const { default: Ajv } = require('ajv') as typeof import('ajv');
+    validator = new Ajv({ allErrors: true, strict: false }).compile<ConfigFileValues>(withoutNullable(CONFIG_SCHEMA) as JSONSchemaType<ConfigFileValues>);
+  }
+  return validator(raw);
+}
+validate.errors = (): ErrorObject[] => validator?.errors ?? [];
 
 function describe(e: ErrorObject): string {
   switch (e.keyword) {
@@ -335,8 +344,9 @@ export interface ConfigFile {
  * portals. Never throws for a bad file: it is all in `problems`.
  */
 export function analyseConfig(text: string, file = 'config'): ConfigFile {
+  const { LineCounter, parseDocument, isMap, isNode, isScalar } = require('yaml') as typeof import('yaml');
   const lc = new LineCounter();
-  const doc = YAML.parseDocument(text, { lineCounter: lc, prettyErrors: true });
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: true });
   const problems: ConfigProblem[] = [];
   const lineAt = (offset: number | undefined): number | undefined => (offset === undefined ? undefined : lc.linePos(offset).line);
   const lineOf = (path: readonly (string | number)[]): number | undefined => {
@@ -366,7 +376,7 @@ export function analyseConfig(text: string, file = 'config'): ConfigFile {
   }
   const schemaOk = validate(raw);
   if (!schemaOk) {
-    for (const e of validate.errors ?? []) {
+    for (const e of validate.errors()) {
       if (e.keyword === 'oneOf' || e.keyword === 'if') continue;
       const path = pathOf(e);
       problems.push({ file, line: lineOf(path), key: path.length ? path.join('.') : '(top level)', message: describe(e), severity: 'error' });

@@ -1,7 +1,10 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import client from 'prom-client';
+import type client from 'prom-client';
+
+// prom-client costs about 30 ms to load: only a daemon with metrics on makes a Metrics.
+const prom = (): typeof client => require('prom-client') as typeof client;
 import type { ScsiRequest, ScsiResponse, ScsiTransport } from './scsi/transport';
 import { SAM_STAT_CHECK_CONDITION } from './scsi/transport';
 import { parseSense, senseKeyName } from './scsi/sense';
@@ -98,41 +101,41 @@ interface LabelledMetric {
 // the export is added (addExport), so rate() sees the first increase.
 
 export class Metrics {
-  readonly registry = new client.Registry();
+  readonly registry = new (prom().Registry)();
 
-  readonly buildInfo = new client.Gauge({
+  readonly buildInfo = new (prom().Gauge)({
     name: 'iscsi_nbd_build_info',
     help: 'Always 1; the labels say which iscsi-nbd version runs on which Node.js',
     labelNames: ['version', 'node_version'] as const,
     registers: [this.registry],
   });
 
-  readonly nbdRequests = new client.Counter({
+  readonly nbdRequests = new (prom().Counter)({
     name: 'iscsi_nbd_nbd_requests_total',
     help: 'NBD requests completed (successfully or not), by export and operation',
     labelNames: ['export', 'op'] as const,
     registers: [this.registry],
   });
-  readonly nbdBytes = new client.Counter({
+  readonly nbdBytes = new (prom().Counter)({
     name: 'iscsi_nbd_nbd_bytes_total',
     help: 'Bytes moved by NBD READ and WRITE, by export and operation',
     labelNames: ['export', 'op'] as const,
     registers: [this.registry],
   });
-  readonly nbdErrors = new client.Counter({
+  readonly nbdErrors = new (prom().Counter)({
     name: 'iscsi_nbd_nbd_errors_total',
     help: 'NBD requests that failed, by export, operation and NBD errno name',
     labelNames: ['export', 'op', 'errno'] as const,
     registers: [this.registry],
   });
-  readonly nbdLatency = new client.Histogram({
+  readonly nbdLatency = new (prom().Histogram)({
     name: 'iscsi_nbd_nbd_request_duration_seconds',
     help: 'NBD request latency from receipt to reply, by export and operation',
     labelNames: ['export', 'op'] as const,
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers: [this.registry],
   });
-  readonly nbdInFlight = new client.Gauge({
+  readonly nbdInFlight = new (prom().Gauge)({
     name: 'iscsi_nbd_nbd_requests_in_flight',
     help: 'NBD requests being executed, by export',
     labelNames: ['export'] as const,
@@ -149,7 +152,7 @@ export class Metrics {
 
   readonly nbdQueued: client.Gauge<'export'> = (() => {
     const self = this;
-    return new client.Gauge({
+    return new (prom().Gauge)({
       name: 'iscsi_nbd_scsi_commands_queued',
       help: 'SCSI commands waiting for a slot in the export session pool (backpressure)',
       labelNames: ['export'] as const,
@@ -163,7 +166,7 @@ export class Metrics {
   })();
   readonly scsiInFlight: client.Gauge<'export' | 'session' | 'portal'> = (() => {
     const self = this;
-    return new client.Gauge({
+    return new (prom().Gauge)({
       name: 'iscsi_nbd_iscsi_commands_in_flight',
       help: 'SCSI commands sent on (or parked for) an iSCSI session and not yet answered',
       labelNames: ['export', 'session', 'portal'] as const,
@@ -175,7 +178,7 @@ export class Metrics {
       },
     });
   })();
-  readonly nbdConnections = new client.Gauge({
+  readonly nbdConnections = new (prom().Gauge)({
     name: 'iscsi_nbd_nbd_connections',
     help: 'Open NBD client connections, by export',
     labelNames: ['export'] as const,
@@ -183,7 +186,7 @@ export class Metrics {
   });
   readonly sessionState: client.Gauge<'export' | 'session' | 'portal' | 'target'> = (() => {
     const self = this;
-    return new client.Gauge({
+    return new (prom().Gauge)({
       name: 'iscsi_nbd_iscsi_session_up',
       help: '1 when the iSCSI session is logged in, else 0',
       labelNames: ['export', 'session', 'portal', 'target'] as const,
@@ -199,7 +202,7 @@ export class Metrics {
   })();
   readonly sessionStateInfo: client.Gauge<'export' | 'session' | 'portal' | 'state'> = (() => {
     const self = this;
-    return new client.Gauge({
+    return new (prom().Gauge)({
       name: 'iscsi_nbd_iscsi_session_state',
       help: 'The iSCSI session state: 1 for the current state, 0 for the others',
       labelNames: ['export', 'session', 'portal', 'state'] as const,
@@ -217,7 +220,7 @@ export class Metrics {
   })();
   readonly exportState: client.Gauge<'export' | 'state'> = (() => {
     const self = this;
-    return new client.Gauge({
+    return new (prom().Gauge)({
       name: 'iscsi_nbd_export_state',
       help: 'The export state: 1 for the current state, 0 for the others (starting, ready, degraded, recovering, failed, draining, closed)',
       labelNames: ['export', 'state'] as const,
@@ -234,7 +237,7 @@ export class Metrics {
   })();
   readonly sessionReconnects: client.Counter<'export' | 'session' | 'portal'> = (() => {
     const self = this;
-    return new client.Counter({
+    return new (prom().Counter)({
       name: 'iscsi_nbd_iscsi_reconnects_total',
       help: 'Times an iSCSI session was re-established after losing its connection',
       labelNames: ['export', 'session', 'portal'] as const,
@@ -247,7 +250,7 @@ export class Metrics {
   })();
   readonly sessionWindow: client.Gauge<'export' | 'session' | 'portal'> = (() => {
     const self = this;
-    return new client.Gauge({
+    return new (prom().Gauge)({
       name: 'iscsi_nbd_iscsi_cmdsn_window',
       help: 'Commands the target currently allows us to send (MaxCmdSN - CmdSN + 1)',
       labelNames: ['export', 'session', 'portal'] as const,
@@ -261,7 +264,7 @@ export class Metrics {
   })();
   readonly digestErrors: client.Counter<'export' | 'session' | 'portal'> = (() => {
     const self = this;
-    return new client.Counter({
+    return new (prom().Counter)({
       name: 'iscsi_nbd_iscsi_digest_errors_total',
       help: 'Header or data digest mismatches seen on received PDUs',
       labelNames: ['export', 'session', 'portal'] as const,
@@ -274,43 +277,43 @@ export class Metrics {
       },
     });
   })();
-  readonly senseKeys = new client.Counter({
+  readonly senseKeys = new (prom().Counter)({
     name: 'iscsi_nbd_scsi_sense_total',
     help: 'SCSI CHECK CONDITIONs seen, by export and sense key name (UNIT_ATTENTION, ..., NO_SENSE_DATA)',
     labelNames: ['export', 'sense_key'] as const,
     registers: [this.registry],
   });
 
-  readonly reloads = new client.Counter({
+  readonly reloads = new (prom().Counter)({
     name: 'iscsi_nbd_reload_total',
     help: 'Configuration reloads (SIGHUP or control socket), by result (success or failure)',
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
-  readonly lastReloadTime = new client.Gauge({
+  readonly lastReloadTime = new (prom().Gauge)({
     name: 'iscsi_nbd_last_reload_timestamp_seconds',
     help: 'Unix time of the last configuration reload, successful or not (the start counts as the first load)',
     registers: [this.registry],
   });
-  readonly lastReloadSuccess = new client.Gauge({
+  readonly lastReloadSuccess = new (prom().Gauge)({
     name: 'iscsi_nbd_last_reload_success',
     help: '1 when the last configuration reload succeeded (or none was tried since the start), 0 when it failed',
     registers: [this.registry],
   });
 
-  readonly deviceState = new client.Gauge({
+  readonly deviceState = new (prom().Gauge)({
     name: 'iscsi_nbd_device_state',
     help: 'State of a mapped /dev/nbdN: 1 for the current state, 0 for the others',
     labelNames: ['device', 'state'] as const,
     registers: [this.registry],
   });
-  readonly deviceAdoptions = new client.Counter({
+  readonly deviceAdoptions = new (prom().Counter)({
     name: 'iscsi_nbd_device_adopt_total',
     help: 'Times a mapped device was taken over from the previous daemon with its kernel sockets (systemd fd store), unseen by the kernel',
     labelNames: ['device'] as const,
     registers: [this.registry],
   });
-  readonly deviceReattaches = new client.Counter({
+  readonly deviceReattaches = new (prom().Counter)({
     name: 'iscsi_nbd_device_reattach_total',
     help: 'Times a mapped device was reattached to the kernel after its connection was lost',
     labelNames: ['device'] as const,
@@ -324,7 +327,7 @@ export class Metrics {
   constructor(collectProcess = true) {
     if (collectProcess) {
       // Standard names (no prefix) so stock process and Node.js dashboards work.
-      client.collectDefaultMetrics({ register: this.registry });
+      prom().collectDefaultMetrics({ register: this.registry });
       for (const n of DROPPED_DEFAULT_METRICS) this.registry.removeSingleMetric(n);
     }
     this.buildInfo.set({ version: packageVersion(), node_version: process.version }, 1);
