@@ -284,6 +284,12 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly resizes = new (prom().Counter)({
+    name: 'iscsi_nbd_resize_total',
+    help: 'Times a LUN was seen to change size, by export and result (grown: applied; refused: it shrank, the old size is kept)',
+    labelNames: ['export', 'result'] as const,
+    registers: [this.registry],
+  });
   readonly reloads = new (prom().Counter)({
     name: 'iscsi_nbd_reload_total',
     help: 'Configuration reloads (SIGHUP or control socket), by result (success or failure)',
@@ -359,6 +365,7 @@ export class Metrics {
     for (const sk of SENSE_KEY_LABELS) this.senseKeys.inc({ export: name, sense_key: sk }, 0);
     this.nbdInFlight.inc({ export: name }, 0);
     this.nbdConnections.inc({ export: name }, 0);
+    for (const result of ['grown', 'refused']) this.resizes.inc({ export: name, result }, 0);
   }
 
   /** Delete every series with this export label, in every family (counters restart if it comes back). */
@@ -385,6 +392,10 @@ export class Metrics {
   }
 
   /** A configuration reload finished: counts it and sets the last-reload gauges. */
+  recordResize(exportName: string, result: 'grown' | 'refused'): void {
+    this.resizes.inc({ export: exportName, result });
+  }
+
   recordReload(ok: boolean): void {
     this.reloads.inc({ result: ok ? 'success' : 'failure' });
     this.lastReloadTime.set(Date.now() / 1000);

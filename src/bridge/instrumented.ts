@@ -30,6 +30,12 @@ export class InstrumentedExport implements Export {
   get name() { return this.inner.name; }
   get description() { return this.inner.description; }
   get size() { return this.inner.size; }
+  /** The LUN grew (see LunExport.grow). */
+  grow(bytes: bigint): void {
+    const g = (this.inner as Export & { grow?: (b: bigint) => void }).grow;
+    if (!g) throw new RangeError(`export ${this.inner.name} cannot grow`);
+    g.call(this.inner, bytes);
+  }
   get flags() { return this.inner.flags; }
   get blockSizes() { return this.inner.blockSizes; }
   get requestAlignment() { return this.inner.requestAlignment; }

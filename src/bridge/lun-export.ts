@@ -25,7 +25,8 @@ export type BlockLun = Pick<LogicalUnit, 'read' | 'write' | 'flush' | 'unmap' | 
 export class LunExport implements Export {
   readonly name: string;
   readonly description: string;
-  readonly size: bigint;
+  /** Grows (grow()) when the LUN does; never shrinks, so what a client was told stays valid. */
+  size: bigint;
   readonly flags: ExportFlags;
   readonly blockSizes: BlockSizes;
   readonly requestAlignment: number;
@@ -33,6 +34,12 @@ export class LunExport implements Export {
   private readonly bsBig: bigint;
   private readonly locks = new RangeLock();
   private readonly log: Logger;
+
+  /** The LUN grew: serve up to `bytes` from now on (new clients see it; a mapped device is told). */
+  grow(bytes: bigint): void {
+    if (bytes < this.size) throw new RangeError(`an export never shrinks (${this.size} -> ${bytes})`);
+    this.size = bytes;
+  }
 
   constructor(readonly lun: BlockLun, opts: LunExportOptions) {
     const info = lun.info;

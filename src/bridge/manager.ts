@@ -60,6 +60,20 @@ interface Portal {
  * One NBD export: a LUN on one target, reached through a pool of iSCSI
  * sessions spread over the target's portals.
  */
+/** What made us read the capacity again. */
+export type ResizeCause = 'command' | 'unit-attention' | 'reconnect';
+
+/** A rescan's result (sizes in bytes, as strings for JSON). */
+export interface ResizeOutcome {
+  export: string;
+  was: string;
+  now: string;
+  /** The export grew. */
+  changed: boolean;
+  /** Why a new size was not applied (the LUN shrank). */
+  refused?: string;
+}
+
 export class BridgedExport extends EventEmitter {
   state: ExportState = 'starting';
   /** Why the export is failed (or the last open attempt failed). */
@@ -172,12 +186,75 @@ export class BridgedExport extends EventEmitter {
   private async checkIdentity(sess: IscsiSession, index: number): Promise<void> {
     const lun = this.lun;
     if (!lun?.isOpen) return; // the first login: this is where the identity comes from
-    await probeSameLun({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, lun.info, {
+    const got = await probeSameLun({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, lun.info, {
       what: `export "${this.name}": LUN ${lun.lun} of ${this.url.target}`,
       log: this.log.child({ session: index, check: 'identity' }),
       commandTimeoutMs: this.opts.timeouts.command * 1000,
       maxRetries: 4,
     });
+    // A READ CAPACITY on a new login that sees another size: the LUN was resized meanwhile.
+    if (got.sizeBytes !== lun.info.sizeBytes) {
+      lun.setCapacity(got);
+      setImmediate(() => this.applyCapacity('reconnect'));
+    }
+  }
+
+  private rescanning?: Promise<ResizeOutcome>;
+  private rescanAgain = false;
+
+  /**
+   * Read the LUN's identity and capacity again (`iscsi-nbd resize`, a
+   * CAPACITY DATA HAS CHANGED unit attention) and apply a new size: a larger
+   * LUN grows the export (new NBD clients see it; `resized` tells a mapped
+   * device), a smaller one is refused loudly and the old size kept.
+   */
+  rescan(why: ResizeCause = 'command'): Promise<ResizeOutcome> {
+    if (this.rescanning) {
+      this.rescanAgain = true; // a change during this rescan gets a rescan of its own
+      return this.rescanning;
+    }
+    const run = (async () => {
+      const lun = this.lun;
+      if (!lun?.isOpen || !this.export) throw new IscsiNbdError('EIO', `export "${this.name}" is not open (${this.state})`);
+      await lun.revalidate(); // throws ELUN_CHANGED for another device
+      return this.applyCapacity(why);
+    })();
+    this.rescanning = run;
+    void run.then(
+      () => undefined,
+      (err) => this.log.error({ err, why }, 'cannot read the LUN\'s capacity again'),
+    ).finally(() => {
+      this.rescanning = undefined;
+      if (this.rescanAgain) {
+        this.rescanAgain = false;
+        void this.rescan(why).catch(() => undefined);
+      }
+    });
+    return run;
+  }
+
+  /** The unit's capacity (as last read) against what the export serves. */
+  private applyCapacity(why: ResizeCause): ResizeOutcome {
+    const exp = this.export;
+    const lun = this.lun;
+    if (!exp || !lun?.isOpen) return { export: this.name, was: '0', now: '0', changed: false };
+    const was = exp.size;
+    const now = lun.info.sizeBytes;
+    const out: ResizeOutcome = { export: this.name, was: was.toString(), now: now.toString(), changed: false };
+    if (now === was) return out;
+    if (now < was) {
+      out.refused = `the LUN shrank from ${was} to ${now} bytes; keeping ${was} (a filesystem on it must never be cut: grow the LUN back, or unmap and map again)`;
+      this.log.error({ was: was.toString(), now: now.toString(), why }, `refusing to shrink: ${out.refused}`);
+      this.opts.metrics?.recordResize(this.name, 'refused');
+      this.emit('resize-refused', out);
+      return out;
+    }
+    exp.grow(now);
+    out.changed = true;
+    this.log.info({ was: was.toString(), now: now.toString(), why }, 'LUN grew: the export serves the new size');
+    this.opts.metrics?.recordResize(this.name, 'grown');
+    this.emit('resized', out);
+    return out;
   }
 
   /** Log in, identify the LUN and build the export. Throws with a message a person can act on. */
@@ -266,6 +343,9 @@ export class BridgedExport extends EventEmitter {
       log: this.log,
       commandTimeoutMs: this.opts.timeouts.command * 1000,
       // UNIT ATTENTIONs: the LogicalUnit logs each one (with asc/ascq) itself.
+      onUnitAttention: (asc, ascq) => {
+        if (asc === 0x2a && ascq === 0x09) setImmediate(() => void this.rescan('unit-attention').catch(() => undefined)); // CAPACITY DATA HAS CHANGED
+      },
     });
     try {
       await this.lun.open();

@@ -17,6 +17,11 @@ import { MappingStore } from './mapping-store';
 import { claimStateDir, releaseStateDir } from './owner';
 import { applyReload, exportStates, type ReloadOutcome } from './reload';
 import { UndoStack } from './undo';
+import { parseDevice } from '../nbd/netlink/kernel';
+import type { ResizeOutcome } from '../bridge/manager';
+
+/** One device's or export's rescan (`iscsi-nbd resize`). */
+export type ResizeResult = ResizeOutcome & { device?: string };
 import { parseHandover } from '../nbd/handover';
 import { closeStoredSocket, closeUntaken, NO_FD_STORE, SystemdFdStore, type FdKeeper } from './fd-store';
 
@@ -63,6 +68,8 @@ export interface RunningDaemon {
   ready(): { ready: boolean; detail: ReadyDetail };
   stop(reason?: string): Promise<void>;
   reload(): Promise<ReloadOutcome>;
+  /** `iscsi-nbd resize`: rescan one mapped device or export, or all. */
+  resize(what?: string): Promise<ResizeResult[]>;
 }
 
 function readPem(file: string, what: string): Buffer {
@@ -371,6 +378,30 @@ export class Daemon implements RunningDaemon {
       stateDir: this.stateDir,
       mappings: this.devices.list(),
     };
+  }
+
+  /**
+   * `iscsi-nbd resize [/dev/nbdN | EXPORT]`: read the capacity of that
+   * mapped device's or export's LUN again, or of every one, and grow what
+   * grew. NBD clients already connected keep the size they were told (NBD
+   * has no way to tell them); new ones get the new size.
+   */
+  async resize(what?: string): Promise<ResizeResult[]> {
+    const device = what === undefined ? undefined : /^(\/dev\/)?nbd\d+$/.test(what) ? parseDevice(what) : undefined;
+    const out: ResizeResult[] = [];
+    if (what === undefined || device !== undefined) out.push(...(await this.devices.resize(device)));
+    if (device === undefined) {
+      const exps = [...this.manager.exports.values()].filter((e) => what === undefined || e.name === what);
+      if (what !== undefined && exps.length === 0) throw new ConfigError('ECONFIG', `"${what}" is neither a mapped /dev/nbdN nor an export of this daemon`);
+      for (const e of exps) {
+        if (!e.isServing) {
+          out.push({ export: e.name, was: '0', now: '0', changed: false, refused: `not open (${e.state})` });
+          continue;
+        }
+        out.push(await e.rescan('command'));
+      }
+    }
+    return out;
   }
 
   private async doReload(): Promise<ReloadOutcome> {

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { NbdServer, AdoptedConnection } from '../nbd/server';
 import { transmissionFlagsFor } from '../nbd/common';
-import type { BridgedExport, ExportManager } from '../bridge/manager';
+import type { BridgedExport, ExportManager, ResizeOutcome } from '../bridge/manager';
 import type { DigestPref, ExportConfig } from '../config';
 import { ConfigError, IscsiNbdError } from '../errors';
 import { parseIscsiUrl, parseLunUrl } from '../iscsi/url';
@@ -23,6 +23,8 @@ import { closeFd } from '../nbd/netlink/syscalls';
 export interface KernelNbd {
   connect(c: { index?: number; sizeBytes: bigint; blockSize: number; serverFlags: number; timeoutSec: number; deadConnTimeoutSec: number; backendId: string; fds: number[] }): Promise<number>;
   reconfigure(c: { index: number; fds: number[]; backendId: string }): Promise<void>;
+  /** A new size for a configured device (RECONFIGURE with SIZE_BYTES: set_capacity_and_notify, a RESIZE uevent). */
+  resize(c: { index: number; sizeBytes: bigint; blockSize: number; backendId: string }): Promise<void>;
   disconnect(index: number): Promise<void>;
   /** Whether the device has a configuration (is mapped by somebody). */
   configured(index: number): Promise<boolean>;
@@ -83,6 +85,8 @@ interface MappingPorts {
   kernel: KernelNbd;
   server: NbdServer;
   fdStore: FdKeeper;
+  /** Write the mapping's record again (its size changed). */
+  save: (r: MappingRecord) => void;
   log: Logger;
   onAttach?: (device: string, how: 'reattached' | 'adopted') => void;
 }
@@ -104,10 +108,41 @@ class DeviceMapping {
   private deadSince = 0;
   private backoffMs = 100;
 
+  private resizing: Promise<void> = Promise.resolve();
+
   /** `lun` is absent for a mapping refused before its LUN could be opened. */
   constructor(public record: MappingRecord, private readonly ports: MappingPorts, public lun?: OpenLun) {
     this.conns = new Array(record.connections).fill(undefined);
     this.fds = new Array(record.connections).fill(undefined);
+    // The LUN grew (a unit attention, a new login, `iscsi-nbd resize`): tell the kernel.
+    lun?.exp.on('resized', () => void this.applySize());
+  }
+
+  /**
+   * Give the kernel the LUN's size when it grew past the recorded one:
+   * RECONFIGURE with SIZE_BYTES (same block size, same backend), then the
+   * record. A smaller LUN never gets here (the export never shrinks).
+   */
+  applySize(): Promise<void> {
+    const run = this.resizing.then(async () => {
+      const lun = this.lun;
+      if (!lun || this.state === 'refused' || this.state === 'unmapping' || this.state === 'detached') return;
+      const was = BigInt(this.record.size);
+      const now = lun.nbd.size;
+      if (now <= was) return;
+      const r = this.record;
+      try {
+        await this.ports.kernel.resize({ index: r.index, sizeBytes: now, blockSize: r.blockSize, backendId: r.backendId });
+      } catch (err) {
+        this.ports.log.error({ device: this.device, err, was: r.size, now: now.toString() }, 'the LUN grew but the kernel refused the new size; the device keeps its old size (try iscsi-nbd resize again)');
+        throw err;
+      }
+      r.size = now.toString();
+      this.ports.save(r);
+      this.ports.log.info({ device: this.device, was: was.toString(), now: r.size }, 'device resized online; grow the filesystem now (resize2fs, xfs_growfs)');
+    });
+    this.resizing = run.catch(() => undefined);
+    return run;
   }
 
   get device(): string {
@@ -331,7 +366,10 @@ export class DeviceManager {
   }
 
   private ports(kernel: KernelNbd): MappingPorts {
-    return { kernel, server: this.opts.server, fdStore: this.opts.fdStore ?? NO_FD_STORE, log: this.opts.log, onAttach: this.opts.onAttach };
+    return {
+      kernel, server: this.opts.server, fdStore: this.opts.fdStore ?? NO_FD_STORE, save: (r) => this.opts.store.save(r),
+      log: this.opts.log, onAttach: this.opts.onAttach,
+    };
   }
 
   /** Flush, log out, and let metrics forget it. */
@@ -468,6 +506,7 @@ export class DeviceManager {
         m.adopt();
         m.setState('attached');
         log.info({ identity: r.identity, connections: r.connections, path: 'adopted' }, 'device adopted: serving the last daemon\'s kernel sockets from the systemd fd store, unseen by the kernel');
+        await m.applySize().catch(() => undefined); // grown while no daemon ran
         return;
       }
       // Sockets the kernel still thinks alive would make it drop the new ones.
@@ -487,6 +526,7 @@ export class DeviceManager {
       m.how = 'reattached';
       this.opts.onAttach?.(m.device, 'reattached');
       log.info({ identity: r.identity, connections: r.connections, path: 'reattached' }, 'device reattached with fresh sockets (NBD_CMD_RECONFIGURE)');
+      await m.applySize().catch(() => undefined); // grown while no daemon ran
     } catch (err) {
       log.error({ err }, 'cannot reattach the device');
       await refuse(m, (err as Error).message);
@@ -534,6 +574,25 @@ export class DeviceManager {
     }
     this.opts.store.remove(index);
     this.opts.log.info({ device: `/dev/nbd${index}` }, 'device unmapped');
+  }
+
+  /**
+   * `iscsi-nbd resize`: read each mapped LUN's capacity again (all of them,
+   * or /dev/nbd`index`) and grow its device to it, as `iscsiadm -m session -R`
+   * rescans. A LUN that shrank is refused and keeps its size.
+   */
+  async resize(index?: number): Promise<(ResizeOutcome & { device: string })[]> {
+    const targets = [...this.mappings.values()].filter((m) => index === undefined || m.record.index === index);
+    if (index !== undefined && targets.length === 0) throw new ConfigError('ECONFIG', `/dev/nbd${index} is not mapped by this daemon (see iscsi-nbd list-mapped)`);
+    return Promise.all(
+      targets.map(async (m) => {
+        if (!m.lun) return { device: m.device, export: m.record.exportName ?? '', was: m.record.size, now: m.record.size, changed: false, refused: `not attached (${m.state}${m.error ? `: ${m.error}` : ''})` };
+        const was = m.record.size;
+        const out = await m.lun.exp.rescan('command');
+        await m.applySize();
+        return { ...out, device: m.device, was, now: m.record.size, changed: m.record.size !== was };
+      }),
+    );
   }
 
   /** How many mappings the state dir records (before restore()). */

@@ -12,6 +12,7 @@ export async function openKernel(): Promise<KernelNbd> {
   return {
     connect: (c) => nk.connect(c),
     reconfigure: (c) => nk.reconfigure(c),
+    resize: (c) => nk.reconfigure({ index: c.index, fds: [], sizeBytes: c.sizeBytes, blockSize: c.blockSize, backendId: c.backendId }),
     disconnect: (i) => nk.disconnect(i),
     configured: async (i) => (await nk.status(i)).some((s) => s.index === i && s.connected),
     backend: (i) => k.readSysfsBackend(i),

@@ -332,6 +332,13 @@ export class LogicalUnit {
     return old;
   }
 
+  /** A capacity read elsewhere (the identity check of a new login): take it over. */
+  setCapacity(c: { blocks: bigint; sizeBytes: bigint }): void {
+    const i = this.info;
+    i.blocks = c.blocks;
+    i.sizeBytes = c.sizeBytes;
+  }
+
   // ------------------------------------------------------------ I/O
 
   /** Largest byte count of one READ/WRITE: the transport's and the device's limits, whole blocks. */

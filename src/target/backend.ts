@@ -35,7 +35,7 @@ export interface LunBackend {
   readonly kind: 'memory' | 'file';
   /** Logical block size: 512 or 4096. */
   readonly blockSize: number;
-  /** Size in bytes (a multiple of blockSize). */
+  /** Size in bytes (a multiple of blockSize); changes only through resize(). */
   readonly size: number;
   readonly readOnly: boolean;
   /** Unit of allocation tracking in bytes (a multiple of blockSize). */
@@ -52,6 +52,8 @@ export interface LunBackend {
   discard(offset: number, length: number): Promise<void>;
   /** Allocation state of [offset, offset+length), as consecutive extents covering it. */
   mapping(offset: number, length: number): Promise<Extent[]>;
+  /** Grow or shrink the LUN (an array admin resizing a volume). */
+  resize(size: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -207,7 +209,7 @@ export interface MemoryBackendOptions {
 export class MemoryBackend implements LunBackend {
   readonly kind = 'memory' as const;
   readonly blockSize: number;
-  readonly size: number;
+  size: number;
   readonly readOnly: boolean;
   readonly granularity: number;
   readonly identitySeed: string;
@@ -222,6 +224,12 @@ export class MemoryBackend implements LunBackend {
     this.granularity = Math.max(opts.chunkSize ?? 4096, this.blockSize);
     if (this.granularity % this.blockSize !== 0) throw new ConfigError('ECONFIG', 'chunk size must be a multiple of the block size');
     this.identitySeed = opts.identitySeed ?? `memory:${process.pid}:${Date.now()}:${Math.random()}`;
+  }
+
+  async resize(size: number): Promise<void> {
+    checkGeometry(size, this.blockSize);
+    for (const k of [...this.chunks.keys()]) if (k * this.granularity >= size) this.chunks.delete(k);
+    this.size = size;
   }
 
   /** Bytes currently allocated. */
@@ -364,7 +372,7 @@ export class FileBackend implements LunBackend {
   private constructor(
     readonly path: string,
     private readonly fh: FileHandle,
-    readonly size: number,
+    public size: number,
     readonly blockSize: number,
     readonly readOnly: boolean,
     readonly identitySeed: string,
@@ -544,6 +552,16 @@ export class FileBackend implements LunBackend {
 
   async mapping(offset: number, length: number): Promise<Extent[]> {
     return extentsFrom(offset, length, this.granularity, (i) => this.map.has(i));
+  }
+
+  async resize(size: number): Promise<void> {
+    checkGeometry(size, this.blockSize);
+    if (this.readOnly) throw new ConfigError('ECONFIG', `${this.path} is read-only`);
+    await this.fh.truncate(size);
+    const g = this.granularity;
+    if (size < this.size) this.map.setRange(Math.floor(size / g), Math.ceil(this.size / g), false);
+    this.size = size;
+    this.sidecarValid = false;
   }
 
   async close(): Promise<void> {

@@ -739,6 +739,26 @@ export class TargetConnectionEngine {
     this.execute(t).catch((e) => this.fail(e));
   }
 
+  /** Capacity generation of each LUN as this connection last reported it. */
+  private readonly capacitySeen = new Map<number, number>();
+
+  /**
+   * CAPACITY DATA HAS CHANGED (UA 2A/09), once per connection after a LUN was
+   * resized. INQUIRY, REPORT LUNS and REQUEST SENSE never take a unit attention.
+   */
+  private capacityChanged(t: Task): boolean {
+    const dev = this.target?.units.get(t.lunNum);
+    if (!dev) return false;
+    const seen = this.capacitySeen.get(t.lunNum);
+    if (seen === undefined) {
+      this.capacitySeen.set(t.lunNum, dev.capacityGeneration);
+      return false;
+    }
+    if (seen === dev.capacityGeneration || t.cdb[0] === 0x12 || t.cdb[0] === 0xa0 || t.cdb[0] === 0x03) return false;
+    this.capacitySeen.set(t.lunNum, dev.capacityGeneration);
+    return true;
+  }
+
   private async execute(t: Task): Promise<void> {
     let result: ScsiResult;
     const units = this.target!.units;
@@ -747,6 +767,7 @@ export class TargetConnectionEngine {
     if (t.invalid) result = t.invalid;
     else if (t.digestFailed) result = { status: SAM_STAT_CHECK_CONDITION, sense: fixedSense(SK.ABORTED_COMMAND, 0x47, 0x05) };
     else if (t.sequenceError) result = { status: SAM_STAT_CHECK_CONDITION, sense: fixedSense(SK.ABORTED_COMMAND, 0x4b, 0x00) };
+    else if (this.capacityChanged(t)) result = { status: SAM_STAT_CHECK_CONDITION, sense: fixedSense(SK.UNIT_ATTENTION, 0x2a, 0x09) };
     else if (st && t.cdb[0] !== 0x12 && t.cdb[0] !== 0xa0) {
       if (st.status === 'busy') result = { status: SAM_STAT_BUSY };
       else if (st.status === 'task-set-full') result = { status: SAM_STAT_TASK_SET_FULL };

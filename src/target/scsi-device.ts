@@ -108,7 +108,9 @@ export interface ScsiDeviceOptions {
 export class ScsiDevice {
   readonly backend: LunBackend;
   readonly blockSize: number;
-  readonly blocks: bigint;
+  blocks: bigint;
+  /** Bumped by resize(): each connection that has not seen it gets CAPACITY DATA HAS CHANGED once. */
+  capacityGeneration = 0;
   private identity: DeviceIdentity;
   private identitySeed: string;
   private generation = 0;
@@ -129,6 +131,13 @@ export class ScsiDevice {
 
   get naa(): Buffer {
     return this.identity.naa;
+  }
+
+  /** Another capacity, as an array admin grows or shrinks a volume. */
+  async resize(bytes: number): Promise<void> {
+    await this.backend.resize(bytes);
+    this.blocks = BigInt(this.backend.size / this.blockSize);
+    this.capacityGeneration++;
   }
 
   /** Become "another device": new serial and designator (not persisted). */

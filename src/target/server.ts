@@ -118,6 +118,11 @@ export class TargetServer {
     return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
   }
 
+  /** One LUN's device (to resize it, swap its identity, ...). */
+  device(target: string, lun: number): ScsiDevice | undefined {
+    return this.targets.get(target)?.units.get(lun);
+  }
+
   get targetNames(): string[] {
     return [...this.targets.keys()];
   }

@@ -20,6 +20,8 @@ import type { KernelNbd } from '../../src/daemon/devices';
 import { createSocketPair, closeFd } from '../../src/nbd/netlink/kernel';
 import type { FdKeeper } from '../../src/daemon/fd-store';
 import { FakeFdStore } from '../helpers/fd-store';
+import { TargetServer } from '../../src/target/server';
+import { MemoryBackend } from '../../src/target/backend';
 import { SimpleRequester } from '../helpers/simple-replies';
 import { DEFAULT_TIMEOUTS, type DaemonConfig } from '../../src/config';
 import { setRootLogger, createLogger } from '../../src/log';
@@ -94,6 +96,16 @@ class FakeKernel implements KernelNbd {
     }
   }
 
+  resizes: { index: number; sizeBytes: bigint; blockSize: number }[] = [];
+
+  async resize(c: Parameters<KernelNbd['resize']>[0]): Promise<void> {
+    const d = this.devices.get(c.index);
+    if (!d) throw new Error('EINVAL: not configured');
+    if (d.backendId !== c.backendId) throw new Error('EINVAL: must specify backend');
+    this.resizes.push({ index: c.index, sizeBytes: c.sizeBytes, blockSize: c.blockSize });
+    d.sizeBytes = c.sizeBytes;
+  }
+
   async disconnect(index: number): Promise<void> {
     const d = this.devices.get(index);
     if (!d) return;
@@ -137,7 +149,7 @@ const BS = 4096;
 
 before(async () => {
   setRootLogger(createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }));
-  tgtd = await startTgtdWithLuns({ targets: [{ luns: [{ size: 32 << 20, blockSize: BS }, { size: 16 << 20, blockSize: BS }] }] });
+  tgtd = await startTgtdWithLuns({ targets: [{ luns: [{ size: 32 << 20, blockSize: BS }, { size: 16 << 20, blockSize: BS }, { size: 16 << 20, blockSize: BS }] }] });
 });
 
 after(async () => {
@@ -478,5 +490,74 @@ test('sockets left in the store without their unread bytes (a hand-over cut shor
     await callControl(cfg.control!, { op: 'unmap', device: '/dev/nbd0' });
   } finally {
     await b.stop('test');
+  }
+});
+
+test('resize: a grown LUN grows its device online (RECONFIGURE with the size), a shrunk one is refused and keeps its size', { timeout: 120_000 }, async () => {
+  const kernel = new FakeKernel();
+  const cfg = config('r');
+  const d = await daemon(cfg, kernel);
+  try {
+    const st = await callControl<{ device: string; index: number; size: string }>(cfg.control!, { op: 'map', url: tgtd.url(1, 3), stateDir: cfg.stateDir });
+    assert.equal(st.size, String(16 << 20));
+    const record = (): { size: string } => JSON.parse(fs.readFileSync(path.join(cfg.stateDir!, 'mappings', 'nbd0.json'), 'utf8'));
+    assert.deepEqual(await d.resize('/dev/nbd0'), [{ export: 'map:' + tgtd.iqn(1) + '/3', device: '/dev/nbd0', was: String(16 << 20), now: String(16 << 20), changed: false }]);
+
+    await tgtd.resizeLun(1, 3, 24 << 20);
+    const [grown] = await d.resize();
+    assert.deepEqual([grown.was, grown.now, grown.changed, grown.refused], [String(16 << 20), String(24 << 20), true, undefined]);
+    assert.deepEqual(kernel.resizes, [{ index: 0, sizeBytes: 24n << 20n, blockSize: BS }], 'one RECONFIGURE with the new size and the same block size');
+    assert.equal(record().size, String(24 << 20), 'the mapping record has the new size');
+    assert.equal(d.devices.list()[0].size, String(24 << 20), 'list-mapped shows it');
+    // The kernel may use the new blocks at once.
+    const data = crypto.randomBytes(BS);
+    assert.equal((await kernel.sock(0).io(CMD_WRITE, (20 << 20), BS, data)).error, 0);
+    assert.ok((await kernel.sock(0).io(CMD_READ, (20 << 20), BS)).data.equals(data));
+
+    await tgtd.resizeLun(1, 3, 8 << 20);
+    const [shrunk] = await d.resize('/dev/nbd0');
+    assert.equal(shrunk.changed, false);
+    assert.match(shrunk.refused ?? '', /shrank from 25165824 to 8388608 bytes; keeping 25165824/);
+    assert.equal(kernel.resizes.length, 1, 'no RECONFIGURE for a smaller LUN');
+    assert.equal(record().size, String(24 << 20));
+
+    // Another device behind the same address: refused, as a reattach would.
+    await tgtd.resizeLun(1, 3, 24 << 20, 'scsi_sn=SWAPPED01');
+    await assert.rejects(d.resize('/dev/nbd0'), /changed/);
+    assert.equal(kernel.resizes.length, 1);
+    await assert.rejects(d.resize('/dev/nbd7'), /not mapped by this daemon/);
+  } finally {
+    await callControl(cfg.control!, { op: 'unmap', device: '/dev/nbd0', force: true }).catch(() => undefined);
+    await d.stop('test');
+    await tgtd.resizeLun(1, 3, 16 << 20).catch(() => undefined);
+  }
+});
+
+test('resize: CAPACITY DATA HAS CHANGED from the target (embedded, resized under I/O) grows the device with no command', { timeout: 60_000 }, async () => {
+  const iqn = 'iqn.2026-12.test.iscsi-nbd:grow';
+  const target = new TargetServer({ targets: [{ name: iqn, luns: [{ lun: 0, backend: new MemoryBackend({ size: 8 << 20, blockSize: 4096 }), identitySeed: 'grow-lun' }] }] });
+  const { port } = await target.listen({ host: '127.0.0.1', port: 0 });
+  const kernel = new FakeKernel();
+  const cfg = config('ua');
+  const d = await daemon(cfg, kernel);
+  try {
+    await callControl(cfg.control!, { op: 'map', url: `iscsi://127.0.0.1:${port}/${iqn}/0`, stateDir: cfg.stateDir });
+    await target.device(iqn, 0)!.resize(12 << 20);
+    const started = Date.now();
+    // The next command the kernel sends takes the unit attention; it is retried, and the capacity read again.
+    assert.equal((await kernel.sock(0).io(CMD_READ, 0, 4096)).error, 0);
+    while (kernel.resizes.length === 0 && Date.now() - started < 10_000) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(kernel.resizes, [{ index: 0, sizeBytes: 12n << 20n, blockSize: 4096 }]);
+    console.log(`# resize: unit attention to RECONFIGURE in ${Date.now() - started} ms`);
+    assert.equal(d.devices.list()[0].size, String(12 << 20));
+    await target.device(iqn, 0)!.resize(4 << 20);
+    await kernel.sock(0).io(CMD_READ, 0, 4096);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(kernel.resizes.length, 1, 'a shrink is refused');
+    assert.equal(d.devices.list()[0].size, String(12 << 20));
+    await callControl(cfg.control!, { op: 'unmap', device: '/dev/nbd0', force: true });
+  } finally {
+    await d.stop('test');
+    await target.close();
   }
 });

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
 import { freePort } from '../helpers/ports';
+import { runTool } from '../helpers/process';
 import { FakeFdStore } from '../helpers/fd-store';
 import { startDaemon } from '../../src/daemon/daemon';
 import { DEFAULT_TIMEOUTS, type DaemonConfig } from '../../src/config';
@@ -110,5 +111,31 @@ test('an NBD client across a restart through the fd store: same connection, from
   } finally {
     client.sock.destroy();
     await b.stop('test');
+  }
+});
+
+test('resize EXPORT: new NBD clients get the grown size, the connected one carries on', { timeout: 60_000 }, async () => {
+  const port = await freePort();
+  const cfg: DaemonConfig = {
+    listen: [`127.0.0.1:${port}`], sessions: 1, digest: 'prefer-none', readOnly: false, tls: { mode: 'off' },
+    timeouts: { ...DEFAULT_TIMEOUTS }, exports: [{ name: 'e1', url: tgtd.url(1, 1) }], devices: [],
+    stateDir: path.join(tmp, 'state-r'), control: path.join(tmp, 'control-r.sock'), initiatorName: 'iqn.2026-12.test.iscsi-nbd:clients',
+  };
+  const d = await startDaemon(cfg, { kernel: async () => { throw new Error('no kernel here'); } });
+  const client = new Client(net.connect(port, '127.0.0.1'), 'e1');
+  try {
+    await client.ready;
+    const size = async (): Promise<string> => (await runTool('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/e1`])).out.trim();
+    assert.equal(await size(), String(16 << 20));
+    await tgtd.resizeLun(1, 1, 20 << 20);
+    const [r] = await d.resize('e1');
+    assert.deepEqual([r.export, r.was, r.now, r.changed], ['e1', String(16 << 20), String(20 << 20), true]);
+    assert.equal(await size(), String(20 << 20), 'a new client sees the new size');
+    assert.equal((await client.io(CMD_READ, 0, 512)).error, 0, 'the old client carries on');
+    await assert.rejects(d.resize('nope'), /neither a mapped \/dev\/nbdN nor an export/);
+  } finally {
+    client.sock.destroy();
+    await d.stop('test');
+    await tgtd.resizeLun(1, 1, 16 << 20).catch(() => undefined);
   }
 });

@@ -269,6 +269,22 @@ export class Tgtd {
     return info;
   }
 
+  /**
+   * Give a LUN another size, as an array does when it is grown: tgtd cannot
+   * resize a LUN, so delete it and add it again over the same file, now
+   * `size` bytes. Its identity (scsi_id, scsi_sn: from the tid and LUN
+   * number, or `params` given again) stays.
+   */
+  async resizeLun(tid: number, lun: number, size: number, params?: string): Promise<void> {
+    const old = this.luns.get(`${tid}/${lun}`);
+    if (!old) throw new Error(`no LUN ${tid}/${lun}`);
+    await this.deleteLun(tid, lun);
+    fs.truncateSync(old.path, size);
+    await this.addLun(tid, lun, { path: old.path, blockSize: old.blockSize as 512 | 4096 });
+    this.luns.set(`${tid}/${lun}`, old);
+    if (params) await this.configure(['--lld', 'iscsi', '--mode', 'logicalunit', '--op', 'update', '--tid', String(tid), '--lun', String(lun), '--params', params]);
+  }
+
   async deleteLun(tid: number, lun: number): Promise<void> {
     await this.configure(['--lld', 'iscsi', '--mode', 'logicalunit', '--op', 'delete', '--tid', String(tid), '--lun', String(lun)]);
     this.luns.delete(`${tid}/${lun}`);

@@ -74,6 +74,16 @@ const RECONFIGURE = bytes(
   '1000 0780 0c00 0180 0800 0100 0b000000', // SOCKETS { SOCK_ITEM { SOCK_FD 11 } }
 );
 
+// A resize alone: no sockets, the new size and the same block size, the backend repeated.
+const RESIZE = bytes(
+  '40000000 1c00 0500 0c000000 00000000', // len 64, nbd family, REQUEST|ACK, seq 12
+  '03 01 0000', // NBD_CMD_RECONFIGURE
+  '0800 0100 03000000', // NBD_ATTR_INDEX u32 3
+  '0c00 0200 00000080 00000000', // NBD_ATTR_SIZE_BYTES 2 GiB
+  '0c00 0300 00100000 00000000', // NBD_ATTR_BLOCK_SIZE_BYTES 4096
+  '0a00 0a00 6c756e2d30 00 0000', // NBD_ATTR_BACKEND_IDENTIFIER "lun-0\0", 2 bytes of padding
+);
+
 const DISCONNECT = bytes(
   '1c000000 1c00 0500 09000000 00000000', // len 28, seq 9
   '02 01 0000', // NBD_CMD_DISCONNECT
@@ -238,6 +248,8 @@ test('NBD_CMD_RECONFIGURE, DISCONNECT, STATUS requests', () => {
   assert.deepEqual(nl.buildNbdReconfigure(NBD_FAMILY, 8, {
     index: 3, fds: [11], backendId: 'lun-0', timeoutSec: 30, deadConnTimeoutSec: 120,
   }), RECONFIGURE);
+  assert.deepEqual(nl.buildNbdReconfigure(NBD_FAMILY, 12, { index: 3, fds: [], sizeBytes: 2n << 30n, blockSize: 4096, backendId: 'lun-0' }), RESIZE);
+  assert.throws(() => nl.buildNbdReconfigure(NBD_FAMILY, 12, { index: 3, fds: [] }), ConfigError, 'neither sockets nor a size');
   assert.deepEqual(nl.buildNbdDisconnect(NBD_FAMILY, 9, 3), DISCONNECT);
   assert.deepEqual(nl.buildNbdStatus(NBD_FAMILY, 10), STATUS_ALL);
   assert.deepEqual(nl.buildNbdStatus(NBD_FAMILY, 11, 3), STATUS_ONE);

@@ -468,7 +468,12 @@ export interface NbdConnectRequest {
 
 export interface NbdReconfigureRequest {
   index: number;
+  /** New sockets for dead ones; none for a resize alone. */
   fds: number[];
+  /** A new size (nbd_genl_reconfigure calls nbd_genl_size_set: the disk grows online, a RESIZE uevent). */
+  sizeBytes?: bigint;
+  /** Sent with sizeBytes (the same block size again: the kernel needs it to set the size). */
+  blockSize?: number;
   timeoutSec?: number;
   deadConnTimeoutSec?: number;
   /** Sent when given, but Linux (up to 6.x) ignores SERVER_FLAGS on RECONFIGURE. */
@@ -545,11 +550,19 @@ export function buildNbdReconfigure(familyId: number, seq: number, r: NbdReconfi
     checkU64(name, v);
     attrs.push(nlaU64(type, v));
   }
+  if (r.sizeBytes !== undefined) {
+    checkU64('size', r.sizeBytes);
+    attrs.push(nlaU64(NBD_ATTR_SIZE_BYTES, r.sizeBytes));
+    if (r.blockSize !== undefined) {
+      checkU64('block size', r.blockSize);
+      attrs.push(nlaU64(NBD_ATTR_BLOCK_SIZE_BYTES, r.blockSize));
+    }
+  }
   if (r.backendId !== undefined) {
     checkBackend(r.backendId);
     attrs.push(nlaString(NBD_ATTR_BACKEND_IDENTIFIER, r.backendId));
   }
-  attrs.push(socketsAttr(r.fds));
+  if (r.fds.length > 0 || r.sizeBytes === undefined) attrs.push(socketsAttr(r.fds));
   return encodeGenlmsg(nbdHeader(familyId, NBD_CMD_RECONFIGURE, seq), attrs);
 }
 

@@ -41,7 +41,11 @@ export interface NbdConnectConfig {
 
 export interface NbdReconfigureConfig {
   index: number;
+  /** Replacements for dead sockets; none for a resize alone. */
   fds: number[];
+  /** A new size, with the same block size (an online resize). */
+  sizeBytes?: bigint;
+  blockSize?: number;
   backendId: string;
   timeoutSec?: number;
   deadConnTimeoutSec?: number;
@@ -256,6 +260,7 @@ export class NbdKernel {
       index: c.index,
       fds: c.fds,
       backendId: c.backendId,
+      ...(c.sizeBytes !== undefined ? { sizeBytes: c.sizeBytes, blockSize: c.blockSize } : {}),
       ...(c.timeoutSec !== undefined ? { timeoutSec: c.timeoutSec } : {}),
       ...(c.deadConnTimeoutSec !== undefined ? { deadConnTimeoutSec: c.deadConnTimeoutSec } : {}),
     });
