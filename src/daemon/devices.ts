@@ -505,7 +505,7 @@ export class DeviceManager {
       if (m.canAdopt()) {
         m.adopt();
         m.setState('attached');
-        log.info({ identity: r.identity, connections: r.connections, path: 'adopted' }, 'device adopted: serving the last daemon\'s kernel sockets from the systemd fd store, unseen by the kernel');
+        log.info({ identity: r.identity, connections: r.connections, path: 'adopted' }, 'device adopted');
         await m.applySize().catch(() => undefined); // grown while no daemon ran
         return;
       }
@@ -525,7 +525,7 @@ export class DeviceManager {
       m.setState('attached');
       m.how = 'reattached';
       this.opts.onAttach?.(m.device, 'reattached');
-      log.info({ identity: r.identity, connections: r.connections, path: 'reattached' }, 'device reattached with fresh sockets (NBD_CMD_RECONFIGURE)');
+      log.info({ identity: r.identity, connections: r.connections, path: 'reattached' }, 'device reattached');
       await m.applySize().catch(() => undefined); // grown while no daemon ran
     } catch (err) {
       log.error({ err }, 'cannot reattach the device');
