@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { callControl, NoDaemonError } from '../daemon/control';
-import { defaultControlPath, defaultStateDir } from '../daemon/paths';
+import { defaultControlPath, defaultStateDir, NO_CONTROL } from '../daemon/paths';
 import { readOwner, isDaemonAlive } from '../daemon/owner';
 import type { MappingStatus } from '../daemon/status';
 import { MappingStore } from '../daemon/mapping-store';
@@ -51,7 +51,12 @@ function stateDirOf(argv: DeviceArgs): string {
 function controlOf(argv: DeviceArgs, stateDir: string): string {
   if (argv.control) return argv.control;
   const o = readOwner(stateDir);
-  if (o && isDaemonAlive(o.pid)) return o.control;
+  if (o && isDaemonAlive(o.pid)) {
+    if (o.control === NO_CONTROL) {
+      throw new ConfigError('ECONFIG', `iscsi-nbd pid ${o.pid} owns ${stateDir} but runs without a control socket (--control none): restart it with one to map, unmap or list its devices`);
+    }
+    return o.control;
+  }
   return defaultControlPath();
 }
 

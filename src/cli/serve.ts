@@ -7,6 +7,8 @@ import {
 import { ConfigError } from '../errors';
 import { formatHostPort } from '../iscsi/url';
 import type { SecretOptions } from '../credentials';
+import { prepareControlPath } from '../daemon/control';
+import { defaultControlPath, NO_CONTROL } from '../daemon/paths';
 import { LogArgs, setupLogging, UsageError, warn, withCommonOptions } from './common';
 
 const NUMBER_OPTIONS = ['sessions', 'replacement-timeout', 'command-timeout', 'handshake-timeout', 'io-timeout', 'reattach-timeout'] as const;
@@ -37,7 +39,11 @@ export function options<T>(y: Argv<T>) {
     .option('tls-ca', { type: 'string', describe: 'CA for client certificates (PEM)' })
     .option('tls-verify-client', { type: 'boolean', describe: 'require client certificates signed by --tls-ca' })
     .option('metrics', { type: 'string', describe: 'HOST:PORT or PORT for /metrics, /healthz, /readyz (off unless given)' })
-    .option('control', { type: 'string', describe: 'unix socket for `iscsi-nbd status` (default in the runtime dir)' })
+    .option('control', {
+      type: 'string',
+      describe: 'unix socket for status, map, unmap, list-mapped and reload (default /run/iscsi-nbd/control.sock as root, else ' +
+        '$XDG_RUNTIME_DIR/iscsi-nbd-UID.sock or /tmp/iscsi-nbd-UID/control.sock); one that cannot be taken stops the start; none: run without one',
+    })
     .option('replacement-timeout', { type: 'number', describe: `seconds an iSCSI outage may last before I/O fails (default ${DEFAULT_TIMEOUTS.replacement})` })
     .option('command-timeout', { type: 'number', describe: `seconds before a SCSI command is aborted (default ${DEFAULT_TIMEOUTS.command})` })
     .option('handshake-timeout', { type: 'number', describe: `seconds an NBD client has to negotiate (default ${DEFAULT_TIMEOUTS.handshake})` })
@@ -267,6 +273,9 @@ export async function run(argv: ServeArgs): Promise<void> {
     const m = parseListen(cfg.metrics, 9810);
     if ('host' in m) await ensureFree(m, 'metrics');
   }
+  // So is a control socket that cannot be taken (another daemon's, another user's, a directory others can write to).
+  const control = cfg.control ?? defaultControlPath();
+  if (control !== NO_CONTROL) await prepareControlPath(control);
   // The config file's logLevel applies unless --log-level or $ISCSI_NBD_LOG_LEVEL said otherwise.
   setupLogging({ ...argv, 'log-level': cfg.logLevel });
   nameProcess();

@@ -10,7 +10,7 @@ import { formatHostPort } from '../iscsi/url';
 import { notifySystemd } from './notify';
 import { startControlServer } from './control';
 import { controlHandlers } from './control-handlers';
-import { defaultControlPath, defaultStateDir, initiatorName } from './paths';
+import { defaultControlPath, defaultStateDir, initiatorName, NO_CONTROL } from './paths';
 import { DeviceManager, KernelNbd } from './devices';
 import { mapSpecOfDevice } from './map-spec';
 import { MappingStore } from './mapping-store';
@@ -361,11 +361,16 @@ export class Daemon implements RunningDaemon {
       own: () => this.own(),
       reload: () => this.reload(),
     });
-    const srv = await startControlServer(this.control, handlers).catch((err) => {
-      this.log.warn({ err }, 'control socket not available; `iscsi-nbd status` will not reach this daemon');
-      return undefined;
-    });
-    if (srv) this.undo.push('control', () => void srv.close());
+    if (this.control === NO_CONTROL) {
+      this.log.warn('no control socket (--control none): iscsi-nbd status, map, unmap, list-mapped and reload cannot reach this daemon; SIGHUP still reloads');
+      // The control socket is what keeps a daemon with no listener alive: without one, a timer does.
+      const alive = setInterval(() => undefined, 1 << 30);
+      this.undo.push('control', () => clearInterval(alive));
+      return;
+    }
+    // A daemon nobody can reach would be worse than none: one whose socket is taken does not start (exit 6).
+    const srv = await startControlServer(this.control, handlers);
+    this.undo.push('control', () => void srv.close());
   }
 
   status(): DaemonStatus {
