@@ -32,8 +32,8 @@ function renderSessions(out: string[], sessions: SessionStatus[]): void {
 
 export function render(s: DaemonStatus): string {
   const out: string[] = [];
-  out.push(`iscsi-nbd pid ${s.pid}, initiator ${s.initiatorName}`);
-  out.push(`Listening: ${s.listen.join(', ')}`);
+  out.push(`iscsi-nbd ${s.version ? `${s.version}, ` : ''}pid ${s.pid}${s.startedAt ? `, started ${s.startedAt}` : ''}, initiator ${s.initiatorName}`);
+  out.push(`Listening: ${s.listen.length ? s.listen.join(', ') : 'none (no NBD listener: the daemon serves mapped devices only)'}`);
   for (const e of s.exports) {
     out.push('');
     out.push(`Export: ${e.name} (${e.state})`);

@@ -5,6 +5,10 @@ import type { DeviceManager } from './devices';
 import { parseMapRequest } from './map-spec';
 import type { ReloadOutcome } from './reload';
 import type { DaemonStatus } from './status';
+import { packageVersion } from '../metrics';
+
+/** When this process started (status: how long the daemon has run). */
+const STARTED_AT = new Date(Date.now() - process.uptime() * 1000).toISOString();
 
 // The ops of the control socket. Each request is checked here, where it comes
 // in off the socket, and reaches the daemon's parts as a typed value.
@@ -28,7 +32,7 @@ export function controlHandlers(p: ControlPorts): Record<string, ControlHandler>
     }
   };
   return {
-    status: () => p.status(),
+    status: (): DaemonStatus => ({ version: packageVersion(), startedAt: STARTED_AT, ...p.status() }),
     map: async (req) => {
       sameStateDir(req);
       const spec = parseMapRequest(req);

@@ -3,7 +3,7 @@ import { NbdServer, NbdTlsOptions } from '../nbd/server';
 import { ExportManager, ManagerOptions } from '../bridge/manager';
 import { DaemonConfig, parseListen, readSecret } from '../config';
 import { ConfigError } from '../errors';
-import { Metrics, startMetricsServer } from '../metrics';
+import { Metrics, packageVersion, startMetricsServer } from '../metrics';
 import { rootLogger } from '../log';
 import { authFor, SecretOptions } from '../credentials';
 import { formatHostPort } from '../iscsi/url';
@@ -145,6 +145,7 @@ export class Daemon implements RunningDaemon {
     this.stateDir = cfg.stateDir ?? defaultStateDir();
     this.control = cfg.control ?? defaultControlPath();
     this.initiatorName = initiatorName(cfg.initiatorName, this.stateDir);
+    log.info({ version: packageVersion(), control: this.control, stateDir: this.stateDir, metrics: cfg.metrics ?? 'off' }, 'iscsi-nbd starting');
     log.info({ initiatorName: this.initiatorName }, 'initiator name');
     const secrets = opts.secrets ?? {};
     this.managerOptions = {

@@ -46,6 +46,10 @@ export interface MappingStatus {
 }
 
 export interface DaemonStatus {
+  /** iscsi-nbd's version (package.json). */
+  version?: string;
+  /** When the daemon's process started (ISO 8601). */
+  startedAt?: string;
   pid: number;
   initiatorName: string;
   stateDir?: string;

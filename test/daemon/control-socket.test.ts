@@ -100,6 +100,11 @@ test('serve as a user: its socket in a 0700 directory of its own; status works; 
 
   const st = await cliAs(USER, home, ['status', '--json']);
   assert.equal(st.code, 0, st.err);
+  const doc = JSON.parse(st.out) as { version?: string; startedAt?: string; listen: string[] };
+  assert.match(doc.version ?? '', /^\d+\.\d+\.\d+/);
+  assert.ok(doc.startedAt && !Number.isNaN(Date.parse(doc.startedAt)), 'status --json has the start time');
+  const text = await cliAs(USER, home, ['status']);
+  assert.match(text.out, /^Listening: none \(no NBD listener/m, 'no blank "Listening:"');
 
   const other = await cliAs(NOBODY, '/', ['status', '--control', sock]);
   assert.equal(other.code, 1, other.err);
@@ -108,6 +113,12 @@ test('serve as a user: its socket in a 0700 directory of its own; status works; 
   process.kill(-daemon.pid!, 'SIGTERM');
   const r = await daemon;
   assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /"msg":"iscsi-nbd starting"/);
+  const line = JSON.parse(r.stderr.split('\n').find((l) => l.includes('"iscsi-nbd starting"'))!) as Record<string, unknown>;
+  assert.equal(line.control, sock);
+  assert.match(String(line.version), /^\d+\.\d+\.\d+/);
+  assert.equal(line.stateDir, path.join(home, '.config', 'iscsi-nbd'));
+  assert.equal(line.metrics, 'off');
 });
 
 test('a peer of another uid is refused by SO_PEERCRED, even through a socket it may open', { skip, timeout: 30_000 }, async (t) => {
