@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
@@ -60,11 +60,84 @@ function controlOf(argv: DeviceArgs, stateDir: string): string {
   return defaultControlPath();
 }
 
+/** What map needs of the host before it starts a daemon: who we are, and the kernel's nbd driver. */
+export interface MapHost {
+  uid: number;
+  /** /sys, or a test's stand-in. */
+  sysfs: string;
+  /** Whether `modinfo nbd` finds the module (it is there, but not loaded). */
+  hasModule(): boolean;
+}
+
+const realHost = (): MapHost => ({
+  uid: process.geteuid?.() ?? process.getuid?.() ?? 0,
+  sysfs: '/sys',
+  hasModule: () => spawnSync('modinfo', ['nbd'], { stdio: 'ignore', timeout: 5000 }).status === 0,
+});
+
+/** `map` refused before any daemon starts: it could not work on this host as things are. */
+export class MapPreflightError extends ConfigError {
+  constructor(message: string) {
+    super('ECONFIG', message);
+  }
+}
+
+/**
+ * Before a daemon is started for it, whether `map` can work at all: root, the
+ * nbd driver, and the device asked for free. A daemon started for a map that
+ * cannot work would stay behind, serving nothing.
+ */
+export function mapPreflight(device: number | undefined, host: MapHost = realHost()): void {
+  if (host.uid !== 0) throw new MapPreflightError('map needs root (CAP_SYS_ADMIN) to configure NBD devices: run it with sudo');
+  if (!fs.existsSync(path.join(host.sysfs, 'module', 'nbd'))) {
+    throw new MapPreflightError(host.hasModule()
+      ? 'the kernel has no nbd module loaded: run `modprobe nbd` (and `echo nbd > /etc/modules-load.d/nbd.conf` to load it at every boot)'
+      : 'this kernel has no nbd module (`modinfo nbd` finds none): install the kernel\'s extra modules package, or use a kernel built with CONFIG_BLK_DEV_NBD');
+  }
+  if (device === undefined) return; // the kernel picks a free one, or makes one
+  let pid: string | undefined;
+  try {
+    pid = fs.readFileSync(path.join(host.sysfs, 'block', `nbd${device}`, 'pid'), 'utf8').trim();
+  } catch {
+    return; // no such device yet (the kernel makes it), or not connected
+  }
+  throw new MapPreflightError(`/dev/nbd${device} is in use already (served by pid ${pid}): pick another --device or leave it out`);
+}
+
+/** The daemon's last error line in its log (JSON lines), for a daemon that exited before it was ready. */
+function lastLoggedError(logFile: string, from: number): string | undefined {
+  let text: string;
+  try {
+    const fd = fs.openSync(logFile, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const buf = Buffer.alloc(Math.min(size - from, 256 * 1024));
+      fs.readSync(fd, buf, 0, buf.length, size - buf.length);
+      text = buf.toString('utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return undefined;
+  }
+  let found: string | undefined;
+  for (const line of text.split('\n')) {
+    try {
+      const l = JSON.parse(line) as { level?: number; msg?: string };
+      if ((l.level ?? 0) >= 50 && l.msg) found = l.msg;
+    } catch {
+      // not a log line
+    }
+  }
+  return found;
+}
+
 /** Start `iscsi-nbd serve` for this state dir, detached, logging to a file there; wait for its control socket. */
 async function startDaemon(argv: MapArgs, stateDir: string, control: string): Promise<void> {
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const logFile = path.join(stateDir, 'daemon.log');
   const out = fs.openSync(logFile, 'a', 0o600);
+  const logStart = fs.fstatSync(out).size;
   const bin = path.resolve(__dirname, '../../../bin/iscsi-nbd.js');
   const args = [bin, 'serve', '--state-dir', stateDir, '--control', control, '--log-format', 'json'];
   if (argv.config) args.push('--config', argv.config);
@@ -78,7 +151,8 @@ async function startDaemon(argv: MapArgs, stateDir: string, control: string): Pr
   const deadline = Date.now() + (argv['daemon-wait'] ?? 60) * 1000;
   while (Date.now() < deadline) {
     if (exited !== undefined) {
-      throw new IscsiNbdError('EIO', `the daemon exited (code ${exited}) before it was ready; see ${logFile}`);
+      const why = lastLoggedError(logFile, logStart);
+      throw new IscsiNbdError('EIO', `the daemon exited (code ${exited}) before it was ready${why ? `: ${why}` : ''}; see ${logFile}`);
     }
     try {
       await callControl(control, { op: 'status' }, 2000);
@@ -124,6 +198,7 @@ export async function runMap(argv: MapArgs): Promise<void> {
     st = await callControl<MappingStatus>(control, req, MAP_TIMEOUT_MS);
   } catch (err) {
     if (!(err instanceof NoDaemonError)) throw err;
+    mapPreflight(req.device);
     await startDaemon(argv, stateDir, control);
     st = await callControl<MappingStatus>(control, req, MAP_TIMEOUT_MS);
   }
@@ -143,6 +218,11 @@ export async function runUnmap(argv: DeviceArgs & { device: string; force?: bool
     await callControl(controlOf(argv, stateDir), { op: 'unmap', stateDir: explicitStateDir(argv), device: index, force: argv.force === true }, MAP_TIMEOUT_MS);
   } catch (err) {
     if (err instanceof NoDaemonError) {
+      const { records, problems } = new MappingStore(stateDir).load();
+      // A record that cannot be read may still be that device's: then it is not "nothing".
+      if (!records.some((r) => r.index === index) && !problems.some((p) => path.basename(p.file) === `nbd${index}.json`)) {
+        throw new ConfigError('ECONFIG', `nothing is mapped on /dev/nbd${index}: no daemon serves ${stateDir}, and it has no record of that device`);
+      }
       throw new IscsiNbdError('EIO', `no daemon serves ${stateDir}: start it (iscsi-nbd serve --state-dir ${stateDir}), then unmap; the device keeps its I/O waiting for it`);
     }
     throw err;
@@ -175,7 +255,8 @@ export async function runListMapped(argv: DeviceArgs & { json?: boolean }): Prom
       identity: r.identity, blockSize: r.blockSize, size: r.size, connections: r.connections, readOnly: r.readOnly, state: 'no daemon',
     }));
   }
-  process.stdout.write(argv.json ? JSON.stringify(list, null, 2) + '\n' : renderMappings(list));
+  const text = list.length === 0 ? `no devices are mapped (state dir ${stateDir})\n` : renderMappings(list);
+  process.stdout.write(argv.json ? JSON.stringify(list, null, 2) + '\n' : text);
   for (const p of problems) process.stderr.write(`iscsi-nbd: ${p}\n`);
 }
 
