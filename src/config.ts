@@ -334,6 +334,8 @@ export interface ConfigFile {
   /** The file's values normalised as far as they go, even when the schema failed (for further checks). */
   loose: DaemonConfig;
   problems: ConfigProblem[];
+  /** Not a YAML mapping at all (a syntax error, a list at the top): nothing in it was read. */
+  unparsed?: boolean;
   /** Line of the value (or key) at a path, when the file has it. */
   lineOf(path: readonly (string | number)[]): number | undefined;
 }
@@ -366,13 +368,13 @@ export function analyseConfig(text: string, file = 'config'): ConfigFile {
     for (const e of doc.errors) {
       problems.push({ file, line: e.linePos?.[0]?.line, key: 'YAML syntax error', message: e.message.split('\n')[0], severity: 'error' });
     }
-    return { file, raw: {}, loose: normalise({}), problems, lineOf };
+    return { file, raw: {}, loose: normalise({}), problems, lineOf, unparsed: true };
   }
   const js = doc.toJS();
   const raw = (js && typeof js === 'object' && !Array.isArray(js) ? js : {}) as Record<string, unknown>;
   if (js !== null && js !== undefined && raw !== js) {
     problems.push({ file, line: 1, key: '(top level)', message: 'must be a mapping of keys (listen:, exports:, ...)', severity: 'error' });
-    return { file, raw: {}, loose: normalise({}), problems, lineOf };
+    return { file, raw: {}, loose: normalise({}), problems, lineOf, unparsed: true };
   }
   const schemaOk = validate(raw);
   if (!schemaOk) {
@@ -597,6 +599,8 @@ export function checkConfig(cfg: DaemonConfig, opts: CheckOptions = {}): ConfigP
       at('listen', listenPath(l), (err as Error).message, 'error', opts.flagOf?.listen ?? '--listen');
     }
   }
+  const plain = plaintextProblem(cfg);
+  if (plain) at('listen', listenPath(plain.address), plain.message, 'warning', opts.flagOf?.listen ?? '--listen');
   if (isStr(cfg.metrics)) {
     const path = fc?.metrics === cfg.metrics ? ['metrics'] : undefined;
     try {
@@ -663,9 +667,11 @@ export function checkConfig(cfg: DaemonConfig, opts: CheckOptions = {}): ConfigP
     }
   });
 
+  out.push(...sharedLunProblems(cfg, f));
+
   const mode = opts.emptyExports ?? 'ignore';
-  // (An `exports:` that is not a list at all is the schema's to report.)
-  const malformed = f !== undefined && f.raw.exports !== undefined && !Array.isArray(f.raw.exports);
+  // (An `exports:` that is not a list at all is the schema's to report; a file that is not YAML has no exports to count.)
+  const malformed = f !== undefined && ((f.raw.exports !== undefined && !Array.isArray(f.raw.exports)) || f.unparsed === true);
   if (mode !== 'ignore' && exportsList.length === 0 && !malformed) {
     // The line of `exports:`, else (for the warning) of `devices:`.
     const path = f && f.raw.exports !== undefined ? ['exports'] : f && devices.length > 0 ? ['devices'] : undefined;
@@ -673,13 +679,92 @@ export function checkConfig(cfg: DaemonConfig, opts: CheckOptions = {}): ConfigP
     if (devices.length > 0) {
       if (mode === 'check-config') out.push({ ...where, key: 'exports', message: 'none: NBD clients get nothing here; only the devices: are mapped', severity: 'warning' });
     } else {
-      out.push({
-        ...where,
-        key: 'exports',
-        message: 'none, and no devices: nothing to serve until `iscsi-nbd map` asks for a device',
-        severity: mode === 'check-config' ? 'error' : 'warning',
-      });
+      // A map-only config (the daemon that `map` talks to): serve runs it, so it is valid.
+      out.push({ ...where, key: 'exports', message: 'none, and no devices: nothing to serve until `iscsi-nbd map` asks for a device', severity: 'warning' });
     }
+  }
+  return out;
+}
+
+/** 127.0.0.0/8, ::1 (also as ::ffff:127.x) and localhost: reachable from this host only. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase().replace(/^::ffff:/, '');
+  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
+}
+
+/**
+ * NBD has no authentication of its own: an export on an address other hosts
+ * reach, with plaintext allowed, is open to whoever reaches it. The first
+ * such listen address, and what to say about it.
+ */
+export function plaintextProblem(cfg: Pick<DaemonConfig, 'listen' | 'tls' | 'exports' | 'readOnly'>): { address: string; message: string } | undefined {
+  if (cfg.tls?.mode === 'require' || !Array.isArray(cfg.exports) || cfg.exports.length === 0) return undefined;
+  for (const l of cfg.listen) {
+    let a: ReturnType<typeof parseListen>;
+    try {
+      a = parseListen(l);
+    } catch {
+      continue; // reported as an error elsewhere
+    }
+    if ('path' in a || isLoopbackHost(a.host)) continue;
+    const writable = cfg.exports.filter((e) => !(e.readOnly ?? cfg.readOnly)).map((e) => e.name);
+    const what = writable.length
+      ? `read and write ${writable.length === 1 ? 'export' : 'exports'} ${writable.join(', ')}`
+      : `read ${cfg.exports.length === 1 ? 'export' : 'exports'} ${cfg.exports.map((e) => e.name).join(', ')}`;
+    const tls = cfg.tls?.mode === 'on' ? 'TLS is only offered (tls.mode on), so a client that does not ask for it is served in plaintext' : 'TLS is off';
+    return {
+      address: l,
+      message: `NBD on ${l} is not loopback, and NBD has no password: anyone who can reach it can ${what} (${tls}). ` +
+        'Use tls.mode require (--tls require) with tls.verifyClient for client certificates, or listen on 127.0.0.1',
+    };
+  }
+  return undefined;
+}
+
+/** The LUN a URL names, as one key: host:port (3260 by default), target IQN (names are case-insensitive), LUN. */
+function lunKey(url: string): string | undefined {
+  try {
+    const u = parseLunUrl(url);
+    return `${u.host.toLowerCase()}:${u.port}/${u.target.toLowerCase()}/${u.lun}`;
+  } catch {
+    return undefined; // reported where the URL is checked
+  }
+}
+
+/**
+ * One LUN reached through more than one name (exports, devices:) with more
+ * than one of them writable: two writers that know nothing of each other
+ * (an NBD client's filesystem and the kernel's, say) corrupt the LUN. A
+ * warning, as a cluster filesystem may want it.
+ */
+function sharedLunProblems(cfg: DaemonConfig, f: ConfigFile | undefined): ConfigProblem[] {
+  const users = new Map<string, Array<{ what: string; writable: boolean; path?: (string | number)[] }>>();
+  const add = (key: string | undefined, u: { what: string; writable: boolean; path?: (string | number)[] }): void => {
+    if (!key) return;
+    users.set(key, [...(users.get(key) ?? []), u]);
+  };
+  const exportsList = Array.isArray(cfg.exports) ? cfg.exports : [];
+  const inFile = (e: ExportConfig): number => f?.loose.exports.findIndex((x) => x.name === e.name && x.url === e.url) ?? -1;
+  for (const e of exportsList) {
+    if (!isObj(e) || !isStr(e.url)) continue;
+    const i = inFile(e);
+    add(lunKey(e.url), { what: `export "${e.name}"`, writable: !(e.readOnly ?? cfg.readOnly), path: i >= 0 ? ['exports', i, 'url'] : undefined });
+  }
+  (Array.isArray(cfg.devices) ? cfg.devices : []).forEach((d, i) => {
+    if (!isObj(d) || !isStr(d.url)) return;
+    const named = exportsList.find((e) => e.name === d.url);
+    const url = /^iscsi:\/\//i.test(d.url) ? d.url : named?.url;
+    if (!isStr(url)) return;
+    add(lunKey(url), { what: `devices.${i}${named ? ` (export "${named.name}")` : ''}`, writable: d.readOnly !== true, path: f ? ['devices', i, 'url'] : undefined });
+  });
+  const out: ConfigProblem[] = [];
+  for (const [lun, list] of users) {
+    if (list.length < 2 || list.filter((u) => u.writable).length < 2) continue;
+    const last = list[list.length - 1];
+    const message = `the same LUN (${lun.replace(/^[^/]*\//, '')} on ${lun.split('/')[0]}) is used by ${list.map((u) => u.what).join(', ')}, ` +
+      'more than one of them writable: two writers that do not know of each other corrupt it (make all but one readOnly, unless a cluster filesystem coordinates them)';
+    const key = last.path ? last.path.slice(0, 2).join('.') : 'exports';
+    out.push(last.path && f ? { file: f.file, line: f.lineOf(last.path), key, message, severity: 'warning' } : { key: '--export', message, severity: 'warning' });
   }
   return out;
 }

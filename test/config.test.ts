@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CONFIG_SCHEMA, parseConfig, parseExportFlag, parseListen } from '../src/config';
+import { CONFIG_SCHEMA, parseConfig, parseExportFlag, parseListen, plaintextProblem } from '../src/config';
 import { buildConfig as buildFromArgs, ServeArgs } from '../src/cli/serve';
 import { applyEnvOptions } from '../src/cli/common';
 
@@ -214,4 +214,14 @@ test('flags override environment variables, which override the file', () => {
     Object.assign(process.env, saved);
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('plaintextProblem: off loopback with plaintext allowed; read-only exports are named as read; require and loopback are quiet', () => {
+  const exports = [{ name: 'a', url: 'iscsi://h/iqn.2000-01.x:y/0' }];
+  const on = plaintextProblem({ listen: ['[::]:10809'], tls: { mode: 'on' }, exports, readOnly: true });
+  assert.equal(on?.address, '[::]:10809');
+  assert.match(on!.message, /anyone who can reach it can read export a \(TLS is only offered \(tls\.mode on\)/);
+  assert.equal(plaintextProblem({ listen: ['0.0.0.0:10809'], tls: { mode: 'require' }, exports, readOnly: false }), undefined);
+  assert.equal(plaintextProblem({ listen: ['127.1.2.3:10809', '10809', 'localhost:1', '[::1]:2', '[::ffff:127.0.0.1]:3', 'unix:/x'], tls: { mode: 'off' }, exports, readOnly: false }), undefined);
+  assert.equal(plaintextProblem({ listen: ['0.0.0.0:10809'], tls: { mode: 'off' }, exports: [], readOnly: false }), undefined, 'no exports: nothing exposed');
 });

@@ -5,8 +5,9 @@ import { checkConfig, checkListenHosts, ConfigProblem, formatProblem, problemsEr
  * Validate a config file without starting anything or logging in anywhere,
  * in one pass: YAML syntax and the schema (key and line), then every check
  * `serve` makes before it logs in (checkConfig: listen and metrics addresses,
- * names used twice, URLs without a LUN, TLS and secret files, devices, an
- * empty export list), each with its line. Warnings go to stderr; exit 0 when
+ * names used twice, URLs without a LUN, TLS and secret files, devices, one
+ * LUN under several names, plaintext NBD off loopback, an empty export list:
+ * a warning, as in serve), each with its line. Warnings go to stderr; exit 0 when
  * there is no error, 6 (EXIT_CONFIG) with every error listed otherwise.
  */
 export async function run(argv: { file: string }): Promise<void> {

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Argv, CommandModule } from 'yargs';
 import {
-  checkConfig, checkListenHosts, ConfigFile, DaemonConfig, DEFAULT_TIMEOUTS, formatProblem, parseExportFlag, parseListen, problemsError, readConfigFile,
+  checkConfig, checkListenHosts, ConfigFile, DaemonConfig, DEFAULT_TIMEOUTS, formatProblem, MAX_SESSIONS, parseExportFlag, parseListen, problemsError, readConfigFile,
 } from '../config';
 import { ConfigError } from '../errors';
 import { formatHostPort } from '../iscsi/url';
@@ -29,7 +29,12 @@ export function duplicateExportFlags(flags: readonly string[] | undefined): stri
 export function options<T>(y: Argv<T>) {
   return withCommonOptions(y)
     .option('config', { type: 'string', describe: 'YAML config file (flags override it)' })
-    .option('listen', { type: 'string', array: true, describe: 'HOST:PORT, PORT (on 127.0.0.1) or unix:/path to serve NBD on (default 127.0.0.1:10809)' })
+    .option('listen', {
+      type: 'string',
+      array: true,
+      describe: 'HOST:PORT, PORT (on 127.0.0.1) or unix:/path to serve the NBD exports on (default 127.0.0.1:10809 when there are exports; ' +
+        'none without). NBD has no password: an address other hosts reach gives them the exports, so use --tls require there (serve warns)',
+    })
     .option('export', { type: 'string', array: true, describe: 'NAME=iscsi://[user%pass@]host[:port]/<iqn>/<lun> (repeatable; replaces the config file\'s export of that name)' })
     .option('sessions', { type: 'number', describe: 'iSCSI sessions per export (default 2)' })
     .option('read-only', { type: 'boolean', describe: 'serve every export read-only' })
@@ -147,6 +152,11 @@ export function buildConfig(argv: ServeArgs, onWarning: (message: string) => voi
   return buildConfigAndFile(argv, onWarning).cfg;
 }
 
+/** The flag of each timeout a flag can set (the others come from the config file only). */
+const TIMEOUT_FLAGS = {
+  replacement: '--replacement-timeout', command: '--command-timeout', handshake: '--handshake-timeout', io: '--io-timeout', reattach: '--reattach-timeout',
+} as const;
+
 function buildConfigAndFile(argv: ServeArgs, onWarning: (message: string) => void): { cfg: DaemonConfig; file?: ConfigFile } {
   // A file with errors is still merged and checked further, so that every problem is reported at once.
   const file: ConfigFile | undefined = argv.config ? readConfigFile(argv.config) : undefined;
@@ -182,13 +192,18 @@ function buildConfigAndFile(argv: ServeArgs, onWarning: (message: string) => voi
   if (argv['command-timeout'] !== undefined) cfg.timeouts.command = argv['command-timeout'];
   if (argv['handshake-timeout'] !== undefined) cfg.timeouts.handshake = argv['handshake-timeout'];
   if (argv['log-level']) cfg.logLevel = argv['log-level'];
-  for (const [k, v] of Object.entries(cfg.timeouts)) {
-    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError('ECONFIG', `timeout ${k} must be a number of seconds >= 0`);
-  }
-  if (!Number.isInteger(cfg.sessions) || cfg.sessions < 1 || cfg.sessions > 64) throw new ConfigError('ECONFIG', '--sessions must be 1..64');
+  // The file's own values were checked by its schema, and its problems name file and line: those come first.
   const problems = [...(file?.problems ?? []), ...checkConfig(cfg, { file, emptyExports: file && !argv.export?.length ? 'serve' : 'ignore' })];
   const err = problemsError(problems);
   if (err) throw err;
+  // What is left to check came from flags or variables.
+  for (const [k, v] of Object.entries(cfg.timeouts)) {
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 86400) {
+      const flag = TIMEOUT_FLAGS[k as keyof typeof TIMEOUT_FLAGS];
+      throw new ConfigError('ECONFIG', `${flag ?? `timeouts.${k}`} must be a number of seconds 0..86400, got ${String(v)}`);
+    }
+  }
+  if (!Number.isInteger(cfg.sessions) || cfg.sessions < 1 || cfg.sessions > MAX_SESSIONS) throw new ConfigError('ECONFIG', `--sessions must be 1..${MAX_SESSIONS}, got ${cfg.sessions}`);
   for (const p of problems) onWarning(formatProblem(p));
   return { cfg, file };
 }

@@ -202,13 +202,14 @@ test('check-config: every problem serve would refuse, in one pass, each with its
   assert.doesNotMatch(s2.stderr, /cannot connect/);
 });
 
-test('check-config: an empty export list is an error, a warning when devices: exist; a good file passes', { timeout: 60_000 }, async (t) => {
+test('check-config: an empty export list is a warning, as in serve (a map-only config); a good file passes', { timeout: 60_000 }, async (t) => {
   const dir = tmpdir(t, 'check-config-empty-');
   const empty = await runCli(['check-config', write(dir, 'empty.yaml', 'initiatorName: iqn.2026-01.org.example:h\n')], { timeoutMs: 30_000, env: env(dir) });
-  assert.equal(empty.code, 6, describeRun(empty, 'no exports, no devices'));
-  assert.match(empty.stderr, /empty\.yaml: exports: none, and no devices: nothing to serve/);
+  assert.equal(empty.code, 0, describeRun(empty, 'no exports, no devices'));
+  assert.match(empty.stderr, /^iscsi-nbd: warning: .*empty\.yaml: exports: none, and no devices: nothing to serve/m);
+  assert.match(empty.stdout, /empty\.yaml: OK \(0 exports; 1 warning\)/);
   const list = await runCli(['check-config', write(dir, 'list.yaml', 'sessions: 1\nexports: []\n')], { timeoutMs: 30_000, env: env(dir) });
-  assert.equal(list.code, 6, describeRun(list, 'exports: []'));
+  assert.equal(list.code, 0, describeRun(list, 'exports: []'));
   assert.match(list.stderr, /list\.yaml:2: exports: none, and no devices/);
   const dev = await runCli(['check-config', write(dir, 'dev.yaml', 'sessions: 1\ndevices:\n  - url: iscsi://10.0.0.1/iqn.2000-01.x:y/1\n')], { timeoutMs: 30_000, env: env(dir) });
   assert.equal(dev.code, 0, describeRun(dev, 'devices only'));
