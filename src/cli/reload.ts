@@ -4,9 +4,10 @@ import { defaultControlPath } from '../daemon/paths';
 import type { ReloadOutcome } from '../daemon/daemon';
 
 // `iscsi-nbd reload`: the same as SIGHUP, through the control socket, with
-// the answer: what changed, and which exports could not be opened. A config
-// the daemon refuses comes back as an ECONFIG error (exit 6); exports that
-// could not be opened (they keep retrying) make the exit code 1.
+// the answer: what changed, which exports are not open, and which changed
+// keys wait for a restart. A config the daemon refuses comes back as an
+// ECONFIG error (exit 6); exports that are not open after it (added, changed
+// or kept: they keep retrying) make the exit code 1.
 
 export interface ReloadArgs {
   control?: string;
@@ -27,7 +28,6 @@ const list = (names: readonly string[]): string => (names.length ? names.join(',
 export function renderReload(o: ReloadOutcome): string {
   const plan = o.plan ?? { add: [], remove: [], change: [], keep: [] };
   const state = new Map(o.exports.map((e) => [e.name, e.state]));
-  const failed = new Map(o.errors.map((e) => [e.export, e.error]));
   const out: string[] = [];
   const changes = plan.add.length + plan.remove.length + plan.change.length;
   out.push(changes === 0
@@ -38,7 +38,11 @@ export function renderReload(o: ReloadOutcome): string {
   out.push(`  removed: ${list(plan.remove)}`);
   out.push(`  changed: ${list(plan.change.map(named))}`);
   out.push(`  kept:    ${list(plan.keep.map(named))}`);
-  for (const [name, err] of failed) out.push(`  ${name}: could not be opened (retrying): ${err}`);
+  for (const e of o.errors) out.push(`  ${e.export}: ${e.kept ? 'still failed' : 'could not be opened'} (retrying): ${e.error}`);
+  if (o.restartNeeded?.length) {
+    out.push(`  not applied: ${o.restartNeeded.join(', ')} changed in the file, but ${o.restartNeeded.length === 1 ? 'changes' : 'change'} only on a restart ` +
+      '(systemctl restart iscsi-nbd; mapped devices stay attached)');
+  }
   return out.join('\n') + '\n';
 }
 

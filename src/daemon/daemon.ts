@@ -424,7 +424,7 @@ export class Daemon implements RunningDaemon {
       metrics?.recordReload(false);
       return { ok: false, refused: (err as Error)?.message ?? String(err), errors: [], exports: exportStates(this.manager) };
     }
-    return applyReload(next.exports, { exports: this.manager, server: this.server, metrics, log });
+    return applyReload(next, { exports: this.manager, server: this.server, metrics, log, running: this.cfg });
   }
 
   reload(): Promise<ReloadOutcome> {

@@ -1,5 +1,5 @@
 import { isDeepStrictEqual } from 'node:util';
-import type { ExportConfig } from '../config';
+import type { DaemonConfig, ExportConfig } from '../config';
 import type { ExportManager } from '../bridge/manager';
 import type { NbdServer } from '../nbd/server';
 import type { Metrics } from '../metrics';
@@ -37,9 +37,24 @@ export function planReload(current: Iterable<ExportConfig>, next: readonly Expor
   return plan;
 }
 
+/**
+ * What a reload does not apply: everything but `exports`. The listeners, TLS,
+ * metrics, the control socket and the defaults every session was made with
+ * change on the next start (which keeps mapped devices); `devices:` is read
+ * at the start only.
+ */
+export const RESTART_KEYS = [
+  'listen', 'tls', 'metrics', 'control', 'stateDir', 'initiatorName', 'sessions', 'digest', 'readOnly', 'timeouts', 'logLevel', 'connections', 'devices',
+] as const satisfies readonly (keyof DaemonConfig)[];
+
+/** The keys of RESTART_KEYS whose value in `next` differs from the running daemon's. */
+export function restartOnlyChanges(running: DaemonConfig, next: DaemonConfig): string[] {
+  return RESTART_KEYS.filter((k) => !isDeepStrictEqual(normalize(running[k]), normalize(next[k])));
+}
+
 /** Absent and undefined keys mean the same thing in a config. */
-function normalize(e: ExportConfig): Record<string, unknown> {
-  return JSON.parse(JSON.stringify(e)) as Record<string, unknown>;
+function normalize(e: unknown): unknown {
+  return e === undefined ? undefined : JSON.parse(JSON.stringify(e));
 }
 
 /** What a reload did (the control op `reload` answers it; SIGHUP logs it). */
@@ -49,8 +64,14 @@ export interface ReloadOutcome {
   /** Why the new config was refused (nothing changed then). */
   refused?: string;
   plan?: ReloadPlan;
-  /** Added or changed exports that could not be opened (they stay `failed` and keep retrying). */
-  errors: { export: string; error: string }[];
+  /**
+   * Exports that are not open after the reload: added or changed ones that
+   * could not be opened, and kept ones that were failed already (`kept`).
+   * They stay `failed` and keep retrying.
+   */
+  errors: { export: string; error: string; kept?: boolean }[];
+  /** Keys of the new config that differ from the running daemon's but change only on a restart (RESTART_KEYS). */
+  restartNeeded?: string[];
   /** Every export after the reload, with its state. */
   exports: { name: string; state: string }[];
 }
@@ -61,17 +82,22 @@ export interface ReloadPorts {
   server: Pick<NbdServer, 'drainExport'>;
   metrics?: Pick<Metrics, 'forgetExport' | 'recordReload'>;
   log: Logger;
+  /** The configuration the daemon started with: what a restart-only key is compared with. */
+  running?: DaemonConfig;
 }
 
 export function exportStates(exports: ReloadPorts['exports']): ReloadOutcome['exports'] {
   return [...exports.exports.values()].map((e) => ({ name: e.name, state: e.state }));
 }
 
-/** Plan the move from the running exports to `next`, and make it. */
-export async function applyReload(next: readonly ExportConfig[], ports: ReloadPorts): Promise<ReloadOutcome> {
-  const { exports, server, metrics, log } = ports;
+/** Plan the move from the running exports to those of `config`, and make it. */
+export async function applyReload(config: DaemonConfig, ports: ReloadPorts): Promise<ReloadOutcome> {
+  const { exports, server, metrics, log, running } = ports;
+  const next = config.exports;
   const plan = planReload([...exports.exports.values()].map((e) => e.spec), next);
-  log.info(plan, 'reload: plan');
+  const restartNeeded = running ? restartOnlyChanges(running, config) : [];
+  log.info({ ...plan, restartNeeded }, 'reload: plan');
+  if (restartNeeded.length) log.warn({ keys: restartNeeded }, 'reload: these keys change only on a restart (mapped devices stay across it); the daemon runs on with the old values');
   const want = new Map(next.map((e) => [e.name, e]));
   // Removed and changed exports: their clients drain, then their sessions log out.
   await Promise.all(
@@ -101,8 +127,12 @@ export async function applyReload(next: readonly ExportConfig[], ports: ReloadPo
       }
     }),
   );
+  // A kept export that is failed is still not served: a reload that leaves it so is no success.
+  for (const e of exports.exports.values()) {
+    if (e.state === 'failed' && !errors.some((x) => x.export === e.name)) errors.push({ export: e.name, error: e.lastError?.message ?? 'could not be opened', kept: true });
+  }
   const ok = errors.length === 0;
-  log.info({ exports: [...exports.exports.keys()], failed: errors.map((e) => e.export) }, 'reload: done');
+  log.info({ exports: [...exports.exports.keys()], failed: errors.map((e) => e.export), restartNeeded }, 'reload: done');
   metrics?.recordReload(ok);
-  return { ok, plan, errors, exports: exportStates(exports) };
+  return { ok, plan, errors, exports: exportStates(exports), restartNeeded };
 }
