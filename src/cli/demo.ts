@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { FileBackend, parseSize } from '../target/backend';
 import { TargetServer } from '../target/server';
-import { rootLogger } from '../log';
+import { rootLogger, tell } from '../log';
 import { DEFAULT_TIMEOUTS, DaemonConfig, parseListen } from '../config';
 import { ConfigError } from '../errors';
 import { setupLogging, withCommonOptions } from './common';
@@ -105,6 +105,11 @@ export async function run(argv: DemoArgs): Promise<void> {
   const portSuffix = port === '10809' ? '' : `:${port}`;
   // Before the instructions: "Stop with Ctrl-C" must hold from the moment it is shown.
   installSignals(daemon);
+  // At the default level (warn) the stop itself logs nothing: say that Ctrl-C was heard and what it does.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    const msg = `demo: ${sig === 'SIGINT' ? 'Ctrl-C' : sig}: stopping (NBD clients drain, the LUN file is flushed and closed)`;
+    process.once(sig, () => tell('warn', msg, { signal: sig }, `\niscsi-nbd ${msg}...`));
+  }
   process.stdout.write(
     [
       '',

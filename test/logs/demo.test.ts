@@ -46,3 +46,18 @@ test('the demo opens with its instructions: warnings only unless --log-level is 
   assert.equal(info.filter((l) => l.msg === 'serving NBD').length, 1);
   assert.equal(info.filter((l) => l.msg === 'LUN opened').length, 1, 'once, with the demo\'s two sessions');
 });
+
+test('Ctrl-C on the demo says so at the default level, then it stops cleanly', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'logs-demo-'));
+  dirs.push(dir);
+  const p = startCli(['demo', '--data-dir', dir, '--size', '16M', '--listen', `127.0.0.1:${await freePort()}`, '--control', path.join(dir, 'control.sock')],
+    { ISCSI_NBD_STATE_DIR: dir });
+  procs.push(p);
+  await p.waitFor(/Next steps/, 60000);
+  process.kill(p.child.pid!, 'SIGINT');
+  const exit = await p.exited;
+  assert.equal(exit.code, 0, p.err());
+  const stop = parseLogLines(p.err(), 'stderr').find((l) => /^demo: Ctrl-C: stopping/.test(String(l.msg)));
+  assert.ok(stop, `a line on Ctrl-C:\n${p.err()}`);
+  assert.equal(stop.level, 40);
+});
