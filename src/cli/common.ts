@@ -54,11 +54,16 @@ export interface LogArgs {
 }
 
 
-/** Options shared by every command that logs in somewhere. */
-export function withCommonOptions<T>(y: Argv<T>) {
+/** The log options, for every command that logs. */
+export function withLogOptions<T>(y: Argv<T>) {
   return y
     .option('log-level', { choices: LOG_LEVELS, describe: 'default info (warn for one-shot commands)' })
-    .option('log-format', { choices: ['json', 'pretty', 'auto'] as const, default: 'auto', describe: 'auto: text, except JSON lines when serve or target run off a terminal' })
+    .option('log-format', { choices: ['json', 'pretty', 'auto'] as const, default: 'auto', describe: 'auto: text, except JSON lines when serve or target run off a terminal' });
+}
+
+/** Options shared by every command that logs in somewhere (an initiator: its name, CHAP, digests). */
+export function withCommonOptions<T>(y: Argv<T>) {
+  return withLogOptions(y)
     .option('initiator-name', { type: 'string', describe: 'our iSCSI initiator name (else /etc/iscsi/initiatorname.iscsi, else a generated, persisted one)' })
     .option('chap-secret-file', { type: 'string', describe: 'read the CHAP secret from this file (instead of the URL)' })
     .option('chap-secret-env', { type: 'string', describe: 'read the CHAP secret from this environment variable', default: 'ISCSI_NBD_CHAP_SECRET' })
@@ -86,6 +91,18 @@ const ENV_OPTIONS: Record<string, { key: string; kind: 'string' | 'list' | 'numb
   ISCSI_NBD_STATE_DIR: { key: 'state-dir', kind: 'string' },
   ISCSI_NBD_DISCOVERY_CHAP: { key: 'discovery-chap', kind: 'string' },
 };
+
+/**
+ * The --help epilogue: the ISCSI_NBD_* variables that stand for options this
+ * command has (`known`), and the secret variables when it reads secrets.
+ */
+export function envHelp(known: (key: string) => boolean): string {
+  const lines = Object.entries(ENV_OPTIONS).filter(([, o]) => known(o.key)).map(([name, o]) => `  ${name.padEnd(26)} --${o.key}`);
+  if (known('chap-secret-env')) lines.push(`  ${'ISCSI_NBD_CHAP_SECRET'.padEnd(26)} the CHAP secret`);
+  if (known('target-secret-env')) lines.push(`  ${'ISCSI_NBD_TARGET_SECRET'.padEnd(26)} the mutual CHAP secret`);
+  if (lines.length === 0) return '';
+  return ['Environment (a flag on the command line wins; both win over the config file):', ...lines].join('\n');
+}
 
 const TRUE_WORDS = /^(1|true|yes|on)$/i;
 const FALSE_WORDS = /^(0|false|no|off)$/i;

@@ -1,6 +1,6 @@
 import yargs from 'yargs';
-import type { CommandModule } from 'yargs';
-import { applyEnvOptions, checkNumberOptions, EXIT_USAGE, fail, seeHelp, UsageError } from './common';
+import type { Argv, CommandModule } from 'yargs';
+import { applyEnvOptions, checkNumberOptions, envHelp, EXIT_USAGE, fail, seeHelp, UsageError } from './common';
 import { serveCommand } from './serve';
 import { discoverCommand } from './discover';
 import { demoCommand } from './demo';
@@ -117,11 +117,37 @@ export function swallowedArgument(args: readonly string[], o: KnownOptions): str
   return undefined;
 }
 
+/** A command whose --help ends with the ISCSI_NBD_* variables that stand for its options. */
+function withEnvHelp(c: CommandModule<object, never>): CommandModule<object, never> {
+  if (typeof c.builder !== 'function') return c;
+  const builder = c.builder as (y: Argv) => Argv;
+  return {
+    ...c,
+    builder: ((y: Argv) => {
+      const b = builder(y);
+      const text = envHelp((k) => k in (b as unknown as { getOptions(): KnownOptions }).getOptions().key);
+      return text ? b.epilogue(text) : b;
+    }) as never,
+  };
+}
+
+const COMPLETION_HELP = `iscsi-nbd completion
+
+Print a bash/zsh completion script for iscsi-nbd:
+  source <(iscsi-nbd completion)                              # this shell
+  iscsi-nbd completion > /etc/bash_completion.d/iscsi-nbd     # every bash
+`;
+
 export async function main(args: string[]): Promise<void> {
+  // yargs answers `completion --help` with the script itself.
+  if (args[0] === 'completion' && args.slice(1).some((a) => a === '--help' || a === '-h')) {
+    process.stdout.write(COMPLETION_HELP);
+    return;
+  }
   let cli = yargs(args)
     .scriptName('iscsi-nbd')
     .usage('$0 <command> [options]\n\nServe iSCSI LUNs as NBD block devices.');
-  for (const c of COMMANDS) cli = cli.command(c);
+  for (const c of COMMANDS) cli = cli.command(withEnvHelp(c));
   cli = cli
     .completion('completion', 'print a bash/zsh completion script: source <(iscsi-nbd completion)')
     .middleware(envMiddleware(args) as never, true)

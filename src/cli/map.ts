@@ -12,7 +12,7 @@ import { redactText } from '../log';
 import { authFor, type SecretOptions } from '../credentials';
 import { parseLunUrl } from '../iscsi/url';
 import type { DigestPref } from '../config';
-import { LogArgs, withCommonOptions } from './common';
+import { LogArgs, withCommonOptions, withLogOptions } from './common';
 
 // `map`, `unmap`, `list-mapped`: the CLI side of devices the daemon owns.
 // They talk to the daemon that owns the state dir over its control socket;
@@ -285,7 +285,7 @@ export const unmapCommand: CommandModule<object, DeviceArgs & { device: string; 
   command: 'unmap <device>',
   describe: 'flush and detach a mapped /dev/nbdN and forget it',
   builder: (y) =>
-    deviceOptions(withCommonOptions(y))
+    deviceOptions(withLogOptions(y))
       .positional('device', { type: 'string', demandOption: true, describe: '/dev/nbdN' })
       .option('force', { type: 'boolean', describe: 'detach even if it is mounted (the filesystem loses what it has not written)' }) as never,
   handler: (argv) => runUnmap(argv),

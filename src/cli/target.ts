@@ -8,7 +8,7 @@ import { rootLogger } from '../log';
 import { FileBackend, LunBackend, MemoryBackend, parseSize, SIZE_FORMS } from '../target/backend';
 import type { ChapConfig } from '../target/engine';
 import { TargetServer } from '../target/server';
-import { setupLogging, withCommonOptions } from './common';
+import { setupLogging, withLogOptions } from './common';
 
 export const DEFAULT_TARGET_NAME = 'iqn.2026-11.io.iscsi-nbd:target';
 
@@ -158,6 +158,6 @@ export async function run(argv: TargetArgs): Promise<void> {
 export const targetCommand: CommandModule<object, TargetArgs> = {
   command: 'target',
   describe: 'run the embedded iSCSI target alone',
-  builder: (y) => options(withCommonOptions(y)) as unknown as Argv<TargetArgs>,
+  builder: (y) => options(withLogOptions(y)) as unknown as Argv<TargetArgs>,
   handler: (argv) => run(argv),
 };

@@ -165,3 +165,28 @@ test('shell completion', { timeout: 30_000 }, () => {
   assert.match(o.out, /^--tls-cert$/m);
   assert.match(o.out, /^--print-attach$/m);
 });
+
+test('help: completion --help is help, options that do not apply are not listed, the ISCSI_NBD_* variables are', { timeout: 60_000 }, () => {
+  const comp = cli(['completion', '--help']);
+  assert.equal(comp.code, 0, comp.all);
+  assert.match(comp.out, /^iscsi-nbd completion\n/);
+  assert.match(comp.out, /source <\(iscsi-nbd completion\)/);
+  assert.doesNotMatch(comp.out, /_iscsi_nbd|compdef|COMPREPLY/, 'not the script itself');
+  for (const c of ['target', 'unmap']) {
+    const h = cli([c, '--help']);
+    assert.equal(h.code, 0, h.all);
+    for (const o of ['--initiator-name', '--chap-secret-file', '--chap-secret-env', '--target-secret-file', '--digest']) {
+      assert.doesNotMatch(h.out, new RegExp(`${o}\\b`), `${c} --help lists ${o}, which does not apply`);
+    }
+    assert.match(h.out, /--log-level/);
+  }
+  const serve = cli(['serve', '--help']);
+  assert.match(serve.out, /Environment \(a flag on the command line wins; both win over the config file\):/);
+  for (const v of ['ISCSI_NBD_LISTEN', 'ISCSI_NBD_SESSIONS', 'ISCSI_NBD_READ_ONLY', 'ISCSI_NBD_CHAP_SECRET']) assert.match(serve.out, new RegExp(`^  ${v} `, 'm'), v);
+  assert.match(serve.out.replace(/\s+/g, ' '), /default 127\.0\.0\.1:10809 when there are exports; none without/, '--listen says what the code does');
+  assert.match(serve.out.replace(/\s+/g, ' '), /NBD has no password/);
+  const unmap = cli(['unmap', '--help']);
+  assert.match(unmap.out, /^  ISCSI_NBD_STATE_DIR +--state-dir$/m);
+  assert.doesNotMatch(unmap.out, /ISCSI_NBD_CHAP_SECRET/);
+  assert.doesNotMatch(cli(['check-config', '--help']).out, /^Environment/m, 'no variables, no epilogue');
+});
