@@ -21,7 +21,15 @@ export interface SessionSample {
   maxCmdSn: number;
   digestErrors: number;
   inFlight: number;
+  /** The path's ALUA state, when the target has ALUA. */
+  alua?: string;
 }
+
+/** The `state` label of iscsi_nbd_iscsi_path_alua_state (SPC-4 asymmetric access states). */
+export const ALUA_STATE_LABELS = ['active_optimized', 'active_non_optimized', 'standby', 'unavailable', 'logical_block_dependent', 'offline', 'transitioning'] as const;
+
+/** 'active/non-optimized' -> 'active_non_optimized': label values without spaces or slashes. */
+const aluaLabel = (state: string | undefined): string | undefined => state?.replace(/[/ -]/g, '_');
 export interface ExportSample {
   name: string;
   /** The export's state (EXPORT_STATES); absent: every state series at 0. */
@@ -200,11 +208,18 @@ export class Metrics {
       },
     });
   })();
-  readonly sessionStateInfo: client.Gauge<'export' | 'session' | 'portal' | 'state'> = (() => {
+  readonly sessionStateInfo = this.sessionOneHot(
+    'iscsi_nbd_iscsi_session_state', 'The iSCSI session state: 1 for the current state, 0 for the others', SESSION_STATES, (ss) => ss.state);
+  readonly pathAlua = this.sessionOneHot(
+    'iscsi_nbd_iscsi_path_alua_state',
+    'ALUA: the asymmetric access state of each path, 1 for its current state, 0 for the others (only for targets with ALUA)',
+    ALUA_STATE_LABELS, (ss) => aluaLabel(ss.alua));
+
+  /** A per-session gauge with one series per state: 1 for the session's current one (none when `of` gives undefined). */
+  private sessionOneHot(name: string, help: string, states: readonly string[], of: (ss: SessionSample) => string | undefined): client.Gauge<'export' | 'session' | 'portal' | 'state'> {
     const self = this;
     return new (prom().Gauge)({
-      name: 'iscsi_nbd_iscsi_session_state',
-      help: 'The iSCSI session state: 1 for the current state, 0 for the others',
+      name, help,
       labelNames: ['export', 'session', 'portal', 'state'] as const,
       registers: [this.registry],
       collect() {
@@ -212,12 +227,14 @@ export class Metrics {
         this.reset();
         for (const e of self.sample()) {
           for (const ss of e.sessions) {
-            for (const st of SESSION_STATES) this.set({ export: e.name, session: String(ss.index), portal: ss.portal, state: st }, ss.state === st ? 1 : 0);
+            const now = of(ss);
+            if (now === undefined) continue;
+            for (const st of states) this.set({ export: e.name, session: String(ss.index), portal: ss.portal, state: st }, now === st ? 1 : 0);
           }
         }
       },
     });
-  })();
+  }
   readonly exportState: client.Gauge<'export' | 'state'> = (() => {
     const self = this;
     return new (prom().Gauge)({

@@ -4,6 +4,7 @@ import { LunExport } from './lun-export';
 import { InstrumentedExport } from './instrumented';
 import { SessionPool } from './pool';
 import { LogicalUnit, probeSameLun } from '../scsi/lun';
+import { targetPortIds } from '../scsi/parse';
 import { withContext } from '../util/context';
 import { IscsiSession, backoffDelay, sessionTimeouts, type ReconnectBackoff } from '../iscsi/initiator';
 import { discover } from '../iscsi/discovery';
@@ -60,6 +61,9 @@ interface Portal {
  * One NBD export: a LUN on one target, reached through a pool of iSCSI
  * sessions spread over the target's portals.
  */
+/** How often the ALUA states are read again while no path takes I/O. */
+const ALUA_POLL_MS = 1000;
+
 /** What made us read the capacity again. */
 export type ResizeCause = 'command' | 'unit-attention' | 'reconnect';
 
@@ -192,11 +196,70 @@ export class BridgedExport extends EventEmitter {
       commandTimeoutMs: this.opts.timeouts.command * 1000,
       maxRetries: 4,
     });
+    this.portIds.set(sess, targetPortIds(got.designators));
+    await this.refreshAlua(sess);
     // A READ CAPACITY on a new login that sees another size: the LUN was resized meanwhile.
     if (got.sizeBytes !== lun.info.sizeBytes) {
       lun.setCapacity(got);
       setImmediate(() => this.applyCapacity('reconnect'));
     }
+  }
+
+  /** The target port (relative port, port group) each session reaches, from its VPD 0x83. */
+  private readonly portIds = new WeakMap<IscsiSession, { relativePort?: number; group?: number }>();
+  private aluaRefreshing?: Promise<void>;
+  private aluaPoll?: NodeJS.Timeout;
+  private aluaAgain = false;
+
+  /**
+   * Read the asymmetric access states (REPORT TARGET PORT GROUPS) through
+   * `via` (or any logged-in session) and give each session's path its
+   * group's state, so the pool prefers optimized paths and skips standby
+   * ones. Nothing to do for a target without ALUA (TPGS 0).
+   */
+  refreshAlua(via?: IscsiSession): Promise<void> {
+    if (this.aluaRefreshing) {
+      this.aluaAgain = true;
+      return this.aluaRefreshing;
+    }
+    const run = (async () => {
+      const lun = this.lun;
+      const pool = this.pool;
+      if (!lun?.isOpen || !pool || lun.info.inquiry.tpgs === 0) return;
+      const sess = via ?? this.sessions.find((s) => s.state === 'logged-in');
+      if (!sess) return;
+      const probe = new LogicalUnit({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, {
+        log: this.log.child({ check: 'alua' }), commandTimeoutMs: this.opts.timeouts.command * 1000, maxRetries: 3,
+      });
+      const groups = await probe.reportTargetPortGroups();
+      for (const s of this.sessions) {
+        const ids = this.portIds.get(s);
+        const g = ids?.group === undefined ? undefined : groups.find((x) => x.id === ids.group);
+        if (g) pool.setAlua(s, { state: g.state, group: g.id, relativePort: ids?.relativePort, preferred: g.preferred });
+      }
+      // No path takes I/O (a failover in transition): nothing sent means no unit attention
+      // comes to say it is over, so look again, as scsi_dh_alua polls a transitioning group.
+      const usable = this.sessions.some((s) => ['active/optimized', 'active/non-optimized', 'logical block dependent'].includes(pool.aluaOf(s)?.state ?? 'active/optimized'));
+      if (!usable && !this.stopped && !this.aluaPoll) {
+        this.aluaPoll = setTimeout(() => {
+          this.aluaPoll = undefined;
+          void this.refreshAlua();
+        }, ALUA_POLL_MS);
+        this.aluaPoll.unref?.();
+      }
+    })();
+    this.aluaRefreshing = run;
+    void run.then(
+      () => undefined,
+      (err) => this.log.warn({ err }, 'cannot read the ALUA states; paths keep the last ones known'),
+    ).finally(() => {
+      this.aluaRefreshing = undefined;
+      if (this.aluaAgain) {
+        this.aluaAgain = false;
+        void this.refreshAlua().catch(() => undefined);
+      }
+    });
+    return run.catch(() => undefined);
   }
 
   private rescanning?: Promise<ResizeOutcome>;
@@ -345,6 +408,7 @@ export class BridgedExport extends EventEmitter {
       // UNIT ATTENTIONs: the LogicalUnit logs each one (with asc/ascq) itself.
       onUnitAttention: (asc, ascq) => {
         if (asc === 0x2a && ascq === 0x09) setImmediate(() => void this.rescan('unit-attention').catch(() => undefined)); // CAPACITY DATA HAS CHANGED
+        if (asc === 0x2a && ascq === 0x06) setImmediate(() => void this.refreshAlua()); // ASYMMETRIC ACCESS STATE CHANGED
       },
     });
     try {
@@ -353,6 +417,10 @@ export class BridgedExport extends EventEmitter {
       await this.closeSessions();
       throw withContext(err, `export "${this.name}": LUN ${lunNo} of ${this.url.target}`);
     }
+    // A standby or unavailable answer sends the command to another path; the states are read again.
+    this.pool.on('alua-stale', () => void this.refreshAlua());
+    this.portIds.set(first, targetPortIds(this.lun.info.designators));
+    await this.refreshAlua(first);
     // The rest of the pool, spread over the portals; a portal that is down
     // now keeps retrying in the background.
     const more: Promise<void>[] = [];
@@ -427,6 +495,7 @@ export class BridgedExport extends EventEmitter {
   async close(): Promise<void> {
     if (this.state === 'closed') return;
     this.stopped = true;
+    if (this.aluaPoll) clearTimeout(this.aluaPoll);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.nextRetryAt = undefined;
@@ -471,10 +540,14 @@ export class BridgedExport extends EventEmitter {
       queued: this.pool?.queued ?? 0,
       movedCommands: this.pool?.moved ?? 0,
       counters: this.export?.counters ?? null,
-      sessions: this.sessions.map((s, i) => ({
-        index: i, state: s.state, inFlight: s.inFlight, ...s.stats,
-        ...(s.refused ? { refused: s.refused.message } : {}),
-      })),
+      sessions: this.sessions.map((s, i) => {
+        const a = this.pool?.aluaOf(s);
+        return {
+          index: i, state: s.state, inFlight: s.inFlight, ...s.stats,
+          ...(a ? { alua: { state: a.state, ...(a.group !== undefined ? { group: a.group } : {}), ...(a.relativePort !== undefined ? { relativePort: a.relativePort } : {}) } } : {}),
+          ...(s.refused ? { refused: s.refused.message } : {}),
+        };
+      }),
     };
   }
 }

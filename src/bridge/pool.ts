@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport';
+import { SAM_STAT_CHECK_CONDITION, type ScsiRequest, type ScsiResponse, type ScsiTransport } from '../scsi/transport';
+import type { AluaState } from '../scsi/parse';
 import { TransportError } from '../errors';
 import { rootLogger, Logger } from '../log';
 import type { PendingTask } from '../iscsi/session-engine';
@@ -25,9 +26,36 @@ export interface PoolOptions {
   log?: Logger;
 }
 
+/** A path's asymmetric access state, as the array reports it for the port group of its target port. */
+export interface PathAlua {
+  state: AluaState;
+  group?: number;
+  relativePort?: number;
+  preferred?: boolean;
+}
+
+const NEVER = 9;
+
+/**
+ * Order of preference by ALUA state (lower is better), as scsi_dh_alua with
+ * dm-multipath's `prio alua` does: active/optimized, then active/non-optimized
+ * (only while no optimized path is up); never standby, unavailable, offline
+ * or transitioning. A path without ALUA (the target has no TPGS) ranks first.
+ */
+function aluaRank(a: PathAlua | undefined): number {
+  switch (a?.state) {
+    case undefined:
+    case 'active/optimized': return 0;
+    case 'active/non-optimized':
+    case 'logical block dependent': return 1;
+    default: return NEVER;
+  }
+}
+
 /**
  * Spreads SCSI commands over several sessions (possibly to several portals):
- * each command goes to the logged-in member with the least work. It never
+ * each command goes to the logged-in member with the least work, among the
+ * paths the array prefers (ALUA). It never
  * queues without bound: at most maxOutstanding commands are in flight, and
  * callers beyond that wait in FIFO order, which is the backpressure that
  * reaches NBD clients as slower replies.
@@ -42,6 +70,9 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   private readonly memberListeners = new Map<PoolMember, (state: SessionState) => void>();
   /** Commands moved from a failed path to a live one. */
   moved = 0;
+  /** Each member's ALUA state, when the target reports them (see setAlua). */
+  private readonly alua = new Map<PoolMember, PathAlua>();
+  private readonly rank = new Map<PoolMember, number>();
 
   constructor(readonly members: PoolMember[], opts: PoolOptions = {}) {
     super();
@@ -123,7 +154,10 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
           this.releaseSlot();
           return Promise.reject(e);
         }
-        return p.then(this.releaseOk, this.releaseErr);
+        return p.then((r) => {
+          if (r.status === SAM_STAT_CHECK_CONDITION) this.checkAluaSense(member, r);
+          return this.releaseOk(r);
+        }, this.releaseErr);
       }
     }
     return this.executeWaiting(req);
@@ -153,7 +187,9 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
     }
     try {
       const member = this.pickNow() ?? (await this.pick()); // no promise when a member is ready
-      return await member.execute(req);
+      const r = await member.execute(req);
+      if (r.status === SAM_STAT_CHECK_CONDITION) this.checkAluaSense(member, r);
+      return r;
     } finally {
       this.releaseSlot();
     }
@@ -161,11 +197,56 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
 
   private pickNow(): PoolMember | undefined {
     let best: PoolMember | undefined;
+    let bestRank = NEVER;
     for (const m of this.members) {
       if (!isLoggedIn(m.state)) continue;
-      if (!best || m.inFlight < best.inFlight) best = m;
+      const r = this.rank.get(m) ?? 0;
+      if (r >= NEVER) continue;
+      if (!best || r < bestRank || (r === bestRank && m.inFlight < best.inFlight)) {
+        best = m;
+        bestRank = r;
+      }
     }
     return best;
+  }
+
+  /** What the array says of a member's path (REPORT TARGET PORT GROUPS); undefined: no ALUA. */
+  setAlua(m: PoolMember, a: PathAlua | undefined): void {
+    const was = this.alua.get(m)?.state;
+    if (a) {
+      this.alua.set(m, a);
+      this.rank.set(m, aluaRank(a));
+    } else {
+      this.alua.delete(m);
+      this.rank.delete(m);
+    }
+    if (was !== a?.state) {
+      this.log.info({ session: this.members.indexOf(m), group: a?.group, from: was ?? null, to: a?.state ?? null }, 'path ALUA state');
+      this.wakeMemberWaiters();
+    }
+  }
+
+  aluaOf(m: PoolMember): PathAlua | undefined {
+    return this.alua.get(m);
+  }
+
+  /**
+   * A command came back NOT READY because its port is in standby (04/0B) or
+   * unavailable (04/0C): stop using that path now (the retry goes elsewhere)
+   * and ask for the states to be read again (`alua-stale`).
+   */
+  private checkAluaSense(m: PoolMember, r: ScsiResponse): void {
+    const s = r.sense;
+    if (!s || s.length < 4) return;
+    const fixed = (s[0] & 0x7f) === 0x70 || (s[0] & 0x7f) === 0x71;
+    if (fixed && s.length < 14) return;
+    const key = fixed ? s[2] & 0x0f : s[1] & 0x0f;
+    const asc = fixed ? s[12] : s[2];
+    const ascq = fixed ? s[13] : s[3];
+    if (key !== 0x02 || asc !== 0x04 || (ascq !== 0x0b && ascq !== 0x0c)) return;
+    const prev = this.alua.get(m);
+    this.setAlua(m, { ...prev, state: ascq === 0x0b ? 'standby' : 'unavailable' });
+    this.emit('alua-stale');
   }
 
   private async pick(): Promise<PoolMember> {

@@ -32,6 +32,8 @@ export interface SessionStatus {
   negotiated?: NegotiatedStatus;
   /** Why the session refuses its target (the LUN identity changed). */
   refused?: string;
+  /** The path's asymmetric access state (ALUA), when the target reports one. */
+  alua?: { state: string; group?: number; relativePort?: number };
 }
 
 export interface ExportStatus {

@@ -335,7 +335,11 @@ export class Daemon implements RunningDaemon {
         queued: e.pool?.queued ?? 0,
         sessions: e.sessions.map((ss, index) => {
           const st = ss.stats;
-          return { index, state: ss.state, portal: st.portal, target: e.url.target ?? '', window: st.window, cmdSn: st.cmdSn, maxCmdSn: st.maxCmdSn, digestErrors: st.digestErrors, inFlight: ss.inFlight };
+          const alua = e.pool?.aluaOf(ss)?.state;
+          return {
+            index, state: ss.state, portal: st.portal, target: e.url.target ?? '', window: st.window, cmdSn: st.cmdSn, maxCmdSn: st.maxCmdSn,
+            digestErrors: st.digestErrors, inFlight: ss.inFlight, ...(alua ? { alua } : {}),
+          };
         }),
       }));
     });

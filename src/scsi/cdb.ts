@@ -19,7 +19,11 @@ export const OP = {
   WRITE_SAME_16: 0x93,
   SERVICE_ACTION_IN_16: 0x9e,
   REPORT_LUNS: 0xa0,
+  MAINTENANCE_IN: 0xa3,
 } as const;
+
+/** MAINTENANCE IN service action: REPORT TARGET PORT GROUPS (SPC-4 6.36). */
+export const MI_REPORT_TARGET_PGS = 0x0a;
 
 export const SAI_READ_CAPACITY_16 = 0x10;
 export const SAI_GET_LBA_STATUS = 0x12;
@@ -53,6 +57,8 @@ export function cdbName(cdb: Buffer): string {
       return `SERVICE ACTION IN(16)/0x${hex2(sa)}`;
     }
     case OP.REPORT_LUNS: return 'REPORT LUNS';
+    case OP.MAINTENANCE_IN:
+      return ((cdb[1] ?? 0) & 0x1f) === MI_REPORT_TARGET_PGS ? 'REPORT TARGET PORT GROUPS' : `MAINTENANCE IN/0x${hex2((cdb[1] ?? 0) & 0x1f)}`;
     default: return `opcode 0x${hex2(op & 0xff)}`;
   }
 }
@@ -102,6 +108,20 @@ export function inquiry(allocLen = 255, page?: number): Buffer {
     b[2] = page;
   }
   b.writeUInt16BE(allocLen, 3);
+  return b;
+}
+
+/**
+ * REPORT TARGET PORT GROUPS: MAINTENANCE IN, 12 bytes.
+ * byte 1: PARAMETER DATA FORMAT 7-5 (001: extended header), SERVICE ACTION 4-0 (0x0A);
+ * bytes 6-9 ALLOCATION LENGTH (BE); byte 11 CONTROL.
+ */
+export function reportTargetPortGroups(allocLen = 1024, extended = true): Buffer {
+  checkU('allocation length', allocLen, 0xffffffff);
+  const b = Buffer.alloc(12);
+  b[0] = OP.MAINTENANCE_IN;
+  b[1] = (extended ? 0x20 : 0) | MI_REPORT_TARGET_PGS;
+  b.writeUInt32BE(allocLen, 6);
   return b;
 }
 

@@ -133,7 +133,10 @@ export async function identify(lu: LunProber, log: Logger): Promise<LunInfo> {
     if (e instanceof ScsiError && e.senseKey === SK.ILLEGAL_REQUEST && e.asc === 0x25) {
       throw new ScsiError('ENOLUN', `no logical unit at LUN ${lu.lun} (${e.message})`, e.status, e.senseKey, e.asc, e.ascq);
     }
-    throw e;
+    // A port in ALUA standby refuses TEST UNIT READY but answers what identifies the LU
+    // (INQUIRY, READ CAPACITY): the path is known, it just does not get I/O.
+    const aluaNotReady = e instanceof ScsiError && e.senseKey === SK.NOT_READY && e.asc === 0x04 && (e.ascq === 0x0a || e.ascq === 0x0b);
+    if (!aluaNotReady) throw e;
   }
 
   const inq = await lu.inquiry();

@@ -8,8 +8,8 @@ import { rootLogger } from '../log';
 import { IscsiNbdError, RequestError, ScsiError } from '../errors';
 import * as cdb from './cdb';
 import {
-  Capacity16, ModeSenseData, ProvisioningState, StandardInquiry, ReportedLun,
-  parseLbaStatus, parseModeSense, parseReadCapacity10, parseReadCapacity16, parseReportLuns, parseStandardInquiry,
+  Capacity16, ModeSenseData, ProvisioningState, StandardInquiry, ReportedLun, TargetPortGroup,
+  parseLbaStatus, parseModeSense, parseReadCapacity10, parseReadCapacity16, parseReportLuns, parseReportTargetPortGroups, parseStandardInquiry,
   parseVpdHeader,
 } from './parse';
 import { SK, SenseData, classify, describeOutcome, parseSense, scsiError, statusName } from './sense';
@@ -234,6 +234,17 @@ export class LogicalUnit {
     const r = await this.execute(c, { dataInLength: allocLen, quiet });
     const d = r.data ?? Buffer.alloc(0);
     return d.length > allocLen ? d.subarray(0, allocLen) : d;
+  }
+
+  /** REPORT TARGET PORT GROUPS (extended header; a target that ignores it answers the short one). */
+  async reportTargetPortGroups(): Promise<TargetPortGroup[]> {
+    let alloc = 1024;
+    for (;;) {
+      const b = await this.dataIn(cdb.reportTargetPortGroups(alloc), alloc);
+      const r = parseReportTargetPortGroups(b, true);
+      if (!r.truncated || alloc >= 65536) return r.groups;
+      alloc = Math.min(65536, 4 + b.readUInt32BE(0));
+    }
   }
 
   async testUnitReady(): Promise<void> {

@@ -477,3 +477,58 @@ export function parseLbaStatus(b: Buffer): { descriptors: LbaStatusDescriptor[];
   }
   return { descriptors, truncated: total > b.length };
 }
+
+/** Asymmetric access states (SPC-4 6.36, table 229). */
+export const ALUA_STATES: Record<number, AluaState> = {
+  0x0: 'active/optimized', 0x1: 'active/non-optimized', 0x2: 'standby', 0x3: 'unavailable',
+  0x4: 'logical block dependent', 0xe: 'offline', 0xf: 'transitioning',
+};
+export type AluaState =
+  | 'active/optimized' | 'active/non-optimized' | 'standby' | 'unavailable' | 'logical block dependent' | 'offline' | 'transitioning' | 'reserved';
+
+export interface TargetPortGroup {
+  id: number;
+  state: AluaState;
+  /** PREF: the array prefers this group. */
+  preferred: boolean;
+  statusCode: number;
+  /** Relative target port identifiers in the group. */
+  ports: number[];
+}
+
+/**
+ * REPORT TARGET PORT GROUPS parameter data.
+ * 0-3 RETURN DATA LENGTH (bytes after these 4). With the extended header
+ * (byte 4 FORMAT TYPE 6-4 = 1): 5 IMPLICIT TRANSITION TIME (s), 6-7 reserved;
+ * descriptors from byte 8, else from byte 4. Each descriptor:
+ * 0: PREF 7, ASYMMETRIC ACCESS STATE 3-0 | 1: supported states | 2-3 TARGET PORT GROUP
+ * | 4 reserved | 5 STATUS CODE | 6 vendor | 7 TARGET PORT COUNT | then 4 bytes per port:
+ * 0-1 obsolete, 2-3 RELATIVE TARGET PORT IDENTIFIER. What the allocation cut off is dropped.
+ */
+export function parseReportTargetPortGroups(b: Buffer, extended: boolean): { groups: TargetPortGroup[]; transitionTimeSec?: number; truncated: boolean } {
+  if (b.length < 4) throw new RangeError('REPORT TARGET PORT GROUPS data shorter than its header');
+  const total = Math.min(b.length, 4 + b.readUInt32BE(0));
+  const hasExt = extended && b.length >= 8 && ((b[4] >> 4) & 7) === 1;
+  let o = hasExt ? 8 : 4;
+  const groups: TargetPortGroup[] = [];
+  while (o + 8 <= total) {
+    const count = b[o + 7];
+    if (o + 8 + count * 4 > total) break;
+    const ports: number[] = [];
+    for (let i = 0; i < count; i++) ports.push(b.readUInt16BE(o + 8 + i * 4 + 2));
+    groups.push({ id: b.readUInt16BE(o + 2), state: ALUA_STATES[b[o] & 0x0f] ?? 'reserved', preferred: (b[o] & 0x80) !== 0, statusCode: b[o + 5], ports });
+    o += 8 + count * 4;
+  }
+  return { groups, ...(hasExt ? { transitionTimeSec: b[5] } : {}), truncated: b.length < 4 + b.readUInt32BE(0) };
+}
+
+/** The relative target port and target port group of the port a VPD 0x83 came through (association 1), when given. */
+export function targetPortIds(ds: readonly Designator[]): { relativePort?: number; group?: number } {
+  const out: { relativePort?: number; group?: number } = {};
+  for (const d of ds) {
+    if (d.association !== ASSOC.TARGET_PORT || d.raw.length < 4) continue;
+    if (d.type === DESIG.RELATIVE_PORT) out.relativePort = d.raw.readUInt16BE(2);
+    if (d.type === DESIG.TPG) out.group = d.raw.readUInt16BE(2);
+  }
+  return out;
+}

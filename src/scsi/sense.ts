@@ -268,6 +268,9 @@ const RULES: readonly Rule[] = [
   { status: CC, key: SK.NOT_READY, asc: 0x04, ascq: 0x01, action: 'retry-backoff', code: 'ESCSI_IO', why: 'becoming ready' },
   { status: CC, key: SK.NOT_READY, asc: 0x04, ascq: 0x07, action: 'retry-backoff', code: 'ESCSI_IO', why: 'operation in progress' },
   { status: CC, key: SK.NOT_READY, asc: 0x04, ascq: 0x0a, action: 'retry-backoff', code: 'ESCSI_IO', why: 'ALUA transition' },
+  // This path's port went standby or unavailable: the pool stops using it, so a retry goes to another path.
+  { status: CC, key: SK.NOT_READY, asc: 0x04, ascq: 0x0b, action: 'retry', code: 'ESCSI_IO', maxRetries: 5, why: 'ALUA standby port' },
+  { status: CC, key: SK.NOT_READY, asc: 0x04, ascq: 0x0c, action: 'retry', code: 'ESCSI_IO', maxRetries: 5, why: 'ALUA unavailable port' },
   { status: CC, key: SK.NOT_READY, action: 'fail', code: 'ESCSI_IO', why: 'not ready' },
 
   { status: CC, key: SK.ABORTED_COMMAND, action: 'retry', code: 'ESCSI_ABORTED', maxRetries: 3, why: 'aborted command' },

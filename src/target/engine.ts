@@ -739,24 +739,35 @@ export class TargetConnectionEngine {
     this.execute(t).catch((e) => this.fail(e));
   }
 
-  /** Capacity generation of each LUN as this connection last reported it. */
+  /** Per LUN, the generation of each unit attention source this connection last reported. */
   private readonly capacitySeen = new Map<number, number>();
+  private readonly aluaSeen = new Map<number, number>();
 
   /**
-   * CAPACITY DATA HAS CHANGED (UA 2A/09), once per connection after a LUN was
-   * resized. INQUIRY, REPORT LUNS and REQUEST SENSE never take a unit attention.
+   * A unit attention once per connection after its source moved on (a resize,
+   * an ALUA state change). The first command of a connection only records
+   * where the source is; INQUIRY, REPORT LUNS and REQUEST SENSE never take one.
    */
-  private capacityChanged(t: Task): boolean {
-    const dev = this.target?.units.get(t.lunNum);
-    if (!dev) return false;
-    const seen = this.capacitySeen.get(t.lunNum);
-    if (seen === undefined) {
-      this.capacitySeen.set(t.lunNum, dev.capacityGeneration);
+  private unseen(seenBy: Map<number, number>, t: Task, generation: number | undefined): boolean {
+    if (generation === undefined) return false;
+    const seen = seenBy.get(t.lunNum);
+    seenBy.set(t.lunNum, generation);
+    if (seen === undefined || seen === generation) return false;
+    if (t.cdb[0] === 0x12 || t.cdb[0] === 0xa0 || t.cdb[0] === 0x03) {
+      seenBy.set(t.lunNum, seen); // still to report
       return false;
     }
-    if (seen === dev.capacityGeneration || t.cdb[0] === 0x12 || t.cdb[0] === 0xa0 || t.cdb[0] === 0x03) return false;
-    this.capacitySeen.set(t.lunNum, dev.capacityGeneration);
     return true;
+  }
+
+  /** CAPACITY DATA HAS CHANGED (UA 2A/09). */
+  private capacityChanged(t: Task): boolean {
+    return this.unseen(this.capacitySeen, t, this.target?.units.get(t.lunNum)?.capacityGeneration);
+  }
+
+  /** ASYMMETRIC ACCESS STATE CHANGED (UA 2A/06). */
+  private aluaChanged(t: Task): boolean {
+    return this.unseen(this.aluaSeen, t, this.target?.units.get(t.lunNum)?.alua?.topology.generation);
   }
 
   private async execute(t: Task): Promise<void> {
@@ -768,6 +779,7 @@ export class TargetConnectionEngine {
     else if (t.digestFailed) result = { status: SAM_STAT_CHECK_CONDITION, sense: fixedSense(SK.ABORTED_COMMAND, 0x47, 0x05) };
     else if (t.sequenceError) result = { status: SAM_STAT_CHECK_CONDITION, sense: fixedSense(SK.ABORTED_COMMAND, 0x4b, 0x00) };
     else if (this.capacityChanged(t)) result = { status: SAM_STAT_CHECK_CONDITION, sense: fixedSense(SK.UNIT_ATTENTION, 0x2a, 0x09) };
+    else if (this.aluaChanged(t)) result = { status: SAM_STAT_CHECK_CONDITION, sense: fixedSense(SK.UNIT_ATTENTION, 0x2a, 0x06) };
     else if (st && t.cdb[0] !== 0x12 && t.cdb[0] !== 0xa0) {
       if (st.status === 'busy') result = { status: SAM_STAT_BUSY };
       else if (st.status === 'task-set-full') result = { status: SAM_STAT_TASK_SET_FULL };

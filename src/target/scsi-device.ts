@@ -4,6 +4,7 @@
 // length and computes residuals; `dataOutNeeded` tells it how many bytes a
 // write-type command consumes.
 
+import { aluaRefusal, type AluaPort } from './alua';
 import { createHash } from 'node:crypto';
 import { OP, SAI_GET_LBA_STATUS, SAI_READ_CAPACITY_16 } from '../scsi/cdb';
 import { SK } from '../scsi/sense';
@@ -102,9 +103,13 @@ export interface ScsiDeviceOptions {
   identitySeed?: string;
   /** Consulted on every read: the first LBA of [lba, lba+blocks) that must fail with MEDIUM ERROR, if any. */
   mediumError?: (lba: bigint, blocks: number) => bigint | undefined;
+  /** Implicit ALUA: the port this device is reached through and its group's state. */
+  alua?: AluaPort;
 }
 
 /** One logical unit. */
+const MAINTENANCE_IN = 0xa3;
+
 export class ScsiDevice {
   readonly backend: LunBackend;
   readonly blockSize: number;
@@ -115,6 +120,7 @@ export class ScsiDevice {
   private identitySeed: string;
   private generation = 0;
   mediumError?: (lba: bigint, blocks: number) => bigint | undefined;
+  readonly alua?: AluaPort;
 
   constructor(opts: ScsiDeviceOptions) {
     this.backend = opts.backend;
@@ -123,6 +129,7 @@ export class ScsiDevice {
     this.identitySeed = opts.identitySeed ?? opts.backend.identitySeed;
     this.identity = identityFromSeed(this.identitySeed);
     this.mediumError = opts.mediumError;
+    this.alua = opts.alua;
   }
 
   get serial(): string {
@@ -156,7 +163,12 @@ export class ScsiDevice {
   }
 
   private dispatch(cdb: Buffer, out: Buffer): Promise<ScsiResult> | ScsiResult {
+    const refused = this.alua && aluaRefusal(this.alua, cdb);
+    if (refused !== undefined) return checkCondition(SK.NOT_READY, 0x04, refused);
     switch (cdb[0]) {
+      case MAINTENANCE_IN:
+        if ((cdb[1] & 0x1f) === 0x0a && this.alua) return limit(this.alua.topology.report((cdb[1] & 0xe0) === 0x20), cdb.readUInt32BE(6));
+        return invalidOpcode();
       case OP.TEST_UNIT_READY: return GOOD;
       case OP.REQUEST_SENSE: return requestSense(cdb);
       case OP.INQUIRY: return this.inquiry(cdb);
@@ -219,6 +231,7 @@ export class ScsiDevice {
     b[2] = 0x06; // SPC-4
     b[3] = 0x12; // HISUP, response data format 2
     b[4] = b.length - 5;
+    if (this.alua) b[5] = 0x10; // TPGS 01: implicit ALUA
     b[7] = 0x02; // CMDQUE
     padAscii(VENDOR_ID, 8).copy(b, 8);
     padAscii(PRODUCT_ID, 16).copy(b, 16);
@@ -254,10 +267,16 @@ export class ScsiDevice {
   private deviceIdentification(): Buffer {
     const naa = this.identity.naa;
     const t10 = Buffer.concat([padAscii(VENDOR_ID, 8), Buffer.from(this.identity.serial, 'ascii')]);
-    return Buffer.concat([
+    const parts = [
       Buffer.from([0x01, 0x03, 0x00, naa.length]), naa, // binary, LU, NAA
       Buffer.from([0x02, 0x01, 0x00, t10.length]), t10, // ASCII, LU, T10 vendor ID
-    ]);
+    ];
+    if (this.alua) {
+      const u16 = (v: number): Buffer => Buffer.from([0, 0, v >> 8, v & 0xff]);
+      // iSCSI, binary; PIV, target port: relative target port (4), target port group (5).
+      parts.push(Buffer.from([0x51, 0x94, 0x00, 4]), u16(this.alua.relativePort), Buffer.from([0x51, 0x95, 0x00, 4]), u16(this.alua.group));
+    }
+    return Buffer.concat(parts);
   }
 
   // Block Limits (SBC-3 6.6.3), page length 0x3C, offsets relative to the page start.

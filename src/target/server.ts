@@ -11,12 +11,15 @@ import type { LunBackend } from './backend';
 import { ChapConfig, EngineOptions, SessionInfo, TargetConnectionEngine, TargetEntry, TargetLimits } from './engine';
 import { FaultController, FaultSpec } from './faults';
 import { LogicalUnits, ScsiDevice } from './scsi-device';
+import type { AluaPort } from './alua';
 
 export interface LunConfig {
   lun: number;
   backend: LunBackend;
   /** Overrides the backend's identity seed (serial number / NAA designator source). */
   identitySeed?: string;
+  /** Implicit ALUA: this server is one port of a group in a shared topology. */
+  alua?: AluaPort;
 }
 
 export interface TargetConfig {
@@ -75,6 +78,7 @@ export class TargetServer {
         devices.set(l.lun, new ScsiDevice({
           backend: l.backend,
           identitySeed: l.identitySeed,
+          alua: l.alua,
           mediumError: (lba, blocks) => this.faults.mediumError(lba, blocks),
         }));
       }

@@ -105,6 +105,7 @@ export function sessionsOf(name: string, n = 2): ExportSample {
       maxCmdSn: 41,
       digestErrors: index,
       inFlight: 3,
+      alua: index === 0 ? 'active/optimized' : 'standby',
     })),
   };
 }

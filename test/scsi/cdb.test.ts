@@ -112,3 +112,9 @@ test('cdbName', () => {
   assert.equal(cdb.cdbName(Buffer.from([0xee])), 'opcode 0xee');
   assert.equal(cdb.cdbName(Buffer.alloc(0)), 'opcode 0xff');
 });
+
+test('REPORT TARGET PORT GROUPS: MAINTENANCE IN 0x0A, extended format asked, allocation length', () => {
+  assert.deepEqual(cdb.reportTargetPortGroups(1024), Buffer.from('a32a00000000000004000000', 'hex'));
+  assert.deepEqual(cdb.reportTargetPortGroups(0x10000, false), Buffer.from('a30a00000000000100000000', 'hex'));
+  assert.equal(cdb.cdbName(cdb.reportTargetPortGroups()), 'REPORT TARGET PORT GROUPS');
+});

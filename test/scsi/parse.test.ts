@@ -226,3 +226,54 @@ test('fuzz: every parser survives random buffers', () => {
     }
   }), { numRuns: 2000 });
 });
+
+// REPORT TARGET PORT GROUPS as LIO answers it (extended header, implicit transition time 10 s):
+// group 1 active/optimized, preferred, ports 1 and 2; group 2 standby, port 3.
+const RTPG_EXT = hex(
+  '00 00 00 20' + // RETURN DATA LENGTH 32
+  '10 0a 00 00' + // FORMAT TYPE 1, IMPLICIT TRANSITION TIME 10
+  '80 0f 00 01 00 00 00 02' + // PREF, AO; supports T/O... AO; group 1; status 0; 2 ports
+  '00 00 00 01 00 00 00 02' + // relative ports 1, 2
+  '02 0f 00 02 00 02 00 01' + // standby; group 2; status 02 (implicit change); 1 port
+  '00 00 00 03', // relative port 3
+);
+
+test('REPORT TARGET PORT GROUPS: extended and length-only headers, states, ports', () => {
+  const r = p.parseReportTargetPortGroups(RTPG_EXT, true);
+  assert.equal(r.transitionTimeSec, 10);
+  assert.equal(r.truncated, false);
+  assert.deepEqual(r.groups, [
+    { id: 1, state: 'active/optimized', preferred: true, statusCode: 0, ports: [1, 2] },
+    { id: 2, state: 'standby', preferred: false, statusCode: 2, ports: [3] },
+  ]);
+  // A target that ignores PARAMETER DATA FORMAT answers with the length-only header.
+  const short = Buffer.concat([hex('00 00 00 1c'), RTPG_EXT.subarray(8)]);
+  assert.deepEqual(p.parseReportTargetPortGroups(short, true).groups.map((g) => [g.id, g.state]), [[1, 'active/optimized'], [2, 'standby']]);
+  // Every other state code.
+  for (const [code, name] of [[1, 'active/non-optimized'], [3, 'unavailable'], [4, 'logical block dependent'], [0xe, 'offline'], [0xf, 'transitioning'], [7, 'reserved']] as const) {
+    const b = Buffer.from(short);
+    b[4] = code;
+    assert.equal(p.parseReportTargetPortGroups(b, true).groups[0].state, name);
+  }
+});
+
+test('REPORT TARGET PORT GROUPS: cut by the allocation length at every byte, never misread', () => {
+  for (let n = 4; n < RTPG_EXT.length; n++) {
+    const r = p.parseReportTargetPortGroups(RTPG_EXT.subarray(0, n), true);
+    assert.equal(r.truncated, true, `cut at ${n}`);
+    for (const g of r.groups) assert.ok(g.id === 1 ? g.ports.length === 2 : g.ports.length === 1, `cut at ${n}: a group is whole or absent`);
+    assert.equal(r.groups.length, n >= 24 ? 1 : 0, `cut at ${n}`);
+  }
+  assert.throws(() => p.parseReportTargetPortGroups(hex('00 00'), true), RangeError);
+});
+
+test('VPD 0x83: the relative target port and target port group of the port asked', () => {
+  const vpd = hex(
+    '00 83 00 20' +
+    '01 03 00 08 60 01 40 50 00 00 00 01' + // NAA, association LU (not a port)
+    '61 94 00 04 00 00 00 03' + // PIV, association 1 (target port), type 4: relative port 3
+    '61 95 00 04 00 00 00 02', // association 1, type 5: target port group 2
+  );
+  assert.deepEqual(p.targetPortIds(p.parseVpdDeviceId(vpd)), { relativePort: 3, group: 2 });
+  assert.deepEqual(p.targetPortIds(p.parseVpdDeviceId(hex('00 83 00 0c 01 03 00 08 60 01 40 50 00 00 00 01'))), {});
+});
