@@ -10,6 +10,7 @@ import { reloadCommand } from './reload';
 import { copyCommand } from './copy';
 import { checkConfigCommand } from './check-config';
 import { mapCommand, unmapCommand, listMappedCommand } from './map';
+import { resizeCommand } from './resize';
 import { parseLunUrl } from '../iscsi/url';
 
 // The command line: each command is a yargs CommandModule in its own file;
@@ -63,6 +64,7 @@ export const COMMANDS: readonly CommandModule<object, never>[] = [
   needsLun(mapCommand, ['url']),
   unmapCommand,
   listMappedCommand,
+  resizeCommand,
   reloadCommand,
 ] as unknown as CommandModule<object, never>[];
 

@@ -18,7 +18,7 @@ import { LogArgs, withCommonOptions, withLogOptions } from './common';
 // They talk to the daemon that owns the state dir over its control socket;
 // `map` starts that daemon in the background when none runs.
 
-interface DeviceArgs extends LogArgs {
+export interface DeviceArgs extends LogArgs {
   'state-dir'?: string;
   control?: string;
 }
@@ -39,16 +39,16 @@ interface MapArgs extends DeviceArgs, SecretOptions {
 /** The map request can take as long as a login and a first read through a slow target. */
 const MAP_TIMEOUT_MS = 180_000;
 
-function explicitStateDir(argv: DeviceArgs): string | undefined {
+export function explicitStateDir(argv: DeviceArgs): string | undefined {
   return argv['state-dir'] ? path.resolve(argv['state-dir']) : undefined;
 }
 
-function stateDirOf(argv: DeviceArgs): string {
+export function stateDirOf(argv: DeviceArgs): string {
   return path.resolve(argv['state-dir'] ?? defaultStateDir());
 }
 
 /** The owner's control socket when one runs, else the one asked for or the default. */
-function controlOf(argv: DeviceArgs, stateDir: string): string {
+export function controlOf(argv: DeviceArgs, stateDir: string): string {
   if (argv.control) return argv.control;
   const o = readOwner(stateDir);
   if (o && isDaemonAlive(o.pid)) {
@@ -260,7 +260,7 @@ export async function runListMapped(argv: DeviceArgs & { json?: boolean }): Prom
   for (const p of problems) process.stderr.write(`iscsi-nbd: ${p}\n`);
 }
 
-const deviceOptions = <T>(y: Argv<T>) =>
+export const deviceOptions = <T>(y: Argv<T>) =>
   y
     .option('state-dir', { type: 'string', describe: 'the daemon\'s state dir (default /var/lib/iscsi-nbd as root)' })
     .option('control', { type: 'string', describe: 'the daemon\'s control socket (default: the state dir\'s daemon, else the standard one)' });

@@ -4,6 +4,7 @@ import type { ControlHandler, ControlRequest } from './control';
 import type { DeviceManager } from './devices';
 import { parseMapRequest } from './map-spec';
 import type { ReloadOutcome } from './reload';
+import type { ResizeResult } from './status';
 import type { DaemonStatus } from './status';
 import { packageVersion } from '../metrics';
 
@@ -23,6 +24,8 @@ export interface ControlPorts {
   /** Take ownership of the state dir before the first mapping. */
   own(): void;
   reload(): Promise<ReloadOutcome>;
+  /** Rescan one mapped device or export (or all) and grow what grew. */
+  resize(what?: string): Promise<ResizeResult[]>;
 }
 
 export function controlHandlers(p: ControlPorts): Record<string, ControlHandler> {
@@ -49,6 +52,11 @@ export function controlHandlers(p: ControlPorts): Record<string, ControlHandler>
       const o = await p.reload();
       if (o.refused) throw new ConfigError('ECONFIG', `reload refused, the running exports are kept: ${o.refused}`);
       return o;
+    },
+    resize: async (req) => {
+      sameStateDir(req);
+      if (req.target !== undefined && (typeof req.target !== 'string' || req.target === '')) throw new ConfigError('ECONFIG', 'resize wants a /dev/nbdN or an export name, or nothing for all');
+      return { results: await p.resize(req.target as string | undefined) };
     },
     'list-mapped': (req) => {
       sameStateDir(req);

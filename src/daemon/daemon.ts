@@ -18,10 +18,9 @@ import { claimStateDir, releaseStateDir } from './owner';
 import { applyReload, exportStates, type ReloadOutcome } from './reload';
 import { UndoStack } from './undo';
 import { parseDevice } from '../nbd/netlink/kernel';
-import type { ResizeOutcome } from '../bridge/manager';
+import type { ResizeResult } from './status';
 
-/** One device's or export's rescan (`iscsi-nbd resize`). */
-export type ResizeResult = ResizeOutcome & { device?: string };
+export type { ResizeResult } from './status';
 import { parseHandover } from '../nbd/handover';
 import { closeStoredSocket, closeUntaken, NO_FD_STORE, SystemdFdStore, type FdKeeper } from './fd-store';
 
@@ -365,6 +364,7 @@ export class Daemon implements RunningDaemon {
       control: this.control,
       own: () => this.own(),
       reload: () => this.reload(),
+      resize: (what) => this.resize(what),
     });
     if (this.control === NO_CONTROL) {
       this.log.warn('no control socket (--control none): iscsi-nbd status, map, unmap, list-mapped and reload cannot reach this daemon; SIGHUP still reloads');

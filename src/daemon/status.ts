@@ -1,4 +1,4 @@
-import type { BridgedExport, ExportManager } from '../bridge/manager';
+import type { BridgedExport, ExportManager, ResizeOutcome } from '../bridge/manager';
 import type { NbdConnectionInfo } from '../nbd/server';
 import type { ExportStatus, SessionStatus } from '../bridge/status';
 
@@ -98,3 +98,6 @@ export function clientStatus(c: NbdConnectionInfo): ClientStatus {
     inFlight: c.inFlight, requests: c.requests, errors: c.errors, bytesRead: c.bytesRead, bytesWritten: c.bytesWritten,
   };
 }
+
+/** One device's or export's rescan (`iscsi-nbd resize`): sizes in bytes, as strings. */
+export type ResizeResult = ResizeOutcome & { device?: string };

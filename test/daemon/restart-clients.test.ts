@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
 import { freePort } from '../helpers/ports';
-import { runTool } from '../helpers/process';
+import { runCliAsync, runTool } from '../helpers/process';
 import { FakeFdStore } from '../helpers/fd-store';
 import { startDaemon } from '../../src/daemon/daemon';
 import { DEFAULT_TIMEOUTS, type DaemonConfig } from '../../src/config';
@@ -128,11 +128,18 @@ test('resize EXPORT: new NBD clients get the grown size, the connected one carri
     const size = async (): Promise<string> => (await runTool('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/e1`])).out.trim();
     assert.equal(await size(), String(16 << 20));
     await tgtd.resizeLun(1, 1, 20 << 20);
+    // The command a user runs, through the control socket.
+    const cli = await runCliAsync(['resize', 'e1', '--control', cfg.control!]);
+    assert.equal(cli.code, 0, cli.err);
+    assert.equal(cli.out, `e1: grown from ${16 << 20} to ${20 << 20} bytes; new NBD clients see the new size, connected ones keep the old one\n`);
     const [r] = await d.resize('e1');
-    assert.deepEqual([r.export, r.was, r.now, r.changed], ['e1', String(16 << 20), String(20 << 20), true]);
+    assert.deepEqual([r.export, r.was, r.now, r.changed], ['e1', String(20 << 20), String(20 << 20), false]);
     assert.equal(await size(), String(20 << 20), 'a new client sees the new size');
     assert.equal((await client.io(CMD_READ, 0, 512)).error, 0, 'the old client carries on');
     await assert.rejects(d.resize('nope'), /neither a mapped \/dev\/nbdN nor an export/);
+    const bad = await runCliAsync(['resize', 'nope', '--control', cfg.control!]);
+    assert.equal(bad.code, 6);
+    assert.match(bad.err, /"nope" is neither a mapped \/dev\/nbdN nor an export of this daemon/);
   } finally {
     client.sock.destroy();
     await d.stop('test');
