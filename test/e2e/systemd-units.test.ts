@@ -19,22 +19,12 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fstabEntries, readmeCode, REPO, UNITS_DIR as UNITS } from './systemd-readme';
 
-const REPO = path.resolve(__dirname, '../../..');
-const UNITS = path.join(REPO, 'scripts/systemd');
 const INSTALLED = '/usr/local/bin/iscsi-nbd';
 const GENERATOR = ['/usr/lib/systemd/system-generators/systemd-fstab-generator', '/lib/systemd/system-generators/systemd-fstab-generator']
   .find((p) => fs.existsSync(p));
 const skip = skipUnless('systemd-analyze', 'unshare');
-
-/** The fstab entries of a text (six fields, /dev/nbdN first, a mount point second), a leading "# " dropped, split into fields. */
-function fstabEntries(text: string): string[][] {
-  return text
-    .split('\n')
-    .map((l) => l.trim().replace(/^#\s*/, ''))
-    .filter((l) => /^\/dev\/nbd\d+\s+\/\S*\s+\S+\s+\S+\s+\d+\s+\d+$/.test(l))
-    .map((l) => l.split(/\s+/));
-}
 
 /** The [Unit] lines "Key=value" of a unit file, values split on spaces: Key -> every value. */
 function unitDeps(text: string): Map<string, string[]> {
@@ -111,8 +101,7 @@ test('the units: restarts of iscsi-nbd reach no other unit; the fd store is on',
 
 test("README's fstab and nbdtab lines are fstab.example's and nbdtab.example's", () => {
   const readme = fs.readFileSync(path.join(REPO, 'README.md'), 'utf8');
-  // Lines of README's indented code blocks only (prose may quote options).
-  const code = readme.split('\n').filter((l) => /^ {4,}\S/.test(l)).join('\n');
+  const code = readmeCode();
   assert.deepEqual(fstabEntries(code), fstabEntries(fs.readFileSync(path.join(UNITS, 'fstab.example'), 'utf8')));
   const nbdtab = fs.readFileSync(path.join(UNITS, 'nbdtab.example'), 'utf8').split('\n').filter((l) => /^nbd\d+\s/.test(l));
   const quoted = [...readme.matchAll(/`(nbd\d+ [^`]+)`/g)].map((m) => m[1].replace(/\s+/g, ' '));
