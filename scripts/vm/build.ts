@@ -3,7 +3,7 @@
 // - kernel: `apt-get download` linux-image-amd64 and the image it depends on, `dpkg -x`;
 //   the modules for nbd, ext4 (+ deps, + crc32c which ext4 only soft-depends on) and
 //   e1000 are resolved with `depmod -b` (kmod's, or busybox's when kmod is absent);
-// - userland: the installed busybox-static, nbd-client, e2fsprogs (mke2fs, e2fsck),
+// - userland: the installed busybox-static, nbd-client, e2fsprogs (mke2fs, e2fsck, resize2fs),
 //   util-linux (fstrim) and mount (mount, umount) binaries, each with the shared
 //   libraries ldd lists.
 // The cache key covers every package version and this builder's layout version, so
@@ -25,6 +25,7 @@ const GUEST_BINARIES: [string, string, string][] = [
   ['nbd-client', 'nbd-client', '/usr/sbin/nbd-client'],
   ['e2fsprogs', 'mke2fs', '/usr/sbin/mke2fs'],
   ['e2fsprogs', 'e2fsck', '/usr/sbin/e2fsck'],
+  ['e2fsprogs', 'resize2fs', '/usr/sbin/resize2fs'],
   ['util-linux', 'fstrim', '/usr/sbin/fstrim'],
   ['mount', 'mount', '/usr/bin/mount'],
   ['mount', 'umount', '/usr/bin/umount'],

@@ -98,6 +98,8 @@ step "2. writer with fsync; kill -9 of the daemon, a new one 3 s later"
 (
   i=0
   while [ ! -e /tmp/writer.stop ]; do
+    if [ -e /tmp/writer.pause ]; then touch /tmp/writer.paused; sleep 0.1; continue; fi
+    rm -f /tmp/writer.paused
     f=/mnt/b/w$((i % 6))
     if dd if=/dev/urandom of=$f.tmp bs=4k count=64 conv=fsync 2> /dev/null && mv $f.tmp $f && sync; then
       echo "$(md5sum < $f | cut -d' ' -f1) $f" >> /tmp/writer.md5
@@ -156,6 +158,31 @@ outage=$(now_cs)
 hostcall outage 10
 wait_writer 5
 echo "RESULT outage_resume_cs $(( $(now_cs) - outage ))"
+[ "$(io_errors)" = 0 ] || { dmesg | tail -n 30; exit 1; }
+
+step "4b. the LUN grows on the target: resize, then resize2fs online while the writer runs"
+d4k=${D4K#/dev/}
+old_sectors=$(cat /sys/block/$d4k/size)
+old_kb=$(df -k /mnt/b | awk 'NR == 2 { print $2 }')
+# tgtd cannot resize a LUN: the host deletes it and adds it again over a bigger file.
+# No I/O may run in that swap (the LUN is briefly not there), so the writer holds for it.
+touch /tmp/writer.pause
+n=0; until [ -e /tmp/writer.paused ]; do n=$((n + 1)); [ $n -lt 400 ] || { echo "writer did not pause"; exit 1; }; sleep 0.1; done
+hostcall grow
+rm -f /tmp/writer.pause
+t0=$(now_cs)
+$CLI resize "$D4K" --state-dir "$SD"
+echo "RESULT resize_cs $(( $(now_cs) - t0 ))"
+new_sectors=$(cat /sys/block/$d4k/size)
+echo "$D4K: $old_sectors -> $new_sectors sectors"
+[ "$new_sectors" -gt "$old_sectors" ] || { echo "the device did not grow"; exit 1; }
+/usr/sbin/resize2fs "$D4K"
+new_kb=$(df -k /mnt/b | awk 'NR == 2 { print $2 }')
+echo "/mnt/b: $old_kb -> $new_kb KiB"
+[ "$new_kb" -gt "$old_kb" ] || { echo "the filesystem did not grow"; exit 1; }
+$CLI list-mapped --state-dir "$SD" | grep "$D4K " | grep -q " $((new_sectors * 512)) "
+wait_writer 5
+echo "RESULT resize_grew 1"
 [ "$(io_errors)" = 0 ] || { dmesg | tail -n 30; exit 1; }
 
 touch /tmp/writer.stop

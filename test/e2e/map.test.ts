@@ -54,6 +54,11 @@ test('map: a daemon restart, a crash and a target outage that the filesystem nev
         outages.push(Date.now() - started);
         return `target down for ${Date.now() - started} ms`;
       },
+      // The array grows the 4 KiB LUN (tgtd cannot: the LUN is re-created over the same, bigger file).
+      grow: async () => {
+        await t.resizeLun(1, 2, 96 * MiB);
+        return 'grown to 96 MiB';
+      },
       // Another disk behind the same address: new backing file and a serial of its own.
       swap: async () => {
         await t.deleteLun(1, 3);
@@ -76,6 +81,7 @@ test('map: a daemon restart, a crash and a target outage that the filesystem nev
   assert.equal(res.unmap_stays, '1');
   assert.equal(res.swap_refused, '1');
   assert.equal(res.killed_mid_reattach, '1');
+  assert.equal(res.resize_grew, '1', 'the device and its filesystem grew online');
   assert.ok(Number(res.writer_rounds) > 10, `the writer made progress (${res.writer_rounds} rounds)`);
   assert.equal(outages.length, 1);
   // What the closing note reports: how long a writer paused, and what the kernel logged.
@@ -83,7 +89,7 @@ test('map: a daemon restart, a crash and a target outage that the filesystem nev
   process.stderr.write(
     `map e2e: boot ${((r.readyMs ?? 0) / 1000).toFixed(1)} s, first map ${cs('map_first_cs')}, ` +
       `kill -9 -> writer resumed ${cs('kill9_resume_cs')}, SIGTERM exit ${cs('term_exit_cs')} -> resumed ${cs('term_resume_cs')}, ` +
-      `10 s outage -> resumed ${cs('outage_resume_cs')}, longest writer gap ${cs('writer_max_gap_cs')}, rounds ${res.writer_rounds}; ` +
+      `10 s outage -> resumed ${cs('outage_resume_cs')}, resize ${cs('resize_cs')}, longest writer gap ${cs('writer_max_gap_cs')}, rounds ${res.writer_rounds}; ` +
       `dmesg: ${res.dmesg_io_errors} I/O errors, ${res.dmesg_dead_conn} "Dead connection", ${res.dmesg_reconnected} "reconnected socket", ` +
       `${res.dmesg_timed_out} "timed out"; VM ${(r.vmMs / 1000).toFixed(0)} s\n`,
   );
