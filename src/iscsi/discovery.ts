@@ -23,7 +23,7 @@ import type { ChapCredentials } from './chap';
 import { openConnection } from './connection';
 import { DIGEST_PROPOSAL, type DigestMode } from './digest';
 import { ConnectionLink } from './link';
-import { aclHint, parseTargetAddress, withAclHint } from './login';
+import { loginHint, parseTargetAddress, withAclHint, withoutHint } from './login';
 import { randomIsid } from './pdu';
 import type { TextPair } from './text';
 import type { SessionTimeouts } from './initiator';
@@ -140,7 +140,7 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
         log.info({ err: e, auth: mode }, `discovery login refused ${mode === 'chap' ? 'with' : 'without'} CHAP; trying once ${mode === 'chap' ? 'without' : 'with'} it`);
         continue;
       }
-      throw discoveryAuthError(failures, opts.initiatorName);
+      throw discoveryAuthError(failures, opts.initiatorName, opts.auth?.user);
     }
   }
   const { conn, login, portal } = opened!;
@@ -163,12 +163,14 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
 }
 
 /** The error for a discovery login refused every way we tried: the CHAP attempt's reason, which says most. */
-function discoveryAuthError(failures: Map<DiscoveryAuthMode, unknown>, initiatorName: string): IscsiNbdError {
+function discoveryAuthError(failures: Map<DiscoveryAuthMode, unknown>, initiatorName: string, chapUser: string | undefined): IscsiNbdError {
   const chap = failures.get('chap') as LoginError | undefined;
   const none = failures.get('none') as LoginError | undefined;
   const e = chap ?? none!;
-  const hint = `; ${aclHint(initiatorName)}`;
-  let msg = e.message.endsWith(hint) ? e.message.slice(0, -hint.length) : e.message;
+  // The advice again, for the attempt whose reason is kept (the CHAP one when there was one).
+  // (Without CHAP the discovery-credentials advice below says what to give.)
+  const hint = chap ? `; ${loginHint(e, initiatorName, { chapUser })}` : `; logged in as ${initiatorName} without CHAP`;
+  let msg = withoutHint(e.message);
   if (chap && none) {
     msg += ' (the discovery session was refused both with and without CHAP)';
   } else if (!chap) {

@@ -126,10 +126,42 @@ export function aclHint(initiatorName: string): string {
   return `logged in as ${initiatorName}; add this name to the target's ACL (or pass --initiator-name)`;
 }
 
-/** Add aclHint() to an ENOTARGET/EAUTH login error (once). */
-export function withAclHint<E>(err: E, initiatorName: string): E {
-  if (err instanceof LoginError && (err.code === 'EAUTH' || err.code === 'ENOTARGET') && !err.message.includes('; logged in as ')) {
-    err.message = `${err.message}; ${aclHint(initiatorName)}`;
+/** How a login authenticated itself, for the advice a refusal gets. */
+export interface LoginAuthContext {
+  /** The CHAP user offered, if any. */
+  chapUser?: string;
+  /** Mutual CHAP was asked for. */
+  mutual?: boolean;
+}
+
+/** Where the advice starts in a login error's message (so it is added once, and can be replaced). */
+export const HINT_MARK = '; logged in as ';
+
+/** The message without the advice withAclHint() added. */
+export function withoutHint(message: string): string {
+  const i = message.indexOf(HINT_MARK);
+  return i < 0 ? message : message.slice(0, i);
+}
+
+/**
+ * The advice for a refused login, by what can cause it: not in the ACL
+ * (ENOTARGET, authorization failure), no CHAP given to a target that wants
+ * it, a CHAP secret that is wrong, or mutual CHAP failing on the target's
+ * side. Every one names the initiator name the target saw.
+ */
+export function loginHint(err: LoginError, initiatorName: string, auth: LoginAuthContext): string {
+  const as = `logged in as ${initiatorName}`;
+  const mutualFailed = /mutual CHAP|target secret|target answered mutual/.test(err.message);
+  if (err.code !== 'EAUTH' || err.statusDetail === 0x02) return aclHint(initiatorName);
+  if (mutualFailed) return `${as}; the target did not pass mutual CHAP: check the target user and secret (target_user=, --target-chap-secret-file)`;
+  if (!auth.chapUser) return `${as} without CHAP; the target may want CHAP: give a user and secret (iscsi://USER@host/..., with --chap-secret-file or $ISCSI_NBD_CHAP_SECRET)`;
+  return `${as} with CHAP user ${auth.chapUser}; check the secret (some targets refuse a name missing from their ACL the same way: add it, or pass --initiator-name)`;
+}
+
+/** Add loginHint() to an ENOTARGET/EAUTH login error (once). */
+export function withAclHint<E>(err: E, initiatorName: string, auth: LoginAuthContext = {}): E {
+  if (err instanceof LoginError && (err.code === 'EAUTH' || err.code === 'ENOTARGET') && !err.message.includes(HINT_MARK)) {
+    err.message = `${err.message}; ${loginHint(err, initiatorName, auth)}`;
   }
   return err;
 }
@@ -310,7 +342,7 @@ export class LoginEngine {
       return this.step(resp);
     } catch (e) {
       this.setStatus('failed');
-      throw withAclHint(e, this.opts.initiatorName);
+      throw withAclHint(e, this.opts.initiatorName, { chapUser: this.chap ? this.opts.auth?.user : undefined, mutual: this.chap?.mutual });
     }
   }
 

@@ -92,7 +92,9 @@ test('discover(): LIO-like portal refuses CHAP on discovery -> one retry without
       assert.equal(e.code, 'EAUTH');
       assert.match(e.message, /authentication failed/);
       assert.match(e.message, /refused both with and without CHAP/);
-      assert.ok(e.message.endsWith(`logged in as ${INITIATOR}; add this name to the target's ACL (or pass --initiator-name)`), e.message);
+      // A wrong secret is told as such, with the ACL as the other possible cause.
+      assert.match(e.message, new RegExp(`logged in as ${INITIATOR} with CHAP user ${DISC.user}; check the secret \\(some targets refuse a name missing from their ACL`));
+      assert.equal(e.message.split('logged in as').length, 2, 'the advice once');
       return true;
     },
   );
@@ -136,7 +138,8 @@ test('CLI discover against a LIO-like portal: iscsi://user@host with the secret 
   assert.equal(n.code, 4, describeRun(n, 'discover without discovery credentials'));
   assert.match(n.stderr, /--discovery-chap USER/);
   assert.match(n.stderr, /ISCSI_NBD_DISCOVERY_CHAP_SECRET/);
-  assert.match(n.stderr, new RegExp(`logged in as ${INITIATOR}; add this name to the target's ACL \\(or pass --initiator-name\\)`));
+  assert.match(n.stderr, new RegExp(`logged in as ${INITIATOR} without CHAP`));
+  assert.doesNotMatch(n.stderr, /add this name to the target's ACL/, 'no secret given: the advice is the credentials, not the ACL');
   // --discovery-chap without a secret: a configuration error before any login.
   const ns = await runCli(['discover', front.portal, '--discovery-chap', DISC.user], { timeoutMs: 30_000, env: cleanEnv(dir) });
   assert.equal(ns.code, 6, describeRun(ns, '--discovery-chap without a secret'));
@@ -153,7 +156,7 @@ test('Normal sessions stay strict: a refused CHAP login is an error, never retri
     '--export', `v=iscsi://${CHAP.user}%${CHAP.secret}@${front.portal}/${T1}/0`], { timeoutMs: 30_000, env: cleanEnv(dir) });
   assert.equal(r.code, 4, describeRun(r, 'serve with CHAP refused'));
   assert.match(r.stderr, /authentication failed/);
-  assert.match(r.stderr, new RegExp(`logged in as ${INITIATOR}; add this name to the target's ACL`));
+  assert.match(r.stderr, new RegExp(`logged in as ${INITIATOR} with CHAP user ${CHAP.user}; check the secret`));
   const normal = front.logins.filter((l) => l.sessionType === 'Normal');
   assert.ok(normal.length >= 1);
   assert.ok(normal.every((l) => l.authMethod?.startsWith('CHAP')), `a Normal login went without CHAP: ${JSON.stringify(normal)}`);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChapAlgorithmRejectedError, LoginEngine, LoginOptions, LoginStep, loginStatusError, parseTargetAddress } from '../../src/iscsi/login';
+import { ChapAlgorithmRejectedError, LoginEngine, LoginOptions, LoginStep, loginHint, loginStatusError, parseTargetAddress, withAclHint, withoutHint } from '../../src/iscsi/login';
 import { chapResponse, decodeChapBinary, encodeChapBinary } from '../../src/iscsi/chap';
 import { decodePdu, encodePdu, LoginRequestPdu, LoginResponsePdu } from '../../src/iscsi/pdu';
 import { decodeText, encodeText, TextPair } from '../../src/iscsi/text';
@@ -347,4 +347,21 @@ test('login: random Login Responses only ever raise our error classes', async ()
       }
     }
   }), { numRuns: 3000 });
+});
+
+test('a refused login says what to do by its cause: ACL, no CHAP given, a wrong secret, mutual CHAP', () => {
+  const name = 'iqn.2026-12.test:me';
+  const authz = loginStatusError(0x02, 0x02);
+  assert.match(loginHint(authz, name, { chapUser: 'u' }), /add this name to the target's ACL/);
+  const notFound = loginStatusError(0x02, 0x03);
+  assert.match(loginHint(notFound, name, {}), /add this name to the target's ACL/);
+  const authFailed = loginStatusError(0x02, 0x01);
+  assert.match(loginHint(authFailed, name, {}), /without CHAP; the target may want CHAP: give a user and secret/);
+  assert.match(loginHint(authFailed, name, { chapUser: 'db' }), /with CHAP user db; check the secret/);
+  const mutual = new LoginError('EAUTH', 'target failed mutual CHAP authentication (wrong target secret?)');
+  assert.match(loginHint(mutual, name, { chapUser: 'db', mutual: true }), /did not pass mutual CHAP: check the target user and secret/);
+  // Added once, and removable for a message that is built again.
+  const e = withAclHint(withAclHint(loginStatusError(0x02, 0x01), name, { chapUser: 'db' }), name, {});
+  assert.equal(e.message.split('; logged in as ').length, 2);
+  assert.equal(withoutHint(e.message), 'iSCSI login failed, status 0x0201: authentication failed: check the CHAP user name and secret (and whether the target requires CHAP)');
 });
