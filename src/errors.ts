@@ -19,6 +19,8 @@ export type ErrorCode =
   | 'ENOTARGET'
   | 'ETARGETBUSY'
   | 'EREDIRECT'
+  /** A network interface given for a path does not exist (or has not that address). */
+  | 'ENODEV'
   // SCSI outcomes (see scsi/sense.ts for the mapping from sense data)
   | 'ESCSI_RETRY'
   | 'ESCSI_ABORTED'

@@ -2,6 +2,7 @@ import type { Argv } from 'yargs';
 import { ConfigError, IscsiNbdError } from '../errors';
 import { createLogger, setRootLogger, tell } from '../log';
 import { DIGEST_MODES, LOG_LEVELS, MAX_SESSIONS } from '../config';
+import { ifaceProblem } from '../util/bind-device';
 
 // What every command shares: exit codes, the common options, logging setup
 // and the one place an error becomes a message and an exit code.
@@ -42,6 +43,7 @@ export function exitCodeFor(err: unknown): number {
     case 'EBADURL':
     case 'EBADNAME':
     case 'ECONFIG':
+    case 'ENODEV': // an interface (--iface, ifaces:) this host does not have
       return EXIT_CONFIG;
     default:
       return EXIT_FAILURE;
@@ -70,6 +72,25 @@ export function withCommonOptions<T>(y: Argv<T>) {
     .option('target-secret-file', { type: 'string', describe: 'mutual CHAP: the secret the target proves, from this file' })
     .option('target-secret-env', { type: 'string', describe: 'mutual CHAP: the target secret from this environment variable', default: 'ISCSI_NBD_TARGET_SECRET' })
     .option('digest', { choices: DIGEST_MODES, describe: 'header and data digests (default prefer-none)' });
+}
+
+/** --iface NAME (repeatable): the interfaces the iSCSI sessions leave through (`map`, `serve`, `discover`). */
+export function withIfaceOption<T>(y: Argv<T>) {
+  return y
+    .option('iface', {
+      type: 'string',
+      array: true,
+      describe: 'network interface (eth1) or IP address of this host the iSCSI sessions leave through (repeatable: one session per interface per portal, as open-iscsi\'s iface binding; binding to an interface needs CAP_NET_RAW)',
+    })
+    .check((argv) => {
+      const list = (argv as { iface?: unknown[] }).iface;
+      for (const v of list ?? []) {
+        const why = ifaceProblem(typeof v === 'string' ? v : String(v));
+        if (why) return `--iface: ${why}`;
+      }
+      if (list && new Set(list).size !== list.length) return '--iface: an interface is given twice';
+      return true;
+    });
 }
 
 /**

@@ -16,6 +16,7 @@ import { PduFramer } from './framer';
 import { ChapAlgorithmRejectedError, LoginEngine, LoginOptions, LoginResult, LoginStep } from './login';
 import { decodeFrame, encodePdu, Frame, Pdu } from './pdu';
 import { formatHostPort, type Portal } from './url';
+import { BoundConnectError, connectBound, InterfaceError, sourceAddressOf } from '../util/bind-device';
 
 export type { Portal };
 
@@ -33,6 +34,12 @@ export interface OpenOptions {
   clock?: EngineClock;
   /** Aborts the connect or login in progress (the session was closed): rejects with ESHUTDOWN. */
   signal?: AbortSignal;
+  /**
+   * The network interface the connection leaves through (SO_BINDTODEVICE), or
+   * an IP address of this host to bind to as the source address. None: the
+   * routing table decides, as always.
+   */
+  iface?: string;
 }
 
 export interface OpenResult {
@@ -56,19 +63,29 @@ interface ChunkReader {
   onChunk?: (chunk: Buffer) => void;
 }
 
-export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock: EngineClock = keepAliveClock, signal?: AbortSignal): Promise<net.Socket> {
+export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock: EngineClock = keepAliveClock, signal?: AbortSignal, iface?: string): Promise<net.Socket> {
+  // An interface name: SO_BINDTODEVICE through FFI. An address of this host: net.connect's localAddress.
+  if (iface !== undefined && net.isIP(iface) === 0) return boundTcpConnect(portal, iface, timeoutMs, clock, signal);
   return new Promise((resolve, reject) => {
     if (signal?.aborted) {
       reject(new TransportError('ESHUTDOWN', 'connect cancelled: the session was closed'));
       return;
     }
-    const where = formatHostPort(portal.host, portal.port);
+    let localAddress: string | undefined;
+    try {
+      localAddress = iface === undefined ? undefined : sourceAddressOf(iface); // InterfaceError: not an address of this host
+    } catch (e) {
+      reject(e);
+      return;
+    }
+    const where = `${formatHostPort(portal.host, portal.port)}${localAddress !== undefined ? ` from ${localAddress}` : ''}`;
     // One read buffer per connection, reused for every read: no allocation
     // per socket read (the framer copies what it has to keep).
     const reader: ChunkReader = {};
     const sock = net.connect({
       host: portal.host,
       port: portal.port,
+      ...(localAddress !== undefined ? { localAddress } : {}),
       onread: {
         buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
         callback: (n: number, buf: Uint8Array) => {
@@ -101,12 +118,76 @@ export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock
       signal?.removeEventListener('abort', onAbort);
       clock.clearTimeout(timer);
       sock.destroy();
+      if (e.code === 'EADDRNOTAVAIL' && localAddress !== undefined) {
+        reject(new InterfaceError('ENODEV', `cannot connect from ${localAddress}: no interface of this host has that address now`, localAddress, e.code, { cause: e }));
+        return;
+      }
       const why = e.code === 'ECONNREFUSED' ? 'connection refused (is the target running and listening there?)'
         : e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? 'host name not found'
         : e.code === 'EHOSTUNREACH' || e.code === 'ENETUNREACH' ? 'host unreachable' : e.message;
       reject(new TransportError('ECONNECT', `cannot connect to iSCSI portal ${where}: ${why}`, { cause: e }));
     });
   });
+}
+
+/** A read buffer per connection (as tcpConnect's), for a socket made elsewhere. */
+function chunkReaderOpts(): { reader: ChunkReader; onread: net.OnReadOpts } {
+  const reader: ChunkReader = {};
+  return {
+    reader,
+    onread: {
+      buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
+      callback: (n: number, buf: Uint8Array) => {
+        reader.onChunk?.(Buffer.from(buf.buffer, buf.byteOffset, n));
+        return true;
+      },
+    },
+  };
+}
+
+function connectWhy(errno: string | undefined, fallback: string): string {
+  return errno === 'ECONNREFUSED' ? 'connection refused (is the target running and listening there?)'
+    : errno === 'EHOSTUNREACH' || errno === 'ENETUNREACH' ? 'host unreachable' : fallback;
+}
+
+/**
+ * tcpConnect through one interface (open-iscsi's iface.net_ifacename): a
+ * path of its own even when another interface reaches the same portal.
+ */
+async function boundTcpConnect(portal: Portal, iface: string, timeoutMs: number, clock: EngineClock, signal?: AbortSignal): Promise<net.Socket> {
+  const where = `${formatHostPort(portal.host, portal.port)} through ${iface}`;
+  if (signal?.aborted) throw new TransportError('ESHUTDOWN', 'connect cancelled: the session was closed');
+  const { reader, onread } = chunkReaderOpts();
+  // The connect timeout runs on the session's clock; the helper's own deadline is a backstop.
+  const abort = new AbortController();
+  const onAbort = (): void => abort.abort();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  let timedOut = false;
+  const timer = clock.setTimeout(() => {
+    timedOut = true;
+    abort.abort();
+  }, timeoutMs);
+  let sock: net.Socket & { chunkReader?: ChunkReader };
+  try {
+    sock = await connectBound({ host: portal.host, port: portal.port, device: iface, timeoutMs: timeoutMs + 1000, signal: abort.signal, onread });
+  } catch (e) {
+    if (e instanceof InterfaceError) throw e;
+    if (e instanceof BoundConnectError && (timedOut || e.code === 'ETIMEOUT')) {
+      throw new TransportError('ECONNECT', `cannot connect to iSCSI portal ${where}: no answer within ${timeoutMs} ms`, { cause: e });
+    }
+    if (e instanceof BoundConnectError && e.code === 'ESHUTDOWN') throw new TransportError('ESHUTDOWN', 'connect cancelled: the session was closed', { cause: e });
+    const code = (e as { code?: string }).code;
+    const why = code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'host name not found'
+      : connectWhy(e instanceof BoundConnectError ? e.errno : undefined, (e as Error).message);
+    throw new TransportError('ECONNECT', `cannot connect to iSCSI portal ${where}: ${why}`, { cause: e });
+  } finally {
+    clock.clearTimeout(timer);
+    signal?.removeEventListener('abort', onAbort);
+  }
+  sock.chunkReader = reader;
+  sock.setNoDelay(true);
+  sock.setKeepAlive(true, 30000);
+  return sock;
 }
 
 /**
@@ -127,7 +208,7 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
   }
   for (let redirects = 0; ;) {
     const clock = opts.clock ?? keepAliveClock;
-    const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS, clock, opts.signal);
+    const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS, clock, opts.signal, opts.iface);
     const conn = new IscsiConnection(sock, log.child({ portal: formatHostPort(portal.host, portal.port) }));
     const onAbort = (): void => conn.close(new TransportError('ESHUTDOWN', 'login cancelled: the session was closed'));
     if (opts.signal?.aborted) onAbort(); // between the connect and here

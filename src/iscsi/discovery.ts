@@ -48,6 +48,8 @@ export interface DiscoverOptions {
   digest?: DigestMode;
   timeouts?: Partial<Pick<SessionTimeouts, 'connectMs' | 'loginMs' | 'logoutMs'>> & { textMs?: number };
   log?: Logger;
+  /** The network interface (or source address) the discovery session leaves through. */
+  iface?: string;
 }
 
 /** Parse a SendTargets answer into targets and their portals. */
@@ -111,6 +113,7 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
     try {
       opened = await openConnection({
         portal: opts.portal,
+        ...(opts.iface !== undefined ? { iface: opts.iface } : {}),
         login: {
           initiatorName: opts.initiatorName,
           sessionType: 'Discovery',

@@ -74,6 +74,8 @@ export interface ReconnectBackoff {
 
 export interface IscsiSessionOptions {
   portal: Portal;
+  /** The network interface (or source address) every connection of this session leaves through. */
+  iface?: string;
   targetName: string;
   initiatorName: string;
   initiatorAlias?: string;
@@ -115,6 +117,8 @@ export interface SessionStats {
   /** Commands the target accepts now (MaxCmdSN - CmdSN + 1). */
   window: number;
   portal: string;
+  /** The interface (or source address) the session is bound to, when it is. */
+  iface?: string;
 }
 
 /** A session's timeouts (ms) from the daemon's configuration (config.ts, seconds). */
@@ -249,6 +253,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       maxCmdSn: seq?.maxCmdSN ?? 0,
       window: seq?.window ?? 0,
       portal: formatHostPort(this.portal.host, this.portal.port),
+      ...(this.opts.iface !== undefined ? { iface: this.opts.iface } : {}),
     };
   }
 
@@ -316,6 +321,7 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
       log: this.log,
       clock: this.clock,
       signal: attempt.abort.signal,
+      ...(this.opts.iface !== undefined ? { iface: this.opts.iface } : {}),
     });
     const { conn, login } = r;
     if (attempt.cancelled || this.attempt !== attempt || isShutDown(this.st)) {

@@ -19,7 +19,7 @@ const ERRNOS = Object.values(NBD_ERRNO_NAMES);
 // A Record over ErrorCode: the compiler insists on every code, so a new one is checked too.
 const ALL_CODES: Record<ErrorCode, true> = {
   EBADURL: true, EBADNAME: true, ECONFIG: true, ECONNECT: true, ECONNLOST: true, ETIMEOUT: true, EPROTO: true, EDIGEST: true,
-  ELOGIN: true, EAUTH: true, ENOTARGET: true, ETARGETBUSY: true, EREDIRECT: true, ESCSI_RETRY: true, ESCSI_ABORTED: true,
+  ELOGIN: true, EAUTH: true, ENOTARGET: true, ETARGETBUSY: true, EREDIRECT: true, ENODEV: true, ESCSI_RETRY: true, ESCSI_ABORTED: true,
   ESCSI_NOSPACE: true, ESCSI_WRITE_PROTECT: true, ESCSI_NOMEDIUM: true, ESCSI_INVALID: true, ESCSI_MEDIUM: true, ESCSI_IO: true,
   ESCSI_UNSUPPORTED: true, ELUN_CHANGED: true, ENOLUN: true, EINVAL: true, ENOSPC: true, EPERM: true, EOVERFLOW: true,
   ENOTSUP: true, ESHUTDOWN: true, EIO: true, ENOMEM: true,
