@@ -1,9 +1,11 @@
 import dns from 'node:dns';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import type { ErrorObject, JSONSchemaType, ValidateFunction } from 'ajv';
 import { ConfigError } from './errors';
 import { parseIscsiUrl, parseLunUrl } from './iscsi/url';
+import { ifaceProblem } from './util/bind-device';
 
 // The daemon's configuration: a YAML file validated against a JSON schema,
 // then overridden by flags and environment variables. Errors name the key
@@ -35,6 +37,12 @@ export interface ExportConfig {
   portals?: string[];
   /** Add every portal that SendTargets returns for this target. */
   discoverPortals?: boolean;
+  /**
+   * Network interfaces (eth1) or source addresses of this host the sessions
+   * leave through: one session per interface per portal, as open-iscsi's
+   * iface binding (else the top-level `ifaces`).
+   */
+  ifaces?: string[];
   digest?: DigestPref;
   chap?: ChapConfig;
 }
@@ -75,6 +83,8 @@ export interface DeviceConfig {
   readOnly?: boolean;
   /** Header/data digests of the LUN's sessions (else the config export's, else the daemon's). */
   digest?: DigestPref;
+  /** Interfaces the LUN's sessions leave through (else the config export's, else the top-level `ifaces`). */
+  ifaces?: string[];
 }
 
 export interface DaemonConfig {
@@ -82,6 +92,8 @@ export interface DaemonConfig {
   initiatorName?: string;
   sessions: number;
   digest: DigestPref;
+  /** Interfaces every export's sessions leave through unless it names its own (none: the routing table decides). */
+  ifaces?: string[];
   readOnly: boolean;
   tls: TlsConfig;
   metrics?: string;
@@ -115,6 +127,7 @@ export interface ConfigFileValues {
   initiatorName?: string;
   sessions?: number;
   digest?: DigestPref;
+  ifaces?: string[];
   readOnly?: boolean;
   logLevel?: LogLevel;
   metrics?: string | number;
@@ -151,6 +164,8 @@ const optBool = { type: 'boolean', nullable: true } as const;
 const seconds = { type: 'number', minimum: 0, maximum: 86400, nullable: true } as const;
 const port = { type: 'integer', minimum: 0, maximum: 65535 } as const;
 const address = { type: 'string', minLength: 1 } as const;
+/** An interface name (at most IFNAMSIZ-1 bytes) or an IP address; textChecks says which is wrong. */
+const ifaceList = { type: 'array', items: { type: 'string', minLength: 1, maxLength: 64 }, minItems: 1, uniqueItems: true, nullable: true } as const;
 
 const chapSchema = objectSchema<ChapConfig>()({
   type: 'object',
@@ -180,6 +195,7 @@ const exportSchema = objectSchema<ExportConfig>()({
     readOnly: optBool,
     portals: { type: 'array', items: { type: 'string', minLength: 1 }, nullable: true },
     discoverPortals: optBool,
+    ifaces: ifaceList,
     digest: { type: 'string', enum: DIGEST_MODES, nullable: true },
     chap: { ...chapSchema, nullable: true },
   },
@@ -195,6 +211,7 @@ const deviceSchema = objectSchema<DeviceConfig>()({
     connections: { type: 'integer', minimum: 1, maximum: 16, nullable: true },
     readOnly: optBool,
     digest: { type: 'string', enum: DIGEST_MODES, nullable: true },
+    ifaces: ifaceList,
   },
 });
 
@@ -243,6 +260,7 @@ export const CONFIG_SCHEMA = objectSchema<ConfigFileValues>()({
     initiatorName: { type: 'string', minLength: 1, maxLength: 223, nullable: true },
     sessions: { type: 'integer', minimum: 1, maximum: MAX_SESSIONS, nullable: true },
     digest: { type: 'string', enum: DIGEST_MODES, nullable: true },
+    ifaces: ifaceList,
     readOnly: optBool,
     logLevel: { type: 'string', enum: LOG_LEVELS, nullable: true },
     metrics: { type: ['string', 'integer'], nullable: true, oneOf: [address, port] },
@@ -413,6 +431,18 @@ function textChecks(raw: Record<string, unknown>, file: string, lineOf: ConfigFi
   const add = (path: (string | number)[], key: string, message: string, severity: 'error' | 'warning' = 'error'): void => {
     out.push({ file, line: lineOf(path), key, message, severity });
   };
+  const ifaceChecks = (list: unknown, path: (string | number)[], key: string): void => {
+    if (!Array.isArray(list)) return;
+    list.forEach((n, j) => {
+      if (typeof n !== 'string') return;
+      const why = ifaceProblem(n);
+      if (why) add([...path, j], `${key}.${j}`, why);
+    });
+  };
+  ifaceChecks(raw.ifaces, ['ifaces'], 'ifaces');
+  (Array.isArray(raw.devices) ? raw.devices : []).forEach((d, i) => {
+    if (isObj(d)) ifaceChecks(d.ifaces, ['devices', i, 'ifaces'], `devices.${i}.ifaces`);
+  });
   const exportsList = Array.isArray(raw.exports) ? raw.exports : [];
   const firstLine = new Map<string, number | undefined>();
   exportsList.forEach((e, i) => {
@@ -438,6 +468,7 @@ function textChecks(raw: Record<string, unknown>, file: string, lineOf: ConfigFi
       }
       urlOk = urlUser !== undefined || !/@/.test(e.url.split('/')[2] ?? '');
     }
+    ifaceChecks(e.ifaces, ['exports', i, 'ifaces'], `${key}.ifaces`);
     if (Array.isArray(e.portals)) {
       e.portals.forEach((p, j) => {
         if (!isStr(p)) return;
@@ -498,6 +529,7 @@ function normalise(raw: Record<string, unknown>): DaemonConfig {
     initiatorName: raw.initiatorName as string | undefined,
     sessions: (raw.sessions as number | undefined) ?? 2,
     digest: (raw.digest as DigestPref | undefined) ?? 'prefer-none',
+    ...(Array.isArray(raw.ifaces) ? { ifaces: raw.ifaces as string[] } : {}),
     readOnly: (raw.readOnly as boolean | undefined) ?? false,
     tls: { mode: tls.mode ?? 'off', cert: tls.cert, key: tls.key, ca: tls.ca, verifyClient: tls.verifyClient ?? false },
     metrics: raw.metrics === undefined ? undefined : String(raw.metrics),
@@ -668,6 +700,7 @@ export function checkConfig(cfg: DaemonConfig, opts: CheckOptions = {}): ConfigP
   });
 
   out.push(...sharedLunProblems(cfg, f));
+  out.push(...ifaceHostProblems(cfg, f));
 
   const mode = opts.emptyExports ?? 'ignore';
   // (An `exports:` that is not a list at all is the schema's to report; a file that is not YAML has no exports to count.)
@@ -684,6 +717,39 @@ export function checkConfig(cfg: DaemonConfig, opts: CheckOptions = {}): ConfigP
     }
   }
   return out;
+}
+
+/**
+ * Interfaces (ifaces:, --iface) this host does not have now: a warning, not
+ * an error (an interface may come later; the sessions through it keep retrying).
+ */
+function ifaceHostProblems(cfg: DaemonConfig, f: ConfigFile | undefined): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  const check = (list: unknown, path: (string | number)[], key: string): void => {
+    if (!Array.isArray(list)) return;
+    list.forEach((n, j) => {
+      if (!isStr(n) || ifaceProblem(n)) return; // not a name or address: an error reported with the file's text checks
+      const why = ifaceMissing(n);
+      if (!why) return;
+      const inFile = f !== undefined && f.lineOf([...path, j]) !== undefined;
+      out.push(inFile ? { file: f!.file, line: f!.lineOf([...path, j]), key: `${key}.${j}`, message: why, severity: 'warning' } : { key: key === 'ifaces' ? '--iface' : key, message: why, severity: 'warning' });
+    });
+  };
+  check(cfg.ifaces, ['ifaces'], 'ifaces');
+  (Array.isArray(cfg.exports) ? cfg.exports : []).forEach((e, i) => isObj(e) && check(e.ifaces, ['exports', i, 'ifaces'], `${exportKey(i, e.name)}.ifaces`));
+  (Array.isArray(cfg.devices) ? cfg.devices : []).forEach((d, i) => isObj(d) && check(d.ifaces, ['devices', i, 'ifaces'], `devices.${i}.ifaces`));
+  return out;
+}
+
+/** Why this host has no such interface (or address) now, or undefined when it has. */
+export function ifaceMissing(iface: string): string | undefined {
+  const all = os.networkInterfaces();
+  if (net.isIP(iface) !== 0) {
+    const ours = Object.values(all).flatMap((l) => l ?? []).some((a) => a.address.toLowerCase() === iface.toLowerCase());
+    return ours ? undefined : `no interface of this host has the address ${iface} now (sessions through it fail until one does)`;
+  }
+  if (all[iface] || fs.existsSync(`/sys/class/net/${iface}`)) return undefined;
+  return `this host has no network interface "${iface}" now (sessions through it fail with ENODEV until it appears)`;
 }
 
 /** 127.0.0.0/8, ::1 (also as ::ffff:127.x) and localhost: reachable from this host only. */

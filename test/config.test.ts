@@ -111,6 +111,7 @@ listen: 0.0.0.0:10809
 initiatorName: iqn.2026-11.org.example:host1
 sessions: 3
 digest: crc32c
+ifaces: [eth1, eth2]
 readOnly: true
 logLevel: warn
 metrics: 127.0.0.1:9810
@@ -125,6 +126,7 @@ devices:
     connections: 1
     readOnly: true
     digest: crc32c
+    ifaces: [eth3]
 exports:
   - name: v
     url: iscsi://h/iqn.2000-01.x:y/0
@@ -133,6 +135,7 @@ exports:
     readOnly: false
     portals: ["h2:3261"]
     discoverPortals: true
+    ifaces: [10.0.0.5]
     digest: none
     chap: {user: u, secret: s, secretFile: /f, secretEnv: E, targetUser: t, targetSecret: ts, targetSecretFile: /g, targetSecretEnv: F}
 `;
@@ -149,7 +152,9 @@ test('every key of the schema is accepted and carried through', () => {
   assert.deepEqual(c.timeouts, { replacement: 1, command: 2, login: 3, connect: 4, nopInterval: 5, nopTimeout: 6, handshake: 7, io: 8, reattach: 9 });
   assert.equal(c.stateDir, '/var/lib/iscsi-nbd-test');
   assert.equal(c.connections, 2);
-  assert.deepEqual(c.devices, [{ url: 'v', device: '/dev/nbd3', connections: 1, readOnly: true, digest: 'crc32c' }]);
+  assert.deepEqual(c.devices, [{ url: 'v', device: '/dev/nbd3', connections: 1, readOnly: true, digest: 'crc32c', ifaces: ['eth3'] }]);
+  assert.deepEqual(c.ifaces, ['eth1', 'eth2']);
+  assert.deepEqual(c.exports[0].ifaces, ['10.0.0.5']);
   assert.equal(c.exports[0].discoverPortals, true);
   assert.equal(c.exports[0].chap?.targetSecretEnv, 'F');
   // Every property the schema knows appears in this document.

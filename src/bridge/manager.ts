@@ -24,6 +24,8 @@ export interface ManagerOptions {
   digest: DigestPref;
   readOnly: boolean;
   timeouts: TimeoutsConfig;
+  /** Interfaces (or source addresses) of exports that name none (config top-level `ifaces`). */
+  ifaces?: string[];
   /** CHAP credentials for an export (from its URL, config, file or env). */
   authFor: (url: IscsiUrl, spec: ExportConfig) => SessionAuth | undefined;
   metrics?: Metrics;
@@ -56,6 +58,36 @@ interface Portal {
   host: string;
   port: number;
 }
+
+// ---- Which portal and interface each session uses (paths bound to interfaces).
+
+/** Where one session goes: a portal, and the interface it leaves through (none: the routing table's). */
+export interface SessionPath {
+  portal: Portal;
+  iface?: string;
+}
+
+/**
+ * The paths of an export, as open-iscsi makes them: one per interface per
+ * portal (portals × ifaces, portal by portal), or one per portal without
+ * interfaces.
+ */
+export function sessionPaths(portals: readonly Portal[], ifaces: readonly string[] | undefined): SessionPath[] {
+  if (!ifaces || ifaces.length === 0) return portals.map((portal) => ({ portal }));
+  return portals.flatMap((portal) => ifaces.map((iface) => ({ portal, iface })));
+}
+
+/** Sessions to open: `sessions` is a minimum; every path gets at least one. */
+export function sessionCount(paths: readonly SessionPath[], sessions: number): number {
+  return Math.max(1, sessions, paths.length);
+}
+
+/** The path of session `index`: round robin over the paths. */
+export function pathOfSession(paths: readonly SessionPath[], index: number): SessionPath {
+  return paths[index % paths.length];
+}
+
+// ----
 
 /**
  * One NBD export: a LUN on one target, reached through a pool of iSCSI
@@ -156,17 +188,25 @@ export class BridgedExport extends EventEmitter {
     }
   }
 
-  private newSession(portal: Portal, index: number): IscsiSession {
+  /** This export's interfaces: its own, else the daemon's. */
+  get ifaces(): string[] | undefined {
+    const l = this.spec.ifaces ?? this.opts.ifaces;
+    return l && l.length > 0 ? l : undefined;
+  }
+
+  private newSession(path: SessionPath, index: number): IscsiSession {
+    const { portal, iface } = path;
     const t = this.opts.timeouts;
     const s = new IscsiSession({
       portal,
+      ...(iface !== undefined ? { iface } : {}),
       targetName: this.url.target!,
       initiatorName: this.opts.initiatorName,
       auth: this.auth,
       digest: this.spec.digest ?? this.opts.digest,
       timeouts: sessionTimeouts(t),
       reconnect: true,
-      log: this.log.child({ session: index, portal: formatHostPort(portal.host, portal.port) }),
+      log: this.log.child({ session: index, portal: formatHostPort(portal.host, portal.port), ...(iface !== undefined ? { iface } : {}) }),
       verifyLogin: (sess) => this.checkIdentity(sess, index),
     });
     s.on('state', () => this.updateHealth());
@@ -392,14 +432,16 @@ export class BridgedExport extends EventEmitter {
   private async openSteps(): Promise<void> {
     const lunNo = this.url.lun ?? 0;
     if (this.spec.discoverPortals) await this.addDiscoveredPortals();
-    const count = Math.max(1, this.spec.sessions ?? this.opts.sessions);
-    const first = this.newSession(this.portals[0], 0);
+    const paths = sessionPaths(this.portals, this.ifaces);
+    const count = sessionCount(paths, this.spec.sessions ?? this.opts.sessions);
+    const first = this.newSession(paths[0], 0);
     this.sessions.push(first);
     try {
       await first.connect();
     } catch (err) {
       await this.closeSessions();
-      throw withContext(err, `export "${this.name}": cannot log in to ${this.url.target} at ${formatHostPort(this.portals[0].host, this.portals[0].port)}`);
+      const via = paths[0].iface !== undefined ? ` through ${paths[0].iface}` : '';
+      throw withContext(err, `export "${this.name}": cannot log in to ${this.url.target} at ${formatHostPort(this.portals[0].host, this.portals[0].port)}${via}`);
     }
     this.pool = new SessionPool([...this.sessions], { log: this.log, waitForMemberMs: this.opts.timeouts.replacement * 1000 });
     this.lun = new LogicalUnit(countSense(this.pool, this.opts.metrics, this.name), lunNo, {
@@ -421,11 +463,11 @@ export class BridgedExport extends EventEmitter {
     this.pool.on('alua-stale', () => void this.refreshAlua());
     this.portIds.set(first, targetPortIds(this.lun.info.designators));
     await this.refreshAlua(first);
-    // The rest of the pool, spread over the portals; a portal that is down
-    // now keeps retrying in the background.
+    // The rest of the pool, spread over the paths (portals × interfaces); a
+    // path that is down now keeps retrying in the background.
     const more: Promise<void>[] = [];
-    for (let i = 1; i < count || i < this.portals.length; i++) {
-      const s = this.newSession(this.portals[i % this.portals.length], i);
+    for (let i = 1; i < count; i++) {
+      const s = this.newSession(pathOfSession(paths, i), i);
       this.sessions.push(s);
       this.pool.add(s);
       more.push(
@@ -443,7 +485,7 @@ export class BridgedExport extends EventEmitter {
       {
         target: this.url.target, lun: lunNo, size: info.sizeBytes.toString(), blockSize: info.blockSize,
         vendor: info.vendor, product: info.product, sessions: this.sessions.length, portals: this.portals.length,
-        flags: inner.flags,
+        ...(this.ifaces ? { ifaces: this.ifaces } : {}), flags: inner.flags,
       },
       'export ready',
     );
@@ -453,6 +495,7 @@ export class BridgedExport extends EventEmitter {
     try {
       const targets = await discover({
         portal: this.portals[0],
+        ...(this.ifaces ? { iface: this.ifaces[0] } : {}),
         initiatorName: this.opts.initiatorName,
         auth: this.auth,
         digest: this.spec.digest ?? this.opts.digest,

@@ -21,6 +21,8 @@ export interface SessionStatus {
   state: string;
   inFlight: number;
   portal?: string;
+  /** The network interface (or source address) the session leaves through; absent: the routing table's choice. */
+  iface?: string;
   reconnects?: number;
   digestErrors?: number;
   cmdSn?: number;

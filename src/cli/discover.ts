@@ -9,7 +9,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { authFor, SecretOptions, SessionAuth } from '../credentials';
 import { readSecret } from '../config';
 import { initiatorName } from '../daemon/paths';
-import { exitCodeFor, LogArgs, setupLogging, withCommonOptions } from './common';
+import { exitCodeFor, LogArgs, setupLogging, withCommonOptions, withIfaceOption } from './common';
 import type { DigestPref } from '../config';
 import { humanBytes } from '../util/size';
 
@@ -21,6 +21,14 @@ export interface DiscoverArgs extends SecretOptions, LogArgs {
   'discovery-chap'?: string;
   'discovery-chap-secret-file'?: string;
   'discovery-chap-secret-env'?: string;
+  iface?: string[];
+}
+
+/** How discovery went through one --iface. */
+interface IfaceReport {
+  iface: string;
+  ok: boolean;
+  error?: { code: string; message: string };
 }
 
 /**
@@ -62,10 +70,11 @@ export interface TargetReport {
 }
 
 /** Log in to one target, list its LUNs and identify each. */
-async function inspectTarget(t: DiscoveredTarget, portal: { host: string; port: number }, opts: { initiatorName: string; auth: ReturnType<typeof authFor>; digest: DigestPref }): Promise<TargetReport> {
+async function inspectTarget(t: DiscoveredTarget, portal: { host: string; port: number }, opts: { initiatorName: string; auth: ReturnType<typeof authFor>; digest: DigestPref; iface?: string }): Promise<TargetReport> {
   const report: TargetReport = { name: t.name, portals: t.portals, luns: [] };
   const session = new IscsiSession({
     portal,
+    ...(opts.iface !== undefined ? { iface: opts.iface } : {}),
     targetName: t.name,
     initiatorName: opts.initiatorName,
     auth: opts.auth,
@@ -127,11 +136,36 @@ export async function run(argv: DiscoverArgs): Promise<void> {
   const iname = initiatorName(argv['initiator-name']);
   const digest = argv.digest ?? 'prefer-none';
   const portal = { host: url.host, port: url.port };
-  const targets = await discover({ portal, initiatorName: iname, auth: dauth, digest, log: rootLogger() }).catch((err: unknown) => {
+  const ask = (iface?: string): Promise<DiscoveredTarget[]> => discover({ portal, initiatorName: iname, auth: dauth, digest, log: rootLogger(), ...(iface !== undefined ? { iface } : {}) }).catch((err: unknown) => {
     if ((err as IscsiNbdError).code !== 'EPROTO') throw err;
     // An HTTP server, an SSH daemon...: its answer to our Login Request does not parse as iSCSI.
     throw new IscsiNbdError('EPROTO', `${formatHostPort(url.host, url.port)} is not an iSCSI target (it answered our login with something else: ${(err as Error).message})`, { cause: err });
   });
+  // With --iface: discovery through each interface (is the portal reachable on every path?); the
+  // first that answers lists the targets and LUNs. One interface that fails fails the command.
+  const ifaces = argv.iface ?? [];
+  let targets: DiscoveredTarget[] | undefined;
+  let via: string | undefined;
+  const ifaceReports: IfaceReport[] = [];
+  if (ifaces.length === 0) targets = await ask();
+  for (const iface of ifaces) {
+    try {
+      const got = await ask(iface);
+      ifaceReports.push({ iface, ok: true });
+      if (!targets) {
+        targets = got;
+        via = iface;
+      }
+    } catch (err) {
+      if (ifaces.length === 1) throw err;
+      const e = err as IscsiNbdError;
+      ifaceReports.push({ iface, ok: false, error: { code: e.code ?? 'EIO', message: e.message } });
+    }
+  }
+  if (!targets) {
+    const e = ifaceReports[0].error!;
+    throw new IscsiNbdError(e.code as never, `no --iface reaches ${formatHostPort(url.host, url.port)}: ${ifaceReports.map((r) => `${r.iface}: ${r.error?.message}`).join('; ')}`);
+  }
   const wanted = url.target ? targets.filter((t) => t.name === url.target) : targets;
   if (url.target && wanted.length === 0) {
     throw new IscsiNbdError('ENOTARGET', `target ${url.target} is not offered by ${formatHostPort(url.host, url.port)} (it offers: ${targets.map((t) => t.name).join(', ') || 'nothing'}); ${aclHint(iname)}`);
@@ -139,14 +173,15 @@ export async function run(argv: DiscoverArgs): Promise<void> {
   const reports: TargetReport[] = [];
   for (const t of wanted) {
     // Log in through the portal we were given: the advertised ones may not be reachable from here.
-    const r = await inspectTarget(t, portal, { initiatorName: iname, auth, digest });
+    const r = await inspectTarget(t, portal, { initiatorName: iname, auth, digest, ...(via !== undefined ? { iface: via } : {}) });
     for (const l of r.luns) if (l.deviceType === 0 && !l.error) l.url = lunUrl(url, t.name, l.lun);
     reports.push(r);
   }
   if (argv.json) {
-    process.stdout.write(JSON.stringify({ portal: formatHostPort(url.host, url.port), initiatorName: iname, targets: reports }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ portal: formatHostPort(url.host, url.port), initiatorName: iname, ...(ifaceReports.length ? { ifaces: ifaceReports } : {}), targets: reports }, null, 2) + '\n');
   } else {
     const out: string[] = [`Initiator: ${iname}`];
+    for (const r of ifaceReports) out.push(`Interface: ${r.iface}: ${r.ok ? (r.iface === via ? 'reaches the portal (listed through it)' : 'reaches the portal') : `cannot reach the portal: ${r.error?.message}`}`);
     if (reports.length === 0) out.push(`${formatHostPort(url.host, url.port)} offers no targets to ${iname}; ${aclHint(iname)}`);
     for (const r of reports) {
       out.push(`Target: ${r.name}`);
@@ -164,6 +199,12 @@ export async function run(argv: DiscoverArgs): Promise<void> {
     }
     process.stdout.write(out.join('\n') + '\n');
   }
+  const failedIface = ifaceReports.find((r) => !r.ok);
+  if (failedIface) {
+    const text = `discovery through ${failedIface.iface} failed: ${failedIface.error!.message}`;
+    tell('error', text, { iface: failedIface.iface, code: failedIface.error!.code }, `iscsi-nbd: ${text}`);
+    process.exitCode = exitCodeFor(new IscsiNbdError(failedIface.error!.code as never, text));
+  }
   const failedTarget = reports.find((r) => r.error);
   if (failedTarget) {
     const e = new IscsiNbdError(failedTarget.error!.code as never, failedTarget.error!.message);
@@ -177,7 +218,7 @@ export const discoverCommand: CommandModule<object, DiscoverArgs> = {
   command: 'discover <url>',
   describe: 'list the targets, portals and LUNs behind an iSCSI portal',
   builder: (y) =>
-    withCommonOptions(y)
+    withIfaceOption(withCommonOptions(y))
       .positional('url', { type: 'string', demandOption: true, describe: 'iscsi://[user[%password]@]host[:port][/<target-iqn>], or host[:port]' })
       .option('json', { type: 'boolean', default: false, describe: 'print a JSON document' })
       .option('discovery-chap', { type: 'string', describe: "CHAP user for the discovery session only (default: the URL's user); targets still get the URL's credentials" })

@@ -12,7 +12,7 @@ import { redactText } from '../log';
 import { authFor, type SecretOptions } from '../credentials';
 import { parseLunUrl } from '../iscsi/url';
 import type { DigestPref } from '../config';
-import { LogArgs, withCommonOptions, withLogOptions } from './common';
+import { LogArgs, withCommonOptions, withIfaceOption, withLogOptions } from './common';
 
 // `map`, `unmap`, `list-mapped`: the CLI side of devices the daemon owns.
 // They talk to the daemon that owns the state dir over its control socket;
@@ -34,6 +34,7 @@ interface MapArgs extends DeviceArgs, SecretOptions {
   'reattach-timeout'?: number;
   'daemon-wait'?: number;
   digest?: DigestPref;
+  iface?: string[];
 }
 
 /** The map request can take as long as a login and a first read through a slow target. */
@@ -192,6 +193,7 @@ export async function runMap(argv: MapArgs): Promise<void> {
     op: 'map', stateDir: explicitStateDir(argv), url: urlWithSecrets(argv.url, argv), connections: argv.connections, readOnly: argv['read-only'],
     device: argv.device === undefined ? undefined : parseDeviceArg(argv.device),
     ioTimeout: argv['io-timeout'], reattachTimeout: argv['reattach-timeout'], digest: argv.digest,
+    ...(argv.iface?.length ? { ifaces: argv.iface } : {}),
   };
   let st: MappingStatus;
   try {
@@ -269,7 +271,7 @@ export const mapCommand: CommandModule<object, MapArgs> = {
   command: 'map <url>',
   describe: 'attach a LUN as /dev/nbdN, served by the daemon (started in the background if needed)',
   builder: (y) =>
-    deviceOptions(withCommonOptions(y))
+    deviceOptions(withIfaceOption(withCommonOptions(y)))
       .positional('url', { type: 'string', demandOption: true, describe: 'iscsi://[user%pass@]host[:port]/<iqn>/<lun>, or an export name from the config' })
       .option('device', { type: 'string', describe: '/dev/nbdN to use (default: the kernel picks a free one)' })
       .option('connections', { type: 'number', describe: 'kernel connections to the daemon (default 1)' })

@@ -9,7 +9,7 @@ import { formatHostPort } from '../iscsi/url';
 import type { SecretOptions } from '../credentials';
 import { prepareControlPath } from '../daemon/control';
 import { defaultControlPath, NO_CONTROL } from '../daemon/paths';
-import { LogArgs, setupLogging, UsageError, warn, withCommonOptions } from './common';
+import { LogArgs, setupLogging, UsageError, warn, withCommonOptions, withIfaceOption } from './common';
 
 const NUMBER_OPTIONS = ['sessions', 'replacement-timeout', 'command-timeout', 'handshake-timeout', 'io-timeout', 'reattach-timeout'] as const;
 
@@ -27,7 +27,7 @@ export function duplicateExportFlags(flags: readonly string[] | undefined): stri
 }
 
 export function options<T>(y: Argv<T>) {
-  return withCommonOptions(y)
+  return withIfaceOption(withCommonOptions(y))
     .option('config', { type: 'string', describe: 'YAML config file (flags override it)' })
     .option('listen', {
       type: 'string',
@@ -90,6 +90,7 @@ export interface ServeArgs extends SecretOptions, LogArgs {
   'reattach-timeout'?: number;
   'initiator-name'?: string;
   digest?: DaemonConfig['digest'];
+  iface?: string[];
   'print-attach'?: boolean;
   strict?: boolean;
   'pid-file'?: string;
@@ -188,6 +189,8 @@ function buildConfigAndFile(argv: ServeArgs, onWarning: (message: string) => voi
   if (argv.control) cfg.control = argv.control;
   if (argv['initiator-name']) cfg.initiatorName = argv['initiator-name'];
   if (argv.digest) cfg.digest = argv.digest;
+  // Like the top-level `ifaces:`: for every export that names none of its own.
+  if (argv.iface?.length) cfg.ifaces = argv.iface;
   if (argv['replacement-timeout'] !== undefined) cfg.timeouts.replacement = argv['replacement-timeout'];
   if (argv['command-timeout'] !== undefined) cfg.timeouts.command = argv['command-timeout'];
   if (argv['handshake-timeout'] !== undefined) cfg.timeouts.handshake = argv['handshake-timeout'];

@@ -16,6 +16,7 @@ function renderSessions(out: string[], sessions: SessionStatus[]): void {
     out.push(`\t\tSession #${ss.index}: ${ss.state}`);
     if (ss.refused) out.push(`\t\t\tREFUSED: ${ss.refused}`);
     out.push(`\t\t\tPortal: ${ss.portal ?? '?'}${ss.negotiated?.targetPortalGroupTag !== undefined ? `,${ss.negotiated.targetPortalGroupTag}` : ''}`);
+    if (ss.iface !== undefined) out.push(`\t\t\tInterface: ${ss.iface}`);
     if (ss.isid !== undefined) out.push(`\t\t\tISID: ${ss.isid}  TSIH: ${ss.tsih ?? '-'}`);
     out.push(`\t\t\tCommands in flight: ${ss.inFlight}` +
       (ss.window !== undefined ? `  CmdSN ${ss.cmdSn}  MaxCmdSN ${ss.maxCmdSn}  window ${ss.window}` : ''));

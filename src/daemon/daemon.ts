@@ -153,6 +153,7 @@ export class Daemon implements RunningDaemon {
       digest: cfg.digest,
       readOnly: cfg.readOnly,
       timeouts: cfg.timeouts,
+      ...(cfg.ifaces ? { ifaces: cfg.ifaces } : {}),
       metrics: this.metrics,
       // `component` names the half of the daemon a line comes from: `exports` (served
       // over the NBD listeners) or `devices` (the kernel's /dev/nbdN); see src/log.ts.

@@ -378,7 +378,7 @@ export class DeviceManager {
     this.opts.onExportClosed?.(name);
   }
 
-  private exportSpec(source: MapSource, digest: DigestPref | undefined, readOnly: boolean): ExportConfig {
+  private exportSpec(source: MapSource, digest: DigestPref | undefined, readOnly: boolean, ifaces?: string[]): ExportConfig {
     const named = source.kind === 'export' ? this.opts.configExport(source.name) : undefined;
     if (source.kind === 'export' && !named) throw new ConfigError('ECONFIG', `"${source.name}" is neither an iscsi:// URL nor an export in the config`);
     const urlText = named?.url ?? sourceText(source);
@@ -387,7 +387,9 @@ export class DeviceManager {
     // Its own name space: a mapped LUN is never an NBD export, and its metrics never mix with one.
     const name = `map:${named?.name ?? `${url.target}/${url.lun ?? 0}`}`;
     const d = digest ?? named?.digest;
-    return { ...(named ?? {}), name, url: urlText, readOnly: readOnly || named?.readOnly, ...(d ? { digest: d } : {}) };
+    // The request's interfaces, else the config export's, else (in the manager) the daemon's.
+    const i = ifaces ?? named?.ifaces;
+    return { ...(named ?? {}), name, url: urlText, readOnly: readOnly || named?.readOnly, ...(d ? { digest: d } : {}), ...(i ? { ifaces: i } : {}) };
   }
 
   private async openLun(spec: ExportConfig): Promise<OpenLun> {
@@ -419,7 +421,7 @@ export class DeviceManager {
       if (this.mappings.has(req.device)) throw new ConfigError('ECONFIG', `/dev/nbd${req.device} is mapped already (to ${this.mappings.get(req.device)!.status().url})`);
       if (await kernel.configured(req.device)) throw new ConfigError('ECONFIG', `/dev/nbd${req.device} is in use already (configured by another program); pick another --device or leave it out`);
     }
-    const spec = this.exportSpec(req.source, req.digest, req.readOnly ?? false);
+    const spec = this.exportSpec(req.source, req.digest, req.readOnly ?? false, req.ifaces);
     const lun = await this.openLun(spec);
     try {
       const { identity, backendId } = this.identityOf(lun);
@@ -430,6 +432,7 @@ export class DeviceManager {
         version: MAPPING_VERSION, index: req.device ?? -1, url: spec.url, exportName: req.source.kind === 'export' ? req.source.name : undefined, backendId, identity,
         blockSize, size: lun.nbd.size.toString(), connections, readOnly: lun.nbd.flags.readOnly,
         ioTimeout, reattachTimeout, mappedAt: new Date().toISOString(), ...(req.digest ? { digest: req.digest } : {}),
+        ...(req.ifaces ? { ifaces: req.ifaces } : {}),
       };
       const m = new DeviceMapping(record, this.ports(kernel), lun);
       record.index = await m.connect(lun, { index: req.device, timeoutSec: ioTimeout, deadConnTimeoutSec: reattachTimeout });
@@ -485,7 +488,7 @@ export class DeviceManager {
     try {
       // Mapped by export name: that export's current spec, while the config still has it.
       const source: MapSource = r.exportName && this.opts.configExport(r.exportName) ? { kind: 'export', name: r.exportName } : { kind: 'url', url: r.url };
-      lun = await this.openLun(this.exportSpec(source, r.digest, r.readOnly));
+      lun = await this.openLun(this.exportSpec(source, r.digest, r.readOnly, r.ifaces));
     } catch (err) {
       log.error({ err }, 'cannot reattach the device');
       const m = new DeviceMapping(r, this.ports(kernel));

@@ -34,6 +34,8 @@ export interface MappingRecord {
   mappedAt: string;
   /** `map --digest`, when given (restarts log in the same way). */
   digest?: DigestPref;
+  /** `map --iface`, when given (restarts leave through the same interfaces). */
+  ifaces?: string[];
 }
 
 export interface StoreProblem {
@@ -49,7 +51,8 @@ function isRecord(v: unknown): v is MappingRecord {
     typeof r.identity === 'string' && Number.isInteger(r.blockSize) && typeof r.size === 'string' && /^\d+$/.test(r.size) &&
     Number.isInteger(r.connections) && r.connections >= 1 && typeof r.readOnly === 'boolean' &&
     typeof r.ioTimeout === 'number' && typeof r.reattachTimeout === 'number' &&
-    (r.digest === undefined || isDigestMode(r.digest))
+    (r.digest === undefined || isDigestMode(r.digest)) &&
+    (r.ifaces === undefined || (Array.isArray(r.ifaces) && r.ifaces.every((i) => typeof i === 'string' && i !== '')))
   );
 }
 

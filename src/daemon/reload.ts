@@ -45,6 +45,7 @@ export function planReload(current: Iterable<ExportConfig>, next: readonly Expor
  */
 export const RESTART_KEYS = [
   'listen', 'tls', 'metrics', 'control', 'stateDir', 'initiatorName', 'sessions', 'digest', 'readOnly', 'timeouts', 'logLevel', 'connections', 'devices',
+  'ifaces',
 ] as const satisfies readonly (keyof DaemonConfig)[];
 
 /** The keys of RESTART_KEYS whose value in `next` differs from the running daemon's. */
