@@ -39,8 +39,10 @@ export interface Proc {
   stop(): Promise<void>;
 }
 
-export function startCli(args: string[], env: Record<string, string> = {}): Proc {
-  const child = spawn(process.execPath, [CLI, ...args], {
+export function startCli(args: string[], env: Record<string, string> = {}, o: { netns?: string } = {}): Proc {
+  // In a network namespace: `ip netns exec` execs node itself, so the pid (and group) is still node's.
+  const argv = [CLI, ...args];
+  const child = spawn(o.netns ? 'ip' : process.execPath, o.netns ? ['netns', 'exec', o.netns, process.execPath, ...argv] : argv, {
     cwd: REPO_ROOT,
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -29,6 +29,13 @@ const LOG_LIMIT = 256 * 1024;
 export interface StartTgtdOptions {
   /** Portal port; a free one is picked when omitted. */
   port?: number;
+  /**
+   * Run tgtd inside this network namespace (`ip netns exec NS tgtd ...`); its
+   * control socket is a path, so tgtadm still reaches it from here.
+   */
+  netns?: string;
+  /** Portal address (default 127.0.0.1); with `netns`, an address of that namespace. */
+  host?: string;
   /** Extra tgtd arguments (for example ['-d', '1'] for debug output). */
   extraArgs?: string[];
   /** Attempts at finding a free control number / port. */
@@ -128,7 +135,8 @@ export function runTgtadm(control: number, args: string[], timeoutMs = TGTADM_TI
 export class Tgtd {
   readonly port: number;
   readonly portal: string;
-  readonly host = '127.0.0.1';
+  readonly host: string;
+  readonly netns?: string;
   /** Temp dir holding the backing files the helper creates. */
   readonly dir: string;
   private proc: ProcState | null = null;
@@ -139,9 +147,11 @@ export class Tgtd {
   private readonly extraArgs: string[];
   private stopped = false;
 
-  private constructor(port: number, dir: string, extraArgs: string[]) {
+  private constructor(port: number, dir: string, extraArgs: string[], where: { host?: string; netns?: string } = {}) {
     this.port = port;
-    this.portal = `127.0.0.1:${port}`;
+    this.host = where.host ?? '127.0.0.1';
+    if (where.netns) this.netns = where.netns;
+    this.portal = `${this.host.includes(':') ? `[${this.host}]` : this.host}:${port}`;
     this.dir = dir;
     this.extraArgs = extraArgs;
   }
@@ -152,8 +162,9 @@ export class Tgtd {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tgtd-test-'));
     let lastErr: unknown;
     for (let i = 0; i < attempts; i++) {
-      const port = opts.port ?? (await freePort());
-      const t = new Tgtd(port, dir, opts.extraArgs ?? []);
+      // A namespace of the test's own has every port free.
+      const port = opts.port ?? (opts.netns ? 3260 : await freePort());
+      const t = new Tgtd(port, dir, opts.extraArgs ?? [], { host: opts.host, netns: opts.netns });
       try {
         await t.spawnProcess(attempts);
         live.add(t);
@@ -406,7 +417,10 @@ export class Tgtd {
   private async trySpawn(control: number): Promise<ProcState> {
     fs.mkdirSync(CONTROL_DIR, { recursive: true });
     const args = ['-f', '-C', String(control), '--iscsi', `portal=${this.portal}`, ...this.extraArgs];
-    const child = spawn(TGTD_BIN, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    // `ip netns exec` execs tgtd: the pid and process group are tgtd's own.
+    const child = this.netns
+      ? spawn('ip', ['netns', 'exec', this.netns, TGTD_BIN, ...args], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(TGTD_BIN, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     const log = { text: '' };
     const append = (b: Buffer): void => {
       log.text += b.toString();
@@ -459,7 +473,8 @@ export class Tgtd {
       await sleep(50);
     }
     try {
-      await waitForPort(this.port, '127.0.0.1', Math.max(500, deadline - Date.now()));
+      if (this.netns) await waitForPortInNetns(this.netns, this.port, Math.max(500, deadline - Date.now()));
+      else await waitForPort(this.port, '127.0.0.1', Math.max(500, deadline - Date.now()));
     } catch (err) {
       fail(err as Error);
     }
@@ -472,6 +487,19 @@ export class Tgtd {
 }
 
 class PortBusyError extends Error {}
+
+/** A listener on `port` inside a network namespace (ss there), within timeoutMs. */
+async function waitForPortInNetns(netns: string, port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const out = await new Promise<string>((resolve) => {
+      execFile('ip', ['netns', 'exec', netns, 'ss', '-Hltn', `sport = :${port}`], { timeout: 5000 }, (_err, stdout) => resolve(String(stdout ?? '')));
+    });
+    if (out.trim() !== '') return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on port ${port} in network namespace ${netns} after ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
 
 function killGroup(child: ChildProcess): void {
   if (child.pid === undefined) return;
