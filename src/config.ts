@@ -5,6 +5,7 @@ import os from 'node:os';
 import type { ErrorObject, JSONSchemaType, ValidateFunction } from 'ajv';
 import { ConfigError } from './errors';
 import { parseIscsiUrl, parseLunUrl } from './iscsi/url';
+import { DIGEST_MODES, SESSION_TIMEOUTS_SEC, type DigestPref, type SessionTimeoutsSec } from './iscsi/defaults';
 import { ifaceProblem } from './util/bind-device';
 
 // The daemon's configuration: a YAML file validated against a JSON schema,
@@ -12,8 +13,7 @@ import { ifaceProblem } from './util/bind-device';
 // and the line so that a person can fix the file.
 
 /** Header and data digest modes (iscsi/digest.ts maps each to what login proposes). */
-export const DIGEST_MODES = ['none', 'crc32c', 'prefer-crc32c', 'prefer-none'] as const;
-export type DigestPref = (typeof DIGEST_MODES)[number];
+export { DIGEST_MODES, type DigestPref } from './iscsi/defaults';
 export type TlsMode = 'off' | 'on' | 'require';
 
 export interface ChapConfig {
@@ -55,16 +55,8 @@ export interface TlsConfig {
   verifyClient?: boolean;
 }
 
-export interface TimeoutsConfig {
-  /** Seconds an outage may last before requests fail with EIO (open-iscsi's replacement_timeout). */
-  replacement: number;
-  /** Seconds before a SCSI command is aborted. */
-  command: number;
-  login: number;
-  connect: number;
-  /** Seconds between NOP-Out pings; 0 disables them. */
-  nopInterval: number;
-  nopTimeout: number;
+/** Every timeout, in seconds: the initiator's own (SessionTimeoutsSec), and the NBD and kernel ones. */
+export interface TimeoutsConfig extends SessionTimeoutsSec {
   /** Seconds an NBD client has to finish its handshake. */
   handshake: number;
   /** Mapped devices: the kernel's request timeout (a request unanswered this long is re-sent on a new socket). */
@@ -109,12 +101,7 @@ export interface DaemonConfig {
 }
 
 export const DEFAULT_TIMEOUTS: TimeoutsConfig = {
-  replacement: 120,
-  command: 30,
-  login: 15,
-  connect: 10,
-  nopInterval: 5,
-  nopTimeout: 10,
+  ...SESSION_TIMEOUTS_SEC,
   handshake: 10,
   io: 15,
   reattach: 120,

@@ -25,7 +25,14 @@ export interface BlockSizes {
   maximum: number;
 }
 
-/** One extent of base:allocation (NBD_STATE_HOLE = 1, NBD_STATE_ZERO = 2). */
+/** Extent flags, as base:allocation numbers them (nbd/constants re-exports them as STATE_*). */
+export const EXTENT_HOLE = 1 << 0;
+export const EXTENT_ZERO = 1 << 1;
+
+/** The largest READ or WRITE a caller of an Export sends: the Linux kernel's 32 MiB (nbd/common's default payload cap). */
+export const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
+
+/** One extent of base:allocation (EXTENT_HOLE, EXTENT_ZERO). */
 export interface Extent {
   length: number;
   flags: number;

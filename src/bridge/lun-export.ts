@@ -1,10 +1,8 @@
-import { Export, ExportFlags, BlockSizes, Extent, ZeroOptions } from './export';
+import { EXTENT_HOLE, EXTENT_ZERO, MAX_REQUEST_BYTES as NBD_MAX_PAYLOAD, Export, ExportFlags, BlockSizes, Extent, ZeroOptions } from './export';
 import { RangeLock } from './range-lock';
 import type { LogicalUnit, LunInfo } from '../scsi/lun';
 import { rootLogger, Logger } from '../log';
 import { RequestError } from '../errors';
-import { STATE_HOLE as NBD_STATE_HOLE, STATE_ZERO as NBD_STATE_ZERO } from '../nbd/constants';
-import { DEFAULT_MAX_PAYLOAD as NBD_MAX_PAYLOAD } from '../nbd/common';
 
 
 export interface LunExportOptions {
@@ -227,7 +225,7 @@ export class LunExport implements Export {
         if (eStart > pos) break; // a gap: report only what is contiguous from the start
         continue;
       }
-      const flags = e.state === 'mapped' ? 0 : NBD_STATE_HOLE | (lbprz ? NBD_STATE_ZERO : 0);
+      const flags = e.state === 'mapped' ? 0 : EXTENT_HOLE | (lbprz ? EXTENT_ZERO : 0);
       let len = eEnd - eStart;
       while (len > 0n) {
         const piece = len > 0x7ffff000n ? 0x7ffff000n : len;

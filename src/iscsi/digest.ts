@@ -1,11 +1,11 @@
-// Header/data digest modes: the one type (DigestPref, declared with the
-// daemon's configuration in config.ts and used by name here) and the one map
-// from a mode to the HeaderDigest/DataDigest value we propose at login.
+// Header/data digest modes: the one type (DigestPref, in defaults.ts with the
+// list the configuration's schema uses) and the one map from a mode to the
+// HeaderDigest/DataDigest value we propose at login.
 
-import type { DigestPref } from '../config';
+import type { DigestPref } from './defaults';
 import type { DigestPreference } from './negotiation';
 
-/** config.ts DIGEST_MODES. */
+/** defaults.ts DIGEST_MODES. */
 export type DigestMode = DigestPref;
 
 /** What each mode proposes for HeaderDigest and DataDigest, most preferred first. */

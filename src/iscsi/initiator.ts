@@ -22,7 +22,7 @@
 // and the replacement timeout with a manual clock.
 
 import { EventEmitter } from 'node:events';
-import { DEFAULT_TIMEOUTS as CONFIG_TIMEOUTS, type TimeoutsConfig } from '../config';
+import { SESSION_TIMEOUTS_SEC, type SessionTimeoutsSec } from './defaults';
 import { ConfigError, LoginError, ProtocolError, TransportError } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport';
@@ -121,8 +121,8 @@ export interface SessionStats {
   iface?: string;
 }
 
-/** A session's timeouts (ms) from the daemon's configuration (config.ts, seconds). */
-export function sessionTimeouts(t: Pick<TimeoutsConfig, 'connect' | 'login' | 'command' | 'nopInterval' | 'nopTimeout' | 'replacement'>): Partial<SessionTimeouts> {
+/** A session's timeouts (ms) from the configured seconds (config.ts `timeouts.*`). */
+export function sessionTimeouts(t: SessionTimeoutsSec): Partial<SessionTimeouts> {
   return {
     connectMs: t.connect * 1000,
     loginMs: t.login * 1000,
@@ -135,7 +135,7 @@ export function sessionTimeouts(t: Pick<TimeoutsConfig, 'connect' | 'login' | 'c
 
 /** Defaults: those the daemon's configuration has, plus TMF and logout. */
 export const DEFAULT_TIMEOUTS: SessionTimeouts = {
-  ...(sessionTimeouts(CONFIG_TIMEOUTS) as Required<Omit<SessionTimeouts, 'tmfMs' | 'logoutMs'>>),
+  ...(sessionTimeouts(SESSION_TIMEOUTS_SEC) as Required<Omit<SessionTimeouts, 'tmfMs' | 'logoutMs'>>),
   tmfMs: 10000,
   logoutMs: 10000,
 };

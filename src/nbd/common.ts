@@ -1,5 +1,5 @@
 // Helpers shared by the handshake and transmission engines.
-import type { Export } from '../bridge/export';
+import { MAX_REQUEST_BYTES, type Export } from '../bridge/export';
 import {
   FLAG_HAS_FLAGS, FLAG_READ_ONLY, FLAG_SEND_FLUSH, FLAG_SEND_FUA, FLAG_ROTATIONAL, FLAG_SEND_TRIM,
   FLAG_SEND_WRITE_ZEROES, FLAG_SEND_DF, FLAG_CAN_MULTI_CONN, FLAG_SEND_CACHE, FLAG_SEND_FAST_ZERO,
@@ -23,7 +23,7 @@ export function resolveExport(reg: ExportRegistry, name: string): Export | undef
 }
 
 /** Default cap on a READ reply / WRITE payload: the largest request the Linux kernel sends. */
-export const DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024;
+export const DEFAULT_MAX_PAYLOAD = MAX_REQUEST_BYTES;
 
 /**
  * Default bytes a connection holds (WRITE payloads, READ replies, unsent

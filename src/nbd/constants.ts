@@ -97,9 +97,8 @@ export const REPLY_TYPE_BLOCK_STATUS = 5;
 export const REPLY_TYPE_ERROR = (1 << 15) + 1;
 export const REPLY_TYPE_ERROR_OFFSET = (1 << 15) + 2;
 
-// base:allocation state flags.
-export const STATE_HOLE = 1 << 0;
-export const STATE_ZERO = 1 << 1;
+// base:allocation state flags: the Export interface's extent flags.
+export { EXTENT_HOLE as STATE_HOLE, EXTENT_ZERO as STATE_ZERO } from '../bridge/export';
 
 export const META_BASE_ALLOCATION = 'base:allocation';
 
