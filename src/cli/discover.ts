@@ -209,7 +209,10 @@ export async function run(argv: DiscoverArgs): Promise<void> {
   if (failedTarget) {
     const e = new IscsiNbdError(failedTarget.error!.code as never, failedTarget.error!.message);
     const text = `${failedTarget.name}: ${failedTarget.error!.message}`;
-    tell('error', text, { target: failedTarget.name, code: failedTarget.error!.code }, `iscsi-nbd: ${text}`);
+    // The listing already holds the whole error: say it once, and only point at it here.
+    const failed = reports.filter((r) => r.error).length;
+    const plain = argv.json ? `iscsi-nbd: ${text}` : `iscsi-nbd: ${failed === 1 ? `cannot log in to ${failedTarget.name}` : `cannot log in to ${failed} targets`} (see the Error line${failed === 1 ? '' : 's'} above)`;
+    tell('error', text, { target: failedTarget.name, code: failedTarget.error!.code }, plain);
     process.exitCode = exitCodeFor(e);
   }
 }
