@@ -497,13 +497,6 @@ export function readConfigFile(file: string): ConfigFile {
   return analyseConfig(text, file);
 }
 
-export function loadConfig(file: string): DaemonConfig {
-  const a = readConfigFile(file);
-  const err = problemsError(a.problems);
-  if (err) throw err;
-  return a.config!;
-}
-
 function normalise(raw: Record<string, unknown>): DaemonConfig {
   // `listen: 10810` (a YAML number) is a port, like --listen 10810.
   const listen = (raw.listen === undefined ? [] : Array.isArray(raw.listen) ? raw.listen : [raw.listen])

@@ -14,7 +14,6 @@ import { rootLogger, Logger } from '../log';
 import type { Metrics } from '../metrics';
 import { countSense, EXPORT_STATES } from '../metrics';
 import type { DigestPref, ExportConfig, TimeoutsConfig } from '../config';
-import { DEFAULT_TIMEOUTS } from '../config';
 import type { SessionAuth } from '../credentials';
 import type { ExportStatus } from './status';
 
@@ -45,7 +44,6 @@ export interface ManagerOptions {
  * opened, retried with OPEN_RETRY_BACKOFF until it opens or is removed.
  * Offered to NBD clients (SERVING_STATES): ready, degraded, recovering.
  */
-export { EXPORT_STATES };
 export type ExportState = (typeof EXPORT_STATES)[number];
 
 /** The states in which an export is offered to NBD clients. */
@@ -668,4 +666,3 @@ export class ExportManager {
   }
 }
 
-export { DEFAULT_TIMEOUTS };

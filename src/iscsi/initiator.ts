@@ -1,9 +1,7 @@
 // IscsiSession: the iSCSI initiator the rest of the product uses (a
 // ScsiTransport). One connection per session (MaxConnections=1), ERL 0.
-// (The file keeps the name initiator.ts: the CLI, the bridge manager and the
-// copy tool import IscsiSession from here. The per-connection protocol
-// engine is SessionEngine in session-engine.ts; a connection and its engine
-// form a ConnectionLink, link.ts.)
+// The per-connection protocol engine is SessionEngine (session-engine.ts); a
+// connection and its engine form a ConnectionLink (link.ts).
 //
 // Recovery: when the connection is lost (socket closed, NOP timeout,
 // protocol error, target asking us to log out or warning of a drop), the

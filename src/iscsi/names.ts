@@ -68,10 +68,6 @@ export function isValidIscsiName(name: string): boolean {
   }
 }
 
-export function nameType(name: string): NameType {
-  return name.slice(0, 3).toLowerCase() as NameType;
-}
-
 /** Parse an open-iscsi style initiatorname file: `InitiatorName=...`, # comments. */
 export function parseInitiatorNameFile(text: string): string | undefined {
   for (const raw of text.split(/\r?\n/)) {

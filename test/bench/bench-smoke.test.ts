@@ -1,7 +1,7 @@
 // Smoke run of the benchmark (npm run bench -- --smoke): every row (TCP and AF_UNIX), one
 // A/B pair of 2 s runs, so the bench cannot rot. It checks that the JSON report is complete and has
 // numbers for both sides; it asserts nothing about speed.
-// Skipped only outside CI while the bridge's serve command is not built yet.
+// Skipped only outside CI, when the build it runs (bin/, dist/) is not there.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,7 +20,7 @@ const BENCH = path.join(REPO_ROOT, 'dist', 'scripts', 'bench.js');
 const TIMEOUT_MS = 10 * 60 * 1000;
 
 const avail = bridgeAvailability(REPO_ROOT);
-const skip = !process.env.CI && !avail.ok ? `iscsi-nbd serve not built yet: ${avail.reason}` : false;
+const skip = !process.env.CI && !avail.ok ? `iscsi-nbd is not built: ${avail.reason}` : false;
 
 function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; signal: string | null; out: string }> {
   return new Promise((resolve) => {
