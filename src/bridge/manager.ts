@@ -621,6 +621,14 @@ export class ExportManager {
     return [...this.exports.values()].every((e) => e.isReady);
   }
 
+  /** A new export under its name (a name in use is refused), registered before it opens. */
+  private register(spec: ExportConfig): BridgedExport {
+    if (this.exports.has(spec.name)) throw new ConfigError('ECONFIG', `export "${spec.name}" exists already`);
+    const e = new BridgedExport(spec, this.opts);
+    this.exports.set(spec.name, e);
+    return e;
+  }
+
   /**
    * Add an export that keeps trying: if it cannot be opened now it stays
    * (state `failed`, not offered to clients) and is retried with backoff
@@ -628,17 +636,13 @@ export class ExportManager {
    * that attempt's error, if any.
    */
   async start(spec: ExportConfig): Promise<{ export: BridgedExport; error?: Error }> {
-    if (this.exports.has(spec.name)) throw new ConfigError('ECONFIG', `export "${spec.name}" exists already`);
-    const e = new BridgedExport(spec, this.opts);
-    this.exports.set(spec.name, e);
+    const e = this.register(spec);
     const error = await e.openWithRetry();
     return { export: e, ...(error ? { error } : {}) };
   }
 
   async add(spec: ExportConfig): Promise<BridgedExport> {
-    if (this.exports.has(spec.name)) throw new ConfigError('ECONFIG', `export "${spec.name}" exists already`);
-    const e = new BridgedExport(spec, this.opts);
-    this.exports.set(spec.name, e);
+    const e = this.register(spec);
     try {
       await e.open();
     } catch (err) {
