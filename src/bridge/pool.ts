@@ -154,6 +154,8 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
           this.releaseSlot();
           return Promise.reject(e);
         }
+        // Only a target with ALUA needs to know which path a reply came from.
+        if (this.alua.size === 0) return p.then(this.releaseOk, this.releaseErr);
         return p.then((r) => {
           if (r.status === SAM_STAT_CHECK_CONDITION) this.checkAluaSense(member, r);
           return this.releaseOk(r);
