@@ -12,6 +12,7 @@ import { MappingRecord, MappingStore, MAPPING_VERSION } from './mapping-store';
 import { sourceText, type MapSource, type MapSpec } from './map-spec';
 import { closeStoredSocket, NO_FD_STORE, type FdKeeper } from './fd-store';
 import { closeFd } from '../nbd/netlink/syscalls';
+import { backoffDelay, type ReconnectBackoff } from '../util/backoff';
 
 // Kernel NBD devices this daemon owns (`iscsi-nbd map`): each is a LUN opened
 // through the export manager, served to the kernel over socketpairs handed in
@@ -68,6 +69,8 @@ export type AttachHow = 'new' | 'reattached' | 'adopted';
 export type MappingState = 'attaching' | 'attached' | 'reattaching' | 'refused' | 'handing-over' | 'unmapping' | 'detached';
 
 const HANDOVER_MS = 20_000;
+/** From 100 ms, doubling to 5 s: the kernel holds I/O meanwhile, so soon matters more than spread. */
+const REATTACH_BACKOFF: ReconnectBackoff = { initialMs: 100, maxMs: 5000, jitter: 0 };
 /** After shutting down stored sockets, before a RECONFIGURE: time for the kernel to mark them dead. */
 const STORED_SOCKET_SHUTDOWN_MS = 300;
 /** How long a reattached socket must stay open to count as taken by the kernel. */
@@ -106,7 +109,8 @@ class DeviceMapping {
   /** Slots whose dead connection still has requests running at the target. */
   private readonly settling = new Set<number>();
   private deadSince = 0;
-  private backoffMs = 100;
+  /** Reattach attempts since the socket died (the backoff's n). */
+  private attempts = 0;
 
   private resizing: Promise<void> = Promise.resolve();
 
@@ -279,8 +283,7 @@ class DeviceMapping {
     this.reattachTimer = setTimeout(() => {
       this.reattachTimer = undefined;
       void this.reattachDead();
-    }, this.backoffMs);
-    this.backoffMs = Math.min(this.backoffMs * 2, 5000);
+    }, backoffDelay(this.attempts++, REATTACH_BACKOFF));
   }
 
   private async reattachDead(): Promise<void> {
@@ -297,7 +300,7 @@ class DeviceMapping {
       this.how = 'reattached';
       this.ports.onAttach?.(this.device, 'reattached');
       this.deadSince = 0;
-      this.backoffMs = 100;
+      this.attempts = 0;
       this.setState('attached');
     } catch (err) {
       const gaveUp = Date.now() - this.deadSince > this.record.reattachTimeout * 1000;

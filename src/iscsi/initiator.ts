@@ -21,6 +21,7 @@
 
 import { EventEmitter } from 'node:events';
 import { SESSION_TIMEOUTS_SEC, type SessionTimeoutsSec } from './defaults';
+import { backoffDelay, type ReconnectBackoff } from '../util/backoff';
 import { ConfigError, LoginError, ProtocolError, TransportError } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport';
@@ -61,14 +62,6 @@ export interface SessionTimeouts {
   logoutMs: number;
 }
 
-export interface ReconnectBackoff {
-  /** First delay (default 100 ms). */
-  initialMs: number;
-  /** Largest delay (default 30000 ms). */
-  maxMs: number;
-  /** Relative jitter, +/- (default 0.2). */
-  jitter: number;
-}
 
 export interface IscsiSessionOptions {
   portal: Portal;
@@ -140,11 +133,6 @@ export const DEFAULT_TIMEOUTS: SessionTimeouts = {
 
 const DEFAULT_BACKOFF: ReconnectBackoff = { initialMs: 100, maxMs: 30000, jitter: 0.2 };
 
-/** Backoff delay for attempt n (0-based): initial * 2^n capped at max, +/- jitter. */
-export function backoffDelay(n: number, b: ReconnectBackoff, random: () => number = Math.random): number {
-  const base = Math.min(b.maxMs, b.initialMs * 2 ** Math.min(n, 30));
-  return Math.max(0, Math.round(base * (1 + (random() * 2 - 1) * b.jitter)));
-}
 
 /**
  * Events:
