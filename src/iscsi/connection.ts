@@ -63,7 +63,13 @@ interface ChunkReader {
   onChunk?: (chunk: Buffer) => void;
 }
 
-export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock: EngineClock = keepAliveClock, signal?: AbortSignal, iface?: string): Promise<net.Socket> {
+/** A connected socket and the chunk reader its reads go to (one reused read buffer; no 'data' events). */
+export interface TcpLink {
+  socket: net.Socket;
+  reader: ChunkReader;
+}
+
+export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock: EngineClock = keepAliveClock, signal?: AbortSignal, iface?: string): Promise<TcpLink> {
   // An interface name: SO_BINDTODEVICE through FFI. An address of this host: net.connect's localAddress.
   if (iface !== undefined && net.isIP(iface) === 0) return boundTcpConnect(portal, iface, timeoutMs, clock, signal);
   return new Promise((resolve, reject) => {
@@ -79,22 +85,13 @@ export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock
       return;
     }
     const where = `${formatHostPort(portal.host, portal.port)}${localAddress !== undefined ? ` from ${localAddress}` : ''}`;
-    // One read buffer per connection, reused for every read: no allocation
-    // per socket read (the framer copies what it has to keep).
-    const reader: ChunkReader = {};
+    const { reader, onread } = chunkReaderOpts();
     const sock = net.connect({
       host: portal.host,
       port: portal.port,
       ...(localAddress !== undefined ? { localAddress } : {}),
-      onread: {
-        buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
-        callback: (n: number, buf: Uint8Array) => {
-          reader.onChunk?.(Buffer.from(buf.buffer, buf.byteOffset, n));
-          return true;
-        },
-      },
-    }) as net.Socket & { chunkReader?: ChunkReader };
-    sock.chunkReader = reader;
+      onread,
+    });
     const onAbort = (): void => {
       clock.clearTimeout(timer);
       sock.destroy();
@@ -112,7 +109,7 @@ export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock
       sock.removeAllListeners('error');
       sock.setNoDelay(true);
       sock.setKeepAlive(true, 30000);
-      resolve(sock);
+      resolve({ socket: sock, reader });
     });
     sock.once('error', (e: NodeJS.ErrnoException) => {
       signal?.removeEventListener('abort', onAbort);
@@ -130,7 +127,10 @@ export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock
   });
 }
 
-/** A read buffer per connection (as tcpConnect's), for a socket made elsewhere. */
+/**
+ * One read buffer per connection, reused for every read: no allocation per
+ * socket read (the framer copies what it has to keep).
+ */
 function chunkReaderOpts(): { reader: ChunkReader; onread: net.OnReadOpts } {
   const reader: ChunkReader = {};
   return {
@@ -154,7 +154,7 @@ function connectWhy(errno: string | undefined, fallback: string): string {
  * tcpConnect through one interface (open-iscsi's iface.net_ifacename): a
  * path of its own even when another interface reaches the same portal.
  */
-async function boundTcpConnect(portal: Portal, iface: string, timeoutMs: number, clock: EngineClock, signal?: AbortSignal): Promise<net.Socket> {
+async function boundTcpConnect(portal: Portal, iface: string, timeoutMs: number, clock: EngineClock, signal?: AbortSignal): Promise<TcpLink> {
   const where = `${formatHostPort(portal.host, portal.port)} through ${iface}`;
   if (signal?.aborted) throw new TransportError('ESHUTDOWN', 'connect cancelled: the session was closed');
   const { reader, onread } = chunkReaderOpts();
@@ -167,7 +167,7 @@ async function boundTcpConnect(portal: Portal, iface: string, timeoutMs: number,
     timedOut = true;
     abort.abort();
   }, timeoutMs);
-  let sock: net.Socket & { chunkReader?: ChunkReader };
+  let sock: net.Socket;
   try {
     sock = await connectBound({ host: portal.host, port: portal.port, device: iface, timeoutMs: timeoutMs + 1000, signal: abort.signal, onread });
   } catch (e) {
@@ -184,10 +184,9 @@ async function boundTcpConnect(portal: Portal, iface: string, timeoutMs: number,
     clock.clearTimeout(timer);
     signal?.removeEventListener('abort', onAbort);
   }
-  sock.chunkReader = reader;
   sock.setNoDelay(true);
   sock.setKeepAlive(true, 30000);
-  return sock;
+  return { socket: sock, reader };
 }
 
 /**
@@ -208,8 +207,8 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
   }
   for (let redirects = 0; ;) {
     const clock = opts.clock ?? keepAliveClock;
-    const sock = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS, clock, opts.signal, opts.iface);
-    const conn = new IscsiConnection(sock, log.child({ portal: formatHostPort(portal.host, portal.port) }));
+    const { socket, reader } = await tcpConnect(portal, opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS, clock, opts.signal, opts.iface);
+    const conn = new IscsiConnection(socket, log.child({ portal: formatHostPort(portal.host, portal.port) }), reader);
     const onAbort = (): void => conn.close(new TransportError('ESHUTDOWN', 'login cancelled: the session was closed'));
     if (opts.signal?.aborted) onAbort(); // between the connect and here
     opts.signal?.addEventListener('abort', onAbort, { once: true });
@@ -272,9 +271,9 @@ export class IscsiConnection extends EventEmitter {
   private loginFailed: ((e: Error) => void) | undefined;
   private closeReason: Error | undefined;
 
-  constructor(private readonly socket: net.Socket, private readonly log: Logger) {
+  /** `reader`: where the socket's reads go when it was made with one (tcpConnect); else its 'data' events. */
+  constructor(private readonly socket: net.Socket, private readonly log: Logger, reader?: ChunkReader) {
     super();
-    const reader = (socket as net.Socket & { chunkReader?: ChunkReader }).chunkReader;
     this.framer = new PduFramer({
       maxDataSegmentLength: DEFAULT_MAX_RECV_DSL,
       onFrame: (f) => this.onFrame(f),

@@ -11,7 +11,7 @@ import { constants } from 'node:os';
 import {
   bindError, connectBound, ifaceProblem, InterfaceError, BoundConnectError, sourceAddressOf,
 } from '../../src/util/bind-device';
-import { tcpConnect } from '../../src/iscsi/connection';
+import { tcpConnect, type TcpLink } from '../../src/iscsi/connection';
 import { analyseConfig } from '../../src/config';
 import { parseMapRequest } from '../../src/daemon/map-spec';
 import { pathOfSession, sessionCount, sessionPaths } from '../../src/bridge/manager';
@@ -26,14 +26,15 @@ async function echoServer(): Promise<{ port: number; close: () => Promise<void> 
 }
 
 /** Write `text`, resolve with what comes back (tcpConnect's sockets read into their chunk reader, not 'data'). */
-function roundTrip(sock: net.Socket, text: string): Promise<string> {
+function roundTrip(link: net.Socket | TcpLink, text: string): Promise<string> {
+  const sock = 'socket' in link ? link.socket : link;
+  const reader = 'reader' in link ? link.reader : undefined;
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('no echo within 5 s')), 5000);
     const done = (d: Buffer): void => {
       clearTimeout(timer);
       resolve(d.toString());
     };
-    const reader = (sock as net.Socket & { chunkReader?: { onChunk?: (b: Buffer) => void } }).chunkReader;
     if (reader) reader.onChunk = done;
     else sock.once('data', done);
     sock.once('error', reject);
@@ -82,7 +83,7 @@ test('bound to lo: the connection carries bytes; a closed port is ECONNREFUSED',
     try {
       assert.equal(await roundTrip(s2, 'through the adapter'), 'through the adapter');
     } finally {
-      s2.destroy();
+      s2.socket.destroy();
     }
   } finally {
     await srv.close();
@@ -116,10 +117,10 @@ test('an iface given as an address binds by source address; an address not of th
   try {
     const sock = await tcpConnect({ host: '127.0.0.1', port: srv.port }, 5000, undefined, undefined, '127.0.0.1');
     try {
-      assert.equal(sock.localAddress, '127.0.0.1');
+      assert.equal(sock.socket.localAddress, '127.0.0.1');
       assert.equal(await roundTrip(sock, 'pong'), 'pong');
     } finally {
-      sock.destroy();
+      sock.socket.destroy();
     }
   } finally {
     await srv.close();
