@@ -9,6 +9,7 @@
 //   target:    [mutual: CHAP_N=<target user> CHAP_R=H(our id || target secret || our challenge)]
 // Binary values are 0x<hex> or 0b<base64>.
 
+import { TARGET_QUIRKS, type TargetQuirks } from './quirks';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { ConfigError, LoginError, ProtocolError } from '../errors';
 import type { TextPair } from './text';
@@ -77,19 +78,6 @@ export interface ChapCredentials {
   targetSecret?: string | Buffer;
 }
 
-// Challenges we sent recently, process-wide: a target replaying one of them
-// as its own challenge (possibly on another connection) wants us to compute
-// the answer to it for it; RFC 7143 12.1.3 forbids answering.
-const recentChallenges = new Set<string>();
-const MAX_RECENT = 1024;
-
-function rememberChallenge(c: Buffer): void {
-  if (recentChallenges.size >= MAX_RECENT) {
-    const first = recentChallenges.values().next().value as string;
-    recentChallenges.delete(first);
-  }
-  recentChallenges.add(c.toString('hex'));
-}
 
 /** Bound on a target challenge we accept (bytes, decoded). */
 export const MAX_CHALLENGE_BYTES = 8192;
@@ -109,6 +97,8 @@ export class ChapInitiator {
     private readonly creds: ChapCredentials,
     algorithms: readonly number[] = DEFAULT_CHAP_ALGORITHMS,
     random?: (n: number) => Buffer,
+    /** Where challenges we sent are remembered (a target replaying one is refused, on any connection). */
+    private readonly quirks: TargetQuirks = TARGET_QUIRKS,
   ) {
     if (algorithms.length === 0) throw new ConfigError('ECONFIG', 'no CHAP algorithm configured');
     for (const a of algorithms) {
@@ -157,7 +147,7 @@ export class ChapInitiator {
     if (challenge.length === 0 || challenge.length > MAX_CHALLENGE_BYTES) {
       throw new ProtocolError(`CHAP_C of ${challenge.length} bytes`);
     }
-    if ((this.ourChallenge && challenge.equals(this.ourChallenge)) || recentChallenges.has(challenge.toString('hex'))) {
+    if ((this.ourChallenge && challenge.equals(this.ourChallenge)) || this.quirks.isOurChallenge(challenge)) {
       throw new LoginError('EAUTH', 'target sent our own CHAP challenge back (reflection attack); refusing');
     }
     const out: TextPair[] = [
@@ -170,7 +160,7 @@ export class ChapInitiator {
       // Never send the target's challenge back as ours.
       while (ours.equals(challenge)) ours = this.random(ours.length);
       this.ourChallenge = ours;
-      rememberChallenge(ours);
+      this.quirks.rememberChallenge(ours);
       out.push(['CHAP_I', String(this.ourId)], ['CHAP_C', encodeChapBinary(ours)]);
     }
     return out;

@@ -4,6 +4,7 @@
 // protocol state beyond switching the framer's digests and data segment
 // limit when login ends. Socket errors and closes become one 'closed' event.
 
+import { TARGET_QUIRKS, type TargetQuirks } from './quirks';
 import { TickCork } from '../tick-cork';
 import net from 'node:net';
 import { EventEmitter } from 'node:events';
@@ -40,6 +41,8 @@ export interface OpenOptions {
    * routing table decides, as always.
    */
   iface?: string;
+  /** What is known of targets (the CHAP-MD5 fallback, challenges); the process's by default. */
+  quirks?: TargetQuirks;
 }
 
 export interface OpenResult {
@@ -199,9 +202,10 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
   const maxRedirects = opts.maxRedirects ?? DEFAULT_MAX_REDIRECTS;
   let portal = opts.portal;
   let permanent: Portal | undefined;
-  let loginOpts = opts.login;
+  let loginOpts = opts.quirks ? { ...opts.login, quirks: opts.quirks } : opts.login;
   let md5Retry = false;
-  if (loginOpts.auth && md5OnlyFor(formatHostPort(portal.host, portal.port), loginOpts.targetName)) {
+  const quirks = opts.quirks ?? TARGET_QUIRKS;
+  if (loginOpts.auth && quirks.md5OnlyFor(formatHostPort(portal.host, portal.port), loginOpts.targetName)) {
     md5Retry = true;
     loginOpts = { ...loginOpts, chapAlgorithms: [5] };
   }
@@ -220,9 +224,9 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
       if (e instanceof ChapAlgorithmRejectedError && !md5Retry) {
         md5Retry = true;
         loginOpts = { ...loginOpts, chapAlgorithms: [5] };
-        const key = `${formatHostPort(portal.host, portal.port)} ${loginOpts.targetName ?? ''}`;
-        if (!MD5_ONLY.has(key)) log.info('target rejected our CHAP_A list; retrying with MD5 only (remembered for this portal)');
-        MD5_ONLY.add(key);
+        if (quirks.rememberMd5Only(formatHostPort(portal.host, portal.port), loginOpts.targetName)) {
+          log.info('target rejected our CHAP_A list; retrying with MD5 only (remembered for this portal)');
+        }
         continue;
       }
       throw e;
@@ -250,16 +254,6 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
  * decoded and passed to the handler given to attach(); those arriving
  * before attach() are held.
  */
-/**
- * Portals (and targets) whose CHAP needed MD5 alone: tgtd and old LIO refuse
- * the CHAP_A list or misnumber SHA-256; later logins go straight to MD5
- * instead of paying a failed login each time.
- */
-const MD5_ONLY = new Set<string>();
-
-export function md5OnlyFor(portal: string, targetName?: string): boolean {
-  return MD5_ONLY.has(`${portal} ${targetName ?? ''}`);
-}
 
 export class IscsiConnection extends EventEmitter {
   private st: ConnectionState = 'login';

@@ -24,6 +24,7 @@ import { openConnection } from './connection';
 import { DIGEST_PROPOSAL, type DigestMode } from './digest';
 import { ConnectionLink } from './link';
 import { loginHint, parseTargetAddress, withAclHint, withoutHint } from './login';
+import { TARGET_QUIRKS, type TargetQuirks } from './quirks';
 import { randomIsid } from './pdu';
 import type { TextPair } from './text';
 import type { SessionTimeouts } from './initiator';
@@ -50,6 +51,8 @@ export interface DiscoverOptions {
   log?: Logger;
   /** The network interface (or source address) the discovery session leaves through. */
   iface?: string;
+  /** What is known of targets (a portal that refuses CHAP on discovery, ...); the process's by default. */
+  quirks?: TargetQuirks;
 }
 
 /** Parse a SendTargets answer into targets and their portals. */
@@ -77,22 +80,14 @@ export function parseSendTargets(pairs: readonly TextPair[], defaultPortal: Port
 /** How a discovery login authenticates: offering CHAP (and None), or not offering CHAP. */
 export type DiscoveryAuthMode = 'chap' | 'none';
 
-/** Portals whose discovery session refused CHAP but took a login without it (LIO's default). */
-const NO_CHAP_DISCOVERY = new Set<string>();
-
 /**
  * The order of discovery logins to try: without credentials only one; with
  * them CHAP first (the target picks from CHAP,None), then without, unless
  * this portal is known to refuse CHAP on discovery, then the other way round.
  */
-export function discoveryAuthPlan(portal: string, hasCredentials: boolean): DiscoveryAuthMode[] {
+export function discoveryAuthPlan(portal: string, hasCredentials: boolean, quirks: TargetQuirks = TARGET_QUIRKS): DiscoveryAuthMode[] {
   if (!hasCredentials) return ['none'];
-  return NO_CHAP_DISCOVERY.has(portal) ? ['none', 'chap'] : ['chap', 'none'];
-}
-
-/** Forget what discoveryAuthPlan learned (tests). */
-export function forgetDiscoveryAuth(): void {
-  NO_CHAP_DISCOVERY.clear();
+  return quirks.discoveryRefusesChap(portal) ? ['none', 'chap'] : ['chap', 'none'];
 }
 
 /** A refusal that another authentication choice might get past. */
@@ -106,7 +101,8 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
   const log = (opts.log ?? rootLogger()).child({ component: 'iscsi-discovery', portal: where });
   const digest = DIGEST_PROPOSAL[opts.digest ?? 'none'];
   const t = opts.timeouts ?? {};
-  const plan = discoveryAuthPlan(where, opts.auth !== undefined);
+  const quirks = opts.quirks ?? TARGET_QUIRKS;
+  const plan = discoveryAuthPlan(where, opts.auth !== undefined, quirks);
   const failures = new Map<DiscoveryAuthMode, unknown>();
   let opened: Awaited<ReturnType<typeof openConnection>> | undefined;
   for (const [i, mode] of plan.entries()) {
@@ -114,6 +110,7 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
       opened = await openConnection({
         portal: opts.portal,
         ...(opts.iface !== undefined ? { iface: opts.iface } : {}),
+        quirks,
         login: {
           initiatorName: opts.initiatorName,
           sessionType: 'Discovery',
@@ -132,8 +129,7 @@ export async function discover(opts: DiscoverOptions): Promise<DiscoveredTarget[
       });
       if (i > 0) {
         log.info({ auth: mode }, mode === 'none' ? 'discovery session: the target refused CHAP and accepted a login without it' : 'discovery session: the target wanted CHAP after all');
-        if (mode === 'none') NO_CHAP_DISCOVERY.add(where);
-        else NO_CHAP_DISCOVERY.delete(where);
+        quirks.rememberDiscoveryAuth(where, mode === 'none');
       }
       break;
     } catch (e) {

@@ -8,6 +8,7 @@
 // InitiatorName/TargetName/SessionType go in the first PDU only (FreeBSD
 // ctld drops the connection if InitiatorName comes again).
 
+import type { TargetQuirks } from './quirks';
 import { ConfigError, LoginError, ProtocolError, type ErrorCode } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import { ISCSI_PORT, ISCSI_VERSION, LoginStage } from './constants';
@@ -48,6 +49,8 @@ export interface LoginOptions {
   /** Bound on Login Request/Response round trips. */
   maxRoundTrips?: number;
   random?: (n: number) => Buffer;
+  /** What is known of targets (challenges we sent); the process's by default. */
+  quirks?: TargetQuirks;
   logger?: Logger;
 }
 
@@ -246,7 +249,7 @@ export class LoginEngine {
     delete proposal.initiatorAlias; // sent once, in the first PDU
     this.neg = new OperationalNegotiation(proposal, this.sessionType);
     if (opts.auth) {
-      this.chap = new ChapInitiator(opts.auth, opts.chapAlgorithms ?? DEFAULT_CHAP_ALGORITHMS, opts.random);
+      this.chap = new ChapInitiator(opts.auth, opts.chapAlgorithms ?? DEFAULT_CHAP_ALGORITHMS, opts.random, opts.quirks);
     }
   }
 

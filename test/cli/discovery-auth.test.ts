@@ -10,7 +10,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TargetServer } from '../../src/target/server';
 import { MemoryBackend } from '../../src/target/backend';
-import { discover, discoveryAuthPlan, forgetDiscoveryAuth } from '../../src/iscsi/discovery';
+import { discover, discoveryAuthPlan } from '../../src/iscsi/discovery';
+import { TARGET_QUIRKS } from '../../src/iscsi/quirks';
 import { LoginError } from '../../src/errors';
 import { startLioFront } from './lio-front';
 import { startTgtdWithLuns } from '../helpers/tgtd';
@@ -46,13 +47,13 @@ function cleanEnv(dir: string, extra: Record<string, string> = {}): NodeJS.Proce
 }
 
 test('discoveryAuthPlan: CHAP first with credentials, none without, the other way round for a portal that refused CHAP', () => {
-  forgetDiscoveryAuth();
+  TARGET_QUIRKS.reset();
   assert.deepEqual(discoveryAuthPlan('h:3260', false), ['none']);
   assert.deepEqual(discoveryAuthPlan('h:3260', true), ['chap', 'none']);
 });
 
 test('discover(): LIO-like portal refuses CHAP on discovery -> one retry without; remembered; the other way round when it wants CHAP again', { timeout: 30_000 }, async (t) => {
-  forgetDiscoveryAuth();
+  TARGET_QUIRKS.reset();
   const { addr } = await embedded(t);
   const front = await startLioFront(addr, ['Discovery']);
   t.after(() => front.close());
