@@ -141,15 +141,28 @@ export interface InfoRequest {
   infos: number[];
 }
 
-// NBD_OPT_INFO / NBD_OPT_GO data: 32 name length, name, 16 count, count x 16 info types
-export function parseInfoRequest(d: Buffer): Parsed<InfoRequest> {
-  if (d.length < 6) return { ok: false, error: 'option data too short' };
+/**
+ * The export name both option layouts start with: 32 name length, name.
+ * `after` is how many bytes must follow it at least. Returns the name and
+ * where the rest starts.
+ */
+function parseLeadingName(d: Buffer, after: number): Parsed<{ name: string; next: number }> {
+  if (d.length < 4 + after) return { ok: false, error: 'option data too short' };
   const nameLen = d.readUInt32BE(0);
-  if (nameLen > d.length - 6) return { ok: false, error: 'name length exceeds option data' };
+  if (nameLen > d.length - 4 - after) return { ok: false, error: 'name length exceeds option data' };
   if (nameLen > MAX_STRING) return { ok: false, error: 'export name too long' };
   const name = decodeString(d.subarray(4, 4 + nameLen));
   if (name === undefined) return { ok: false, error: 'export name is not valid UTF-8' };
-  const count = d.readUInt16BE(4 + nameLen);
+  return { ok: true, value: { name, next: 4 + nameLen } };
+}
+
+// NBD_OPT_INFO / NBD_OPT_GO data: 32 name length, name, 16 count, count x 16 info types
+export function parseInfoRequest(d: Buffer): Parsed<InfoRequest> {
+  const lead = parseLeadingName(d, 2);
+  if (!lead.ok) return lead;
+  const { name, next } = lead.value;
+  const nameLen = next - 4;
+  const count = d.readUInt16BE(next);
   if (d.length !== 6 + nameLen + 2 * count) return { ok: false, error: 'information request count does not match length' };
   const infos: number[] = [];
   for (let i = 0; i < count; i++) infos.push(d.readUInt16BE(6 + nameLen + 2 * i));
@@ -163,13 +176,10 @@ export interface MetaContextRequest {
 
 // NBD_OPT_{LIST,SET}_META_CONTEXT data: 32 name length, name, 32 query count, count x (32 length, query)
 export function parseMetaContextRequest(d: Buffer, maxQueries = 256): Parsed<MetaContextRequest> {
-  if (d.length < 8) return { ok: false, error: 'option data too short' };
-  const nameLen = d.readUInt32BE(0);
-  if (nameLen > d.length - 8) return { ok: false, error: 'name length exceeds option data' };
-  if (nameLen > MAX_STRING) return { ok: false, error: 'export name too long' };
-  const name = decodeString(d.subarray(4, 4 + nameLen));
-  if (name === undefined) return { ok: false, error: 'export name is not valid UTF-8' };
-  let p = 4 + nameLen;
+  const lead = parseLeadingName(d, 4);
+  if (!lead.ok) return lead;
+  const { name } = lead.value;
+  let p = lead.value.next;
   const count = d.readUInt32BE(p);
   p += 4;
   if (count > maxQueries) return { ok: false, error: 'too many queries' };

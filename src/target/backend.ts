@@ -237,34 +237,34 @@ export class MemoryBackend implements LunBackend {
     return this.chunks.size * this.granularity;
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    const out = Buffer.alloc(length);
+  /** Visit [offset, offset+length) chunk by chunk: chunk index, offset in it, bytes, offset in the range. */
+  private eachChunk(offset: number, length: number, visit: (ci: number, co: number, n: number, at: number) => void): void {
     const g = this.granularity;
     for (let o = offset; o < offset + length; ) {
       const ci = Math.floor(o / g);
       const co = o - ci * g;
       const n = Math.min(g - co, offset + length - o);
-      const c = this.chunks.get(ci);
-      if (c) c.copy(out, o - offset, co, co + n);
+      visit(ci, co, n, o - offset);
       o += n;
     }
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    const out = Buffer.alloc(length);
+    this.eachChunk(offset, length, (ci, co, n, at) => this.chunks.get(ci)?.copy(out, at, co, co + n));
     return out;
   }
 
   async write(offset: number, data: Buffer): Promise<void> {
     const g = this.granularity;
-    for (let o = offset; o < offset + data.length; ) {
-      const ci = Math.floor(o / g);
-      const co = o - ci * g;
-      const n = Math.min(g - co, offset + data.length - o);
+    this.eachChunk(offset, data.length, (ci, co, n, at) => {
       let c = this.chunks.get(ci);
       if (!c) {
         c = Buffer.alloc(g);
         this.chunks.set(ci, c);
       }
-      data.copy(c, co, o - offset, o - offset + n);
-      o += n;
-    }
+      data.copy(c, co, at, at + n);
+    });
   }
 
   async flush(): Promise<void> {
@@ -289,20 +289,15 @@ export class MemoryBackend implements LunBackend {
 
   private async discardSmall(offset: number, length: number): Promise<void> {
     const g = this.granularity;
-    for (let o = offset; o < offset + length; ) {
-      const ci = Math.floor(o / g);
-      const co = o - ci * g;
-      const n = Math.min(g - co, offset + length - o);
+    this.eachChunk(offset, length, (ci, co, n) => {
       const c = this.chunks.get(ci);
-      if (c) {
-        if (n === g) this.chunks.delete(ci);
-        else {
-          c.fill(0, co, co + n);
-          if (isZero(c)) this.chunks.delete(ci);
-        }
+      if (!c) return;
+      if (n === g) this.chunks.delete(ci);
+      else {
+        c.fill(0, co, co + n);
+        if (isZero(c)) this.chunks.delete(ci);
       }
-      o += n;
-    }
+    });
   }
 
   async mapping(offset: number, length: number): Promise<Extent[]> {
