@@ -1,8 +1,8 @@
 // The initiator's own defaults, in the units a person configures (seconds),
-// and the header/data digest modes. The daemon's configuration (config.ts)
+// and the header/data digest modes. The daemon's configuration (src/config/)
 // builds on these; the protocol layer never reads the configuration.
 
-/** A session's timeouts in seconds (config.ts `timeouts.*` keys of the same names). */
+/** A session's timeouts in seconds (config `timeouts.*` keys of the same names). */
 export interface SessionTimeoutsSec {
   /** Seconds an outage may last before requests fail with EIO (open-iscsi's replacement_timeout). */
   replacement: number;

@@ -112,7 +112,7 @@ export interface SessionStats {
   iface?: string;
 }
 
-/** A session's timeouts (ms) from the configured seconds (config.ts `timeouts.*`). */
+/** A session's timeouts (ms) from the configured seconds (config `timeouts.*`). */
 export function sessionTimeouts(t: SessionTimeoutsSec): Partial<SessionTimeouts> {
   return {
     connectMs: t.connect * 1000,

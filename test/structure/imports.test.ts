@@ -96,7 +96,7 @@ test('the structure rules fire on a fixture with a cycle and a library-to-CLI im
     'src/target/engine.ts': "import type { I } from '../iscsi/initiator';\nexport type T = I;\n",
     'src/daemon/devices.ts': "import type { T } from '../target/engine';\nexport type D = T;\n",
     'src/copy/copy.ts': "import type { E } from '../bridge/lun-export';\nexport type C = E;\n",
-    'src/config.ts': "import type { D } from './daemon/devices';\nexport type C = D;\n",
+    'src/config/index.ts': "import type { D } from '../daemon/devices';\nexport type C = D;\n",
     'src/log.ts': 'export type L = string;\n',
     'src/iscsi/pdu.ts': 'export type P = number;\n',
   };
@@ -112,13 +112,13 @@ test('the structure rules fire on a fixture with a cycle and a library-to-CLI im
   for (const r of [
     'layer-nbd: src/nbd/server.ts -> src/daemon/devices.ts',
     'layer-nbd-netlink: src/nbd/netlink/kernel.ts -> src/log.ts',
-    'layer-iscsi: src/iscsi/initiator.ts -> src/config.ts',
+    'layer-iscsi: src/iscsi/initiator.ts -> src/config/index.ts',
     'layer-scsi: src/scsi/lun.ts -> src/iscsi/pdu.ts',
     'layer-bridge: src/bridge/lun-export.ts -> src/nbd/server.ts',
     'layer-target: src/target/engine.ts -> src/iscsi/initiator.ts',
     'layer-daemon: src/daemon/devices.ts -> src/target/engine.ts',
     'layer-copy: src/copy/copy.ts -> src/bridge/lun-export.ts',
-    'layer-shared: src/config.ts -> src/daemon/devices.ts',
+    'layer-shared: src/config/index.ts -> src/daemon/devices.ts',
   ]) assert.ok(rules.has(r), `${r} fires:\n${[...rules].join('\n')}`);
   // And the folder check sees what a file check cannot: config -> daemon -> ... -> iscsi -> config.
   assert.ok(folderCycles(cruise(dir).graph).length > 0);
