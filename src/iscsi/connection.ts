@@ -58,7 +58,7 @@ const DEFAULT_CONNECT_MS = 10000;
 const DEFAULT_LOGIN_MS = 15000;
 const DEFAULT_MAX_REDIRECTS = 5;
 
-/** Open a TCP connection (IPv4 or IPv6), bounded by timeoutMs. */
+/** One socket read at most: the connection's reused read buffer. */
 const READ_BUFFER_BYTES = 256 * 1024;
 
 /** Where a socket made by tcpConnect delivers what it reads. */
@@ -72,6 +72,7 @@ export interface TcpLink {
   reader: ChunkReader;
 }
 
+/** Open a TCP connection (IPv4 or IPv6), bounded by timeoutMs, through `iface` when given. */
 export function tcpConnect(portal: Portal, timeoutMs = DEFAULT_CONNECT_MS, clock: EngineClock = keepAliveClock, signal?: AbortSignal, iface?: string): Promise<TcpLink> {
   // An interface name: SO_BINDTODEVICE through FFI. An address of this host: net.connect's localAddress.
   if (iface !== undefined && net.isIP(iface) === 0) return boundTcpConnect(portal, iface, timeoutMs, clock, signal);
@@ -254,7 +255,6 @@ export async function openConnection(opts: OpenOptions): Promise<OpenResult> {
  * decoded and passed to the handler given to attach(); those arriving
  * before attach() are held.
  */
-
 export class IscsiConnection extends EventEmitter {
   private st: ConnectionState = 'login';
   private readonly framer: PduFramer;
