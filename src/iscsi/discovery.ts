@@ -20,7 +20,7 @@ import { IscsiNbdError, LoginError, ProtocolError } from '../errors';
 import { rootLogger, type Logger } from '../log';
 import { ISCSI_PORT, LogoutReason } from './constants';
 import type { ChapCredentials } from './chap';
-import { openConnection } from './connection';
+import { openConnection } from './open';
 import { DIGEST_PROPOSAL, type DigestMode } from './digest';
 import { ConnectionLink } from './link';
 import { loginHint, parseTargetAddress, withAclHint, withoutHint } from './login';

@@ -28,7 +28,7 @@ import type { ScsiRequest, ScsiResponse, ScsiTransport } from '../scsi/transport
 import type { ChapCredentials } from './chap';
 import { keepAliveClock, systemClock, type EngineClock, type TimerHandle } from './clock';
 import { AsyncEvent, LogoutReason, TmfResponse } from './constants';
-import { openConnection } from './connection';
+import { openConnection } from './open';
 import { DigestError } from './crc32c';
 import { DIGEST_PROPOSAL, isDigestMode, type DigestMode } from './digest';
 import { ConnectionLink } from './link';
