@@ -271,6 +271,7 @@ export class BridgedExport extends EventEmitter {
         log: this.log.child({ check: 'alua' }), commandTimeoutMs: this.opts.timeouts.command * 1000, maxRetries: 3,
       });
       const groups = await probe.reportTargetPortGroups();
+      this.log.debug({ via: this.sessions.indexOf(sess), groups: groups.map((g) => `${g.id}:${g.state}:${g.ports.join(',')}`), paths: this.sessions.map((s) => this.portIds.get(s)?.group ?? null) }, 'ALUA states read');
       for (const s of this.sessions) {
         const ids = this.portIds.get(s);
         const g = ids?.group === undefined ? undefined : groups.find((x) => x.id === ids.group);

@@ -243,7 +243,8 @@ export class LogicalUnit {
       const b = await this.dataIn(cdb.reportTargetPortGroups(alloc), alloc);
       const r = parseReportTargetPortGroups(b, true);
       if (!r.truncated || alloc >= 65536) return r.groups;
-      alloc = Math.min(65536, 4 + b.readUInt32BE(0));
+      // Room for what it says plus the extended header LIO leaves out of the length; always more.
+      alloc = Math.min(65536, Math.max(alloc * 2, 8 + b.readUInt32BE(0)));
     }
   }
 

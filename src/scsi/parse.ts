@@ -503,23 +503,31 @@ export interface TargetPortGroup {
  * descriptors from byte 8, else from byte 4. Each descriptor:
  * 0: PREF 7, ASYMMETRIC ACCESS STATE 3-0 | 1: supported states | 2-3 TARGET PORT GROUP
  * | 4 reserved | 5 STATUS CODE | 6 vendor | 7 TARGET PORT COUNT | then 4 bytes per port:
- * 0-1 obsolete, 2-3 RELATIVE TARGET PORT IDENTIFIER. What the allocation cut off is dropped.
+ * 0-1 obsolete, 2-3 RELATIVE TARGET PORT IDENTIFIER. What the allocation cut off is dropped
+ * (and `truncated` says so).
+ *
+ * LIO (the kernel's target, Linux 6.1) leaves the extended header's 4 bytes out of RETURN
+ * DATA LENGTH and sends only that length + 4 bytes, so the last port entry of its last group
+ * never arrives. As Linux's scsi_dh_alua does, a descriptor that starts within RETURN DATA
+ * LENGTH is read whenever its 8-byte header arrived, with the port entries that did; only
+ * data cut short by the allocation length (`truncated`) drops a partial descriptor.
  */
 export function parseReportTargetPortGroups(b: Buffer, extended: boolean): { groups: TargetPortGroup[]; transitionTimeSec?: number; truncated: boolean } {
   if (b.length < 4) throw new RangeError('REPORT TARGET PORT GROUPS data shorter than its header');
-  const total = Math.min(b.length, 4 + b.readUInt32BE(0));
+  const end = 4 + b.readUInt32BE(0);
+  const truncated = b.length < end;
   const hasExt = extended && b.length >= 8 && ((b[4] >> 4) & 7) === 1;
   let o = hasExt ? 8 : 4;
   const groups: TargetPortGroup[] = [];
-  while (o + 8 <= total) {
+  while (o < end && o + 8 <= b.length) {
     const count = b[o + 7];
-    if (o + 8 + count * 4 > total) break;
+    if (truncated && o + 8 + count * 4 > b.length) break;
     const ports: number[] = [];
-    for (let i = 0; i < count; i++) ports.push(b.readUInt16BE(o + 8 + i * 4 + 2));
+    for (let i = 0; i < count && o + 8 + i * 4 + 4 <= b.length; i++) ports.push(b.readUInt16BE(o + 8 + i * 4 + 2));
     groups.push({ id: b.readUInt16BE(o + 2), state: ALUA_STATES[b[o] & 0x0f] ?? 'reserved', preferred: (b[o] & 0x80) !== 0, statusCode: b[o + 5], ports });
     o += 8 + count * 4;
   }
-  return { groups, ...(hasExt ? { transitionTimeSec: b[5] } : {}), truncated: b.length < 4 + b.readUInt32BE(0) };
+  return { groups, ...(hasExt ? { transitionTimeSec: b[5] } : {}), truncated };
 }
 
 /** The relative target port and target port group of the port a VPD 0x83 came through (association 1), when given. */

@@ -267,6 +267,29 @@ test('REPORT TARGET PORT GROUPS: cut by the allocation length at every byte, nev
   assert.throws(() => p.parseReportTargetPortGroups(hex('00 00'), true), RangeError);
 });
 
+// LIO (Linux 6.1) with two target port groups of one port each, as it sends it: RETURN DATA
+// LENGTH 24 counts the descriptors only, not the extended header, and it sends 24 + 4 bytes,
+// so the port entry of the last group never arrives.
+const RTPG_LIO = hex(
+  '00 00 00 18' + // RETURN DATA LENGTH 24 (4 short: the extended header is left out)
+  '10 00 00 00' + // FORMAT TYPE 1, IMPLICIT TRANSITION TIME 0
+  '02 cf 00 10 00 02 00 01' + '00 00 00 01' + // group 16 standby (implicit change), relative port 1
+  '00 cf 00 20 00 02 00 01', // group 32 active/optimized, 1 port (its entry is not sent)
+);
+
+test('REPORT TARGET PORT GROUPS as LIO sends it: the last group, whose port entry is cut, still has its state', () => {
+  const r = p.parseReportTargetPortGroups(RTPG_LIO, true);
+  assert.equal(r.truncated, false);
+  assert.deepEqual(r.groups.map((g) => [g.id, g.state, g.ports]), [[16, 'standby', [1]], [32, 'active/optimized', []]]);
+  // With the entry there (a buffer padded past the data), it is read too.
+  const padded = Buffer.concat([RTPG_LIO, hex('00 00 00 02'), Buffer.alloc(64)]);
+  assert.deepEqual(p.parseReportTargetPortGroups(padded, true).groups.map((g) => [g.id, g.ports]), [[16, [1]], [32, [2]]]);
+  // Cut short by the allocation length: a partial descriptor is dropped and that is said.
+  const cut = p.parseReportTargetPortGroups(RTPG_LIO.subarray(0, 24), true);
+  assert.equal(cut.truncated, true);
+  assert.deepEqual(cut.groups.map((g) => g.id), [16]);
+});
+
 test('VPD 0x83: the relative target port and target port group of the port asked', () => {
   const vpd = hex(
     '00 83 00 20' +
