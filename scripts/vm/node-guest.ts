@@ -57,6 +57,15 @@ export const NODE_GUEST_EXTRA_MODULES = [
   '9pnet_virtio',
   '9p',
 ];
+/**
+ * The kernel's own iSCSI target (LIO) with a fileio backstore, for `extraModules`:
+ * configfs (modular in Debian's kernel), target_core_mod and its crc-t10dif (with the
+ * generic crct10dif it soft-depends on, so no modprobe is needed), target_core_file and
+ * iscsi_target_mod (its crc32c digests use crc32c_generic, already in GUEST_MODULES).
+ * The script mounts configfs (`mount -t configfs none /sys/kernel/config`) and builds the
+ * target there.
+ */
+export const LIO_GUEST_MODULES = ['crct10dif_generic', 'configfs', 'target_core_mod', 'target_core_file', 'iscsi_target_mod'];
 const NODE_LAYER_VERSION = 1;
 
 export interface GuestForward {
@@ -103,6 +112,12 @@ export interface GuestRunOptions {
   consoleLogLevel?: number;
   /** nbd module nbds_max (default 16: /dev/nbd0../dev/nbd15). */
   nbdsMax?: number;
+  /**
+   * Kernel modules wanted beside the default ones (e.g. LIO_GUEST_MODULES), by name; they
+   * load after them, dependencies first (from modules.dep). A run with extra modules boots
+   * an image of its own (its own cache keys); without them the image is the default one.
+   */
+  extraModules?: string[];
   /** Lines as they arrive, as in GuestRunResult.log. */
   onLine?: (line: string) => void;
   /** Directory served to the guest (default: the repo root; must contain dist/ and node_modules/). */
@@ -257,11 +272,14 @@ function fileStamp(p: string): string {
  * (keyed on the base image, node's version and binary, the libraries, and every addon's
  * hash and package version), so a second run does not rebuild.
  */
-export async function buildNodeGuestImage(opts: { repoDir?: string; cacheDir?: string; log?: (s: string) => void } = {}): Promise<NodeGuestImage> {
+export async function buildNodeGuestImage(
+  opts: { repoDir?: string; cacheDir?: string; log?: (s: string) => void; extraModules?: string[] } = {},
+): Promise<NodeGuestImage> {
   const log = opts.log ?? (() => undefined);
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
   const repo = path.resolve(opts.repoDir ?? defaultRepoDir());
-  const base = await buildVmImage({ cacheDir, log, extraModules: NODE_GUEST_EXTRA_MODULES });
+  // The base image's key covers its module list, and this layer's key covers the base's.
+  const base = await buildVmImage({ cacheDir, log, extraModules: [...NODE_GUEST_EXTRA_MODULES, ...(opts.extraModules ?? [])] });
 
   const nodeBin = fs.realpathSync(process.execPath);
   const libs = new Set<string>(await lddLibs(nodeBin));
@@ -506,7 +524,7 @@ export async function runGuest(opts: GuestRunOptions): Promise<GuestRunResult> {
     seen.add(f.guestPort);
   }
   for (const k of Object.keys(opts.env ?? {})) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad env name ${k}`);
-  const image = await buildNodeGuestImage({ repoDir: repo, cacheDir: opts.cacheDir, log: onLine });
+  const image = await buildNodeGuestImage({ repoDir: repo, cacheDir: opts.cacheDir, log: onLine, extraModules: opts.extraModules });
   const tmp = vmTmpDir('iscsi-nbd-node-guest-');
   try {
     return await boot(opts, repo, image, tmp, onLine);
