@@ -6,9 +6,10 @@ import { SessionPool } from './pool';
 import { LogicalUnit, probeSameLun } from '../scsi/lun';
 import { targetPortIds } from '../scsi/parse';
 import { withContext } from '../util/context';
-import { IscsiSession, sessionTimeouts } from '../iscsi/initiator';
+import type { IscsiSession } from '../iscsi/initiator';
 import { backoffDelay, type ReconnectBackoff } from '../util/backoff';
-import { discover } from '../iscsi/discovery';
+import { TargetRegistry, type LunUser, type TargetSessions } from './targets';
+import type { Portal } from './paths';
 import { parseIscsiUrl, parseLunUrl, IscsiUrl, formatHostPort } from '../iscsi/url';
 import { ConfigError, IscsiNbdError } from '../errors';
 import { rootLogger, Logger } from '../log';
@@ -30,6 +31,8 @@ export interface ManagerOptions {
   authFor: (url: IscsiUrl, spec: ExportConfig) => SessionAuth | undefined;
   metrics?: Metrics;
   log?: Logger;
+  /** The daemon's target pools, shared with its other managers (default: one of this manager's own). */
+  targets?: TargetRegistry;
 }
 
 /**
@@ -53,40 +56,8 @@ export const SERVING_STATES: readonly ExportState[] = ['ready', 'degraded', 'rec
 /** Re-opening a failed export: 1 s doubling to 60 s, +/- 20 %. */
 export const OPEN_RETRY_BACKOFF: ReconnectBackoff = { initialMs: 1000, maxMs: 60_000, jitter: 0.2 };
 
-interface Portal {
-  host: string;
-  port: number;
-}
+export { sessionPaths, sessionCount, pathOfSession, type SessionPath } from './paths';
 
-// ---- Which portal and interface each session uses (paths bound to interfaces).
-
-/** Where one session goes: a portal, and the interface it leaves through (none: the routing table's). */
-export interface SessionPath {
-  portal: Portal;
-  iface?: string;
-}
-
-/**
- * The paths of an export, as open-iscsi makes them: one per interface per
- * portal (portals × ifaces, portal by portal), or one per portal without
- * interfaces.
- */
-export function sessionPaths(portals: readonly Portal[], ifaces: readonly string[] | undefined): SessionPath[] {
-  if (!ifaces || ifaces.length === 0) return portals.map((portal) => ({ portal }));
-  return portals.flatMap((portal) => ifaces.map((iface) => ({ portal, iface })));
-}
-
-/** Sessions to open: `sessions` is a minimum; every path gets at least one. */
-export function sessionCount(paths: readonly SessionPath[], sessions: number): number {
-  return Math.max(1, sessions, paths.length);
-}
-
-/** The path of session `index`: round robin over the paths. */
-export function pathOfSession(paths: readonly SessionPath[], index: number): SessionPath {
-  return paths[index % paths.length];
-}
-
-// ----
 
 /**
  * One NBD export: a LUN on one target, reached through a pool of iSCSI
@@ -109,7 +80,10 @@ export interface ResizeOutcome {
   refused?: string;
 }
 
-export class BridgedExport extends EventEmitter {
+/** How often a LUN refused alone (another device behind the same LUN number) looks again: 1 s doubling to 30 s. */
+const LUN_RECHECK_BACKOFF: ReconnectBackoff = { initialMs: 1000, maxMs: 30_000, jitter: 0.2 };
+
+export class BridgedExport extends EventEmitter implements LunUser {
   state: ExportState = 'starting';
   /** Why the export is failed (or the last open attempt failed). */
   lastError?: Error;
@@ -124,7 +98,15 @@ export class BridgedExport extends EventEmitter {
   private stopped = false;
   readonly url: IscsiUrl;
   readonly portals: Portal[];
-  sessions: IscsiSession[] = [];
+  /** The target's sessions this LUN uses (shared with the other LUNs of the pool). */
+  private target?: TargetSessions;
+  private readonly targets: TargetRegistry;
+  /** Listeners this export put on the shared sessions, taken off when it closes. */
+  private readonly sessionListeners: Array<() => void> = [];
+  /** Set while this LUN (alone of its pool) is another device: its I/O fails with it. */
+  private lunRefusal: Error | undefined;
+  private recheckTimer?: NodeJS.Timeout;
+  private recheckAttempts = 0;
   pool?: SessionPool;
   lun?: LogicalUnit;
   export?: InstrumentedExport;
@@ -137,6 +119,7 @@ export class BridgedExport extends EventEmitter {
     if (!this.url.target) throw new ConfigError('EBADURL', `export "${spec.name}": the URL ${this.url.redacted()} names no target (want iscsi://host/<iqn>/<lun>)`);
     this.log = (opts.log ?? rootLogger()).child({ export: spec.name });
     this.auth = opts.authFor(this.url, spec);
+    this.targets = opts.targets ?? new TargetRegistry(this.log);
     this.portals = [{ host: this.url.host, port: this.url.port }];
     for (const p of spec.portals ?? []) {
       const u = parseIscsiUrl(`iscsi://${p}`);
@@ -146,6 +129,20 @@ export class BridgedExport extends EventEmitter {
 
   get name(): string {
     return this.spec.name;
+  }
+
+  /** The target's sessions, while the export is open or opening. */
+  get sessions(): IscsiSession[] {
+    return this.target?.sessions ?? [];
+  }
+
+  /** The pool this LUN uses (status: the sessions are shown under it). */
+  get poolId(): string | undefined {
+    return this.target?.id;
+  }
+
+  get lunOpen(): boolean {
+    return this.lun?.isOpen === true;
   }
 
   private setState(s: ExportState, reason?: string): void {
@@ -164,6 +161,11 @@ export class BridgedExport extends EventEmitter {
   private updateHealth(): void {
     if (this.stopped || !this.export) return;
     if (!['starting', 'ready', 'degraded', 'recovering', 'failed'].includes(this.state)) return;
+    if (this.lunRefusal) {
+      this.lastError = this.lunRefusal;
+      this.setState('recovering', this.lunRefusal.message);
+      return;
+    }
     const up = this.sessions.filter((s) => s.state === 'logged-in').length;
     if (up === this.sessions.length) {
       this.lastError = undefined;
@@ -193,31 +195,65 @@ export class BridgedExport extends EventEmitter {
     return l && l.length > 0 ? l : undefined;
   }
 
-  private newSession(path: SessionPath, index: number): IscsiSession {
-    const { portal, iface } = path;
-    const t = this.opts.timeouts;
-    const s = new IscsiSession({
-      portal,
-      ...(iface !== undefined ? { iface } : {}),
-      targetName: this.url.target!,
-      initiatorName: this.opts.initiatorName,
-      auth: this.auth,
-      digest: this.spec.digest ?? this.opts.digest,
-      timeouts: sessionTimeouts(t),
-      reconnect: true,
-      log: this.log.child({ session: index, portal: formatHostPort(portal.host, portal.port), ...(iface !== undefined ? { iface } : {}) }),
-      verifyLogin: (sess) => this.checkIdentity(sess, index),
-    });
-    s.on('state', () => this.updateHealth());
+  /** Health and metrics of this export follow a session of its pool. */
+  private watchSession(s: IscsiSession, index: number): void {
+    const health = (): void => this.updateHealth();
+    s.on('state', health);
+    this.sessionListeners.push(() => s.off('state', health));
     const m = this.opts.metrics;
     if (m) {
-      const labels = { export: this.name, session: String(index), portal: formatHostPort(portal.host, portal.port) };
+      const portal = s.stats.portal;
+      const labels = { export: this.name, session: String(index), portal };
       const upd = () => m.sessionState.set({ ...labels, target: this.url.target! }, s.state === 'logged-in' ? 1 : 0);
+      const rec = () => m.sessionReconnects.inc(labels);
       s.on('state', upd);
-      s.on('reconnected', () => m.sessionReconnects.inc(labels));
+      s.on('reconnected', rec);
+      this.sessionListeners.push(() => {
+        s.off('state', upd);
+        s.off('reconnected', rec);
+      });
       upd();
     }
-    return s;
+  }
+
+  checkLogin(sess: IscsiSession, index: number): Promise<void> {
+    return this.checkIdentity(sess, index);
+  }
+
+  /**
+   * This LUN alone is another device (the other LUNs of its sessions are
+   * not): its I/O fails with `err` and it looks again on every login and
+   * with backoff, until the expected device is back.
+   */
+  refuseLun(err: Error | undefined): void {
+    const was = this.lunRefusal;
+    this.lunRefusal = err;
+    this.pool?.refuse(err);
+    if (err && !was) {
+      this.log.error({ err }, 'a different device answers at this LUN: refusing it (its I/O fails; the other LUNs of the target go on); still checking');
+      this.emit('refused', err);
+    } else if (!err && was) {
+      this.log.warn('the expected device is back at this LUN; serving again');
+      this.recheckAttempts = 0;
+    }
+    if (err) this.scheduleRecheck();
+    this.updateHealth();
+  }
+
+  private scheduleRecheck(): void {
+    if (this.recheckTimer || this.stopped) return;
+    const delay = backoffDelay(this.recheckAttempts++, LUN_RECHECK_BACKOFF);
+    this.recheckTimer = setTimeout(() => {
+      this.recheckTimer = undefined;
+      if (this.stopped || !this.lunRefusal) return;
+      const i = this.sessions.findIndex((x) => x.state === 'logged-in');
+      if (i < 0) return this.scheduleRecheck(); // a login checks it anyway
+      this.checkIdentity(this.sessions[i], i).then(
+        () => this.refuseLun(undefined),
+        (err: Error) => (err as { code?: string }).code === 'ELUN_CHANGED' ? this.refuseLun(err) : this.scheduleRecheck(),
+      );
+    }, delay);
+    this.recheckTimer.unref?.();
   }
 
   /**
@@ -228,7 +264,7 @@ export class BridgedExport extends EventEmitter {
    */
   private async checkIdentity(sess: IscsiSession, index: number): Promise<void> {
     const lun = this.lun;
-    if (!lun?.isOpen) return; // the first login: this is where the identity comes from
+    if (!lun?.isOpen) return; // not open yet: lun.open() finds its identity
     const got = await probeSameLun({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, lun.info, {
       what: `export "${this.name}": LUN ${lun.lun} of ${this.url.target}`,
       log: this.log.child({ session: index, check: 'identity' }),
@@ -408,21 +444,22 @@ export class BridgedExport extends EventEmitter {
   }
 
   private async openOnce(): Promise<void> {
-    // A retry starts from nothing: the sessions of the failed attempt are closed.
-    this.sessions = [];
+    // A retry starts from nothing: the failed attempt gave its pool back.
     this.pool = undefined;
     this.lun = undefined;
     this.export = undefined;
+    this.lunRefusal = undefined;
     try {
       await this.openSteps();
     } catch (err) {
+      await this.releaseTarget();
       this.failedAttempts++;
       this.lastError = err as Error;
       this.setState('failed', (err as Error).message);
       throw err;
     }
     if (this.stopped) {
-      await this.closeSessions();
+      await this.releaseTarget();
       throw new IscsiNbdError('ESHUTDOWN', `export "${this.name}" was closed while it was opening`);
     }
     this.lastError = undefined;
@@ -431,20 +468,39 @@ export class BridgedExport extends EventEmitter {
 
   private async openSteps(): Promise<void> {
     const lunNo = this.url.lun ?? 0;
-    if (this.spec.discoverPortals) await this.addDiscoveredPortals();
-    const paths = sessionPaths(this.portals, this.ifaces);
-    const count = sessionCount(paths, this.spec.sessions ?? this.opts.sessions);
-    const first = this.newSession(paths[0], 0);
-    this.sessions.push(first);
+    // The target's pool: made and logged in by the first LUN of it, joined by the others.
+    const target = this.targets.acquire({
+      target: this.url.target!,
+      portals: this.portals,
+      ...(this.spec.discoverPortals ? { discoverPortals: true } : {}),
+      ...(this.ifaces ? { ifaces: this.ifaces } : {}),
+      initiatorName: this.opts.initiatorName,
+      ...(this.auth ? { auth: this.auth } : {}),
+      digest: this.spec.digest ?? this.opts.digest,
+      timeouts: this.opts.timeouts,
+      ...(this.spec.ownSessions ? { own: this.name } : {}),
+    }, this.opts.log);
+    this.target = target;
     try {
-      await first.connect();
+      await target.start();
     } catch (err) {
-      await this.closeSessions();
-      const via = paths[0].iface !== undefined ? ` through ${paths[0].iface}` : '';
-      throw withContext(err, `export "${this.name}": cannot log in to ${this.url.target} at ${formatHostPort(this.portals[0].host, this.portals[0].port)}${via}`);
+      const p = target.portals[0];
+      const via = this.ifaces ? ` through ${this.ifaces[0]}` : '';
+      throw withContext(err, `export "${this.name}": cannot log in to ${this.url.target} at ${formatHostPort(p.host, p.port)}${via}`);
     }
-    this.pool = new SessionPool([...this.sessions], { log: this.log, waitForMemberMs: this.opts.timeouts.replacement * 1000 });
-    this.lun = new LogicalUnit(countSense(this.pool, this.opts.metrics, this.name), lunNo, {
+    if (!target.sessions.some((s) => s.state === 'logged-in')) {
+      throw new IscsiNbdError('ECONNLOST', `export "${this.name}": no session of ${target.id} is logged in now; retrying`);
+    }
+    const pool = new SessionPool([...target.sessions], { log: this.log, waitForMemberMs: this.opts.timeouts.replacement * 1000, gate: target.gate.owner() });
+    this.pool = pool;
+    target.sessions.forEach((s, i) => this.watchSession(s, i));
+    const joined = (s: IscsiSession, i: number): void => {
+      pool.add(s);
+      this.watchSession(s, i);
+    };
+    target.on('session', joined);
+    this.sessionListeners.push(() => target.off('session', joined));
+    this.lun = new LogicalUnit(countSense(pool, this.opts.metrics, this.name), lunNo, {
       log: this.log,
       commandTimeoutMs: this.opts.timeouts.command * 1000,
       // UNIT ATTENTIONs: the LogicalUnit logs each one (with asc/ascq) itself.
@@ -456,58 +512,34 @@ export class BridgedExport extends EventEmitter {
     try {
       await this.lun.open();
     } catch (err) {
-      await this.closeSessions();
       throw withContext(err, `export "${this.name}": LUN ${lunNo} of ${this.url.target}`);
     }
     // A standby or unavailable answer sends the command to another path; the states are read again.
-    this.pool.on('alua-stale', () => void this.refreshAlua());
-    this.portIds.set(first, targetPortIds(this.lun.info.designators));
-    await this.refreshAlua(first);
+    pool.on('alua-stale', () => void this.refreshAlua());
+    // Every login from now on checks this LUN too.
+    target.attach(this);
+    // The sessions up already: the target port each reaches for this LUN (ALUA).
+    for (let i = 0; i < target.sessions.length; i++) {
+      const s = target.sessions[i];
+      if (s.state !== 'logged-in') continue;
+      if (i === 0 && target.sessions.length === 1) this.portIds.set(s, targetPortIds(this.lun.info.designators));
+      else await this.checkIdentity(s, i);
+    }
+    await this.refreshAlua();
     // The rest of the pool, spread over the paths (portals × interfaces); a
     // path that is down now keeps retrying in the background.
-    const more: Promise<void>[] = [];
-    for (let i = 1; i < count; i++) {
-      const s = this.newSession(pathOfSession(paths, i), i);
-      this.sessions.push(s);
-      this.pool.add(s);
-      more.push(
-        s.connect().catch((err) => {
-          this.log.warn({ err, session: i }, 'extra session could not log in yet; it keeps retrying');
-          s.retryInBackground();
-        }),
-      );
-    }
-    await Promise.all(more);
+    await target.ensure(this.spec.sessions ?? this.opts.sessions);
     const inner = new LunExport(this.lun, { name: this.name, description: this.spec.description, readOnly: this.spec.readOnly ?? this.opts.readOnly, log: this.log });
     this.export = new InstrumentedExport(inner, this.opts.metrics, this.log);
     const info = this.lun.info;
     this.log.info(
       {
         target: this.url.target, lun: lunNo, size: info.sizeBytes.toString(), blockSize: info.blockSize,
-        vendor: info.vendor, product: info.product, sessions: this.sessions.length, portals: this.portals.length,
+        vendor: info.vendor, product: info.product, pool: target.id, sessions: target.sessions.length, portals: target.portals.length,
         ...(this.ifaces ? { ifaces: this.ifaces } : {}), flags: inner.flags,
       },
       'export ready',
     );
-  }
-
-  private async addDiscoveredPortals(): Promise<void> {
-    try {
-      const targets = await discover({
-        portal: this.portals[0],
-        ...(this.ifaces ? { iface: this.ifaces[0] } : {}),
-        initiatorName: this.opts.initiatorName,
-        auth: this.auth,
-        digest: this.spec.digest ?? this.opts.digest,
-        log: this.log,
-      });
-      const t = targets.find((x) => x.name === this.url.target);
-      for (const p of t?.portals ?? []) {
-        if (!this.portals.some((q) => q.host === p.host && q.port === p.port)) this.portals.push({ host: p.host, port: p.port });
-      }
-    } catch (err) {
-      this.log.warn({ err }, 'portal discovery failed; using the configured portals');
-    }
   }
 
   /** Offered to NBD clients: open, with a session logged in or recovering. */
@@ -520,18 +552,15 @@ export class BridgedExport extends EventEmitter {
     return (this.state === 'ready' || this.state === 'degraded') && this.sessions.some((s) => s.state === 'logged-in');
   }
 
-  private async closeSessions(): Promise<void> {
-    await Promise.all(
-      this.sessions.map(async (s) => {
-        try {
-          if (s.state === 'logged-in') await s.logout();
-        } catch (err) {
-          this.log.debug({ err }, 'logout failed');
-        } finally {
-          s.close();
-        }
-      }),
-    );
+  /** Stop using the target's sessions; the last LUN of the pool logs them out. */
+  private async releaseTarget(): Promise<void> {
+    const t = this.target;
+    if (!t) return;
+    this.target = undefined;
+    t.detach(this);
+    for (const off of this.sessionListeners.splice(0)) off();
+    this.pool?.detach();
+    await this.targets.release(t);
   }
 
   /** Flush, log out of every session. Called once no NBD client uses the export. */
@@ -539,13 +568,14 @@ export class BridgedExport extends EventEmitter {
     if (this.state === 'closed') return;
     this.stopped = true;
     if (this.aluaPoll) clearTimeout(this.aluaPoll);
+    if (this.recheckTimer) clearTimeout(this.recheckTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.nextRetryAt = undefined;
     this.setState('draining');
     if (this.opening) {
-      // An attempt in progress: its sessions are dropped, so it ends now.
-      for (const s of this.sessions) s.close();
+      // An attempt in progress: a pool only it uses is dropped, so it ends now.
+      if (this.target && this.target.refs === 1) this.target.abort();
       await this.opening.catch(() => undefined);
     }
     if (this.lun && this.sessions.some((s) => s.state === 'logged-in')) {
@@ -555,8 +585,7 @@ export class BridgedExport extends EventEmitter {
         this.log.warn({ err }, 'final flush failed');
       }
     }
-    this.pool?.detach();
-    await this.closeSessions();
+    await this.releaseTarget();
     this.setState('closed');
   }
 
@@ -565,6 +594,7 @@ export class BridgedExport extends EventEmitter {
     return {
       name: this.name,
       state: this.state,
+      ...(this.target ? { pool: this.target.id } : {}),
       ...(this.lastError ? { error: this.lastError.message } : {}),
       ...(this.state === 'failed' && this.failedAttempts > 0 ? { failedAttempts: this.failedAttempts } : {}),
       // While a retry's attempt runs there is no timer, but the retrying goes on: "now".
@@ -588,7 +618,7 @@ export class BridgedExport extends EventEmitter {
         return {
           index: i, state: s.state, inFlight: s.inFlight, ...s.stats,
           ...(a ? { alua: { state: a.state, ...(a.group !== undefined ? { group: a.group } : {}), ...(a.relativePort !== undefined ? { relativePort: a.relativePort } : {}) } } : {}),
-          ...(s.refused ? { refused: s.refused.message } : {}),
+          ...(s.refused ? { refused: s.refused.message } : this.lunRefusal ? { refused: this.lunRefusal.message } : {}),
         };
       }),
     };
@@ -600,9 +630,13 @@ export class BridgedExport extends EventEmitter {
 export class ExportManager {
   readonly exports = new Map<string, BridgedExport>();
   private readonly log: Logger;
+  private readonly opts: ManagerOptions;
+  readonly targets: TargetRegistry;
 
-  constructor(private readonly opts: ManagerOptions) {
+  constructor(opts: ManagerOptions) {
     this.log = opts.log ?? rootLogger();
+    this.targets = opts.targets ?? new TargetRegistry(this.log);
+    this.opts = { ...opts, targets: this.targets };
   }
 
   get(name: string): Export | undefined {

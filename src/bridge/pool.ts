@@ -5,6 +5,7 @@ import { TransportError } from '../errors';
 import { rootLogger, Logger } from '../log';
 import type { PendingTask } from '../iscsi/session-engine';
 import { isLoggedIn, isPathDown, isReconnecting, mayHoldParked, type SessionState } from '../iscsi/session-state';
+import { FairGate, type GateOwner } from './fair-gate';
 
 /** What the pool needs of one session (IscsiSession provides it). */
 export interface PoolMember extends ScsiTransport {
@@ -19,8 +20,10 @@ export interface PoolMember extends ScsiTransport {
 }
 
 export interface PoolOptions {
-  /** Commands in flight across the whole pool; further ones wait (backpressure). */
+  /** Commands in flight across the whole pool; further ones wait (backpressure). Ignored with `gate`. */
   maxOutstanding?: number;
+  /** This pool's share of slots shared with the other LUNs of the same sessions (default: slots of its own). */
+  gate?: GateOwner;
   /** How long a command may wait for any member to be logged in (ms). */
   waitForMemberMs?: number;
   log?: Logger;
@@ -61,10 +64,10 @@ function aluaRank(a: PathAlua | undefined): number {
  * reaches NBD clients as slower replies.
  */
 export class SessionPool extends EventEmitter implements ScsiTransport {
-  private readonly maxOutstanding: number;
   private readonly waitForMemberMs: number;
-  private outstanding = 0;
-  private readonly slotWaiters: Array<() => void> = [];
+  private readonly gate: GateOwner;
+  /** Set while the LUN behind these sessions is another device: every command fails with it. */
+  private refusal: Error | undefined;
   private readonly memberWaiters = new Set<() => void>();
   private readonly log: Logger;
   private readonly memberListeners = new Map<PoolMember, (state: SessionState) => void>();
@@ -76,7 +79,7 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
 
   constructor(readonly members: PoolMember[], opts: PoolOptions = {}) {
     super();
-    this.maxOutstanding = opts.maxOutstanding ?? 256;
+    this.gate = opts.gate ?? new FairGate(opts.maxOutstanding ?? 256).owner();
     this.waitForMemberMs = opts.waitForMemberMs ?? 120_000;
     this.log = opts.log ?? rootLogger();
     for (const m of members) this.listen(m);
@@ -129,11 +132,21 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   }
 
   get inFlight(): number {
-    return this.outstanding;
+    return this.gate.held;
   }
 
   get queued(): number {
-    return this.slotWaiters.length;
+    return this.gate.queued;
+  }
+
+  /** Refuse every command with `err` (the LUN changed behind these sessions), or serve again (undefined). */
+  refuse(err: Error | undefined): void {
+    this.refusal = err;
+    this.wakeMemberWaiters();
+  }
+
+  get refused(): Error | undefined {
+    return this.refusal;
   }
 
   /** Members able to take commands now. */
@@ -142,25 +155,23 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   }
 
   execute(req: ScsiRequest): Promise<ScsiResponse> {
+    if (this.refusal) return Promise.reject(this.refusal);
     // Common case: a free slot and a logged-in member; no async frame of our own.
-    if (this.outstanding < this.maxOutstanding) {
-      const member = this.pickNow();
-      if (member) {
-        this.outstanding++;
-        let p: Promise<ScsiResponse>;
-        try {
-          p = member.execute(req);
-        } catch (e) {
-          this.releaseSlot();
-          return Promise.reject(e);
-        }
-        // Only a target with ALUA needs to know which path a reply came from.
-        if (this.alua.size === 0) return p.then(this.releaseOk, this.releaseErr);
-        return p.then((r) => {
-          if (r.status === SAM_STAT_CHECK_CONDITION) this.checkAluaSense(member, r);
-          return this.releaseOk(r);
-        }, this.releaseErr);
+    const member = this.pickNow();
+    if (member && this.gate.tryTake()) {
+      let p: Promise<ScsiResponse>;
+      try {
+        p = member.execute(req);
+      } catch (e) {
+        this.releaseSlot();
+        return Promise.reject(e);
       }
+      // Only a target with ALUA needs to know which path a reply came from.
+      if (this.alua.size === 0) return p.then(this.releaseOk, this.releaseErr);
+      return p.then((r) => {
+        if (r.status === SAM_STAT_CHECK_CONDITION) this.checkAluaSense(member, r);
+        return this.releaseOk(r);
+      }, this.releaseErr);
     }
     return this.executeWaiting(req);
   }
@@ -176,18 +187,13 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
   };
 
   private releaseSlot(): void {
-    const next = this.slotWaiters.shift();
-    if (next) next(); // hand our slot straight to the next waiter
-    else this.outstanding--;
+    this.gate.release();
   }
 
   private async executeWaiting(req: ScsiRequest): Promise<ScsiResponse> {
-    if (this.outstanding >= this.maxOutstanding) {
-      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
-    } else {
-      this.outstanding++;
-    }
+    await this.gate.wait();
     try {
+      if (this.refusal) throw this.refusal;
       const member = this.pickNow() ?? (await this.pick()); // no promise when a member is ready
       const r = await member.execute(req);
       if (r.status === SAM_STAT_CHECK_CONDITION) this.checkAluaSense(member, r);
@@ -271,6 +277,12 @@ export class SessionPool extends EventEmitter implements ScsiTransport {
         reject(new TransportError('ECONNLOST', `no iSCSI session is logged in after ${this.waitForMemberMs} ms`));
       }, this.waitForMemberMs);
       const check = () => {
+        if (this.refusal) {
+          clearTimeout(timer);
+          this.memberWaiters.delete(check);
+          reject(this.refusal);
+          return;
+        }
         const m = this.pickNow();
         if (!m) return;
         clearTimeout(timer);

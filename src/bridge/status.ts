@@ -38,8 +38,22 @@ export interface SessionStatus {
   alua?: { state: string; group?: number; relativePort?: number };
 }
 
+/** One target's pool of sessions, shared by its LUNs. */
+export interface TargetStatus {
+  /** How exports and devices name the pool (`pool`): target@portals. */
+  id: string;
+  target: string;
+  portals: string[];
+  ifaces?: string[];
+  /** The exports and mapped devices (map:NAME) that use it. */
+  luns: string[];
+  sessions: SessionStatus[];
+}
+
 export interface ExportStatus {
   name: string;
+  /** The target pool whose sessions it uses (see TargetStatus.id). */
+  pool?: string;
   /** starting, ready, degraded, recovering, failed, draining or closed (see ExportState). */
   state: string;
   /** Why it is failed (or why the last open attempt failed). */

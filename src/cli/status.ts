@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { readControl } from '../daemon/control';
 import { defaultControlPath } from '../daemon/paths';
-import type { DaemonStatus, SessionStatus } from '../daemon/status';
+import type { DaemonStatus, SessionStatus, TargetStatus } from '../daemon/status';
 import { renderMappings } from './map';
 
 export function options<T>(y: Argv<T>) {
@@ -31,6 +31,31 @@ function renderSessions(out: string[], sessions: SessionStatus[]): void {
   }
 }
 
+/**
+ * A LUN's paths over its pool's sessions: their state, and this LUN's ALUA
+ * state on each (the sessions themselves are shown once, under their target).
+ */
+function renderPaths(out: string[], indent: string, pool: string, sessions: SessionStatus[]): void {
+  out.push(`${indent}Pool: ${pool} (sessions under Targets)`);
+  for (const ss of sessions) {
+    const alua = ss.alua ? `  ALUA ${ss.alua.state}${ss.alua.group !== undefined ? ` (group ${ss.alua.group})` : ''}` : '';
+    out.push(`${indent}\tPath #${ss.index}: ${ss.state}  ${ss.portal ?? '?'}${ss.iface !== undefined ? ` via ${ss.iface}` : ''}${alua}`);
+    if (ss.refused) out.push(`${indent}\t\tREFUSED: ${ss.refused}`);
+  }
+}
+
+function renderTargets(out: string[], targets: TargetStatus[]): void {
+  out.push('', 'Targets:');
+  for (const t of targets) {
+    out.push(`\tTarget: ${t.target}`, `\t\tPool: ${t.id}`, `\t\tPortals: ${t.portals.join(', ')}${t.ifaces ? `  Interfaces: ${t.ifaces.join(', ')}` : ''}`);
+    out.push(`\t\tLUNs: ${t.luns.length ? t.luns.join(', ') : 'none'}`);
+    out.push(`\t\tiSCSI sessions: ${t.sessions.length}`);
+    const lines: string[] = [];
+    renderSessions(lines, t.sessions);
+    for (const l of lines) out.push(`\t${l}`);
+  }
+}
+
 export function render(s: DaemonStatus): string {
   const out: string[] = [];
   out.push(`iscsi-nbd ${s.version ? `${s.version}, ` : ''}pid ${s.pid}${s.startedAt ? `, started ${s.startedAt}` : ''}, initiator ${s.initiatorName}`);
@@ -47,8 +72,12 @@ export function render(s: DaemonStatus): string {
     if (e.size) out.push(`\tSize: ${e.size} bytes, block size ${e.blockSize}, ${e.vendor ?? ''} ${e.product ?? ''}`.trimEnd());
     if (e.flags) out.push(`\tFlags: ${Object.entries(e.flags).filter(([, v]) => v).map(([k]) => k).join(' ')}`);
     if (e.counters) out.push(`\tRequests: ${e.counters.requests} (${e.counters.errors} failed), read ${e.counters.bytesRead} B, written ${e.counters.bytesWritten} B, in flight ${e.inFlight}, queued ${e.queued}`);
-    out.push(`\tiSCSI sessions: ${e.sessions.length}${e.movedCommands ? `, commands moved to another path: ${e.movedCommands}` : ''}`);
-    renderSessions(out, e.sessions);
+    if (e.movedCommands) out.push(`\tCommands moved to another path: ${e.movedCommands}`);
+    if (e.pool && s.targets) renderPaths(out, '\t', e.pool, e.sessions);
+    else {
+      out.push(`\tiSCSI sessions: ${e.sessions.length}`);
+      renderSessions(out, e.sessions);
+    }
     const clients = s.clients.filter((c) => c.exportName === e.name);
     out.push(`\tNBD clients: ${clients.length}`);
     for (const c of clients) {
@@ -62,10 +91,16 @@ export function render(s: DaemonStatus): string {
     for (const m of s.mappings) {
       if (m.error) out.push(`\t${m.device}: ${m.error}`);
       if (!m.sessions) continue;
+      if (m.pool && s.targets) {
+        out.push(`\t${m.device}:`);
+        renderPaths(out, '\t\t', m.pool, m.sessions);
+        continue;
+      }
       out.push(`\t${m.device}: iSCSI sessions: ${m.sessions.length}`);
       renderSessions(out, m.sessions);
     }
   }
+  if (s.targets?.length) renderTargets(out, s.targets);
   const negotiating = s.clients.filter((c) => !c.exportName);
   if (negotiating.length) out.push('', `Clients still negotiating: ${negotiating.length}`);
   return out.join('\n') + '\n';

@@ -37,6 +37,11 @@ export interface ExportConfig {
   ifaces?: string[];
   digest?: DigestPref;
   chap?: ChapConfig;
+  /**
+   * Sessions of its own instead of the pool its target's other LUNs share
+   * (the default: one pool per target, as open-iscsi).
+   */
+  ownSessions?: boolean;
 }
 
 export interface TlsConfig {
@@ -177,6 +182,7 @@ const exportSchema = objectSchema<ExportConfig>()({
     ifaces: ifaceList,
     digest: { type: 'string', enum: DIGEST_MODES, nullable: true },
     chap: { ...chapSchema, nullable: true },
+    ownSessions: optBool,
   },
 });
 

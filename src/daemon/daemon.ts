@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { NbdServer, NbdTlsOptions } from '../nbd/server';
 import { ExportManager, ManagerOptions } from '../bridge/manager';
+import { TargetRegistry } from '../bridge/targets';
 import { DaemonConfig, parseListen, readSecret } from '../config';
 import { ConfigError } from '../errors';
 import { Metrics, packageVersion, startMetricsServer } from '../metrics';
@@ -26,7 +27,7 @@ import { closeStoredSocket, closeUntaken, NO_FD_STORE, SystemdFdStore, type FdKe
 
 /** How long a stop waits for one NBD client's requests in flight before giving up its hand-over. */
 const CLIENT_HANDOVER_MS = 20_000;
-import { clientStatus, DaemonStatus, exportsStatus } from './status';
+import { clientStatus, DaemonStatus, exportsStatus, targetsStatus } from './status';
 
 export type { ReloadOutcome } from './reload';
 
@@ -107,6 +108,7 @@ export class Daemon implements RunningDaemon {
   private readonly managerOptions: ManagerOptions;
   /** Opens the LUNs of mapped devices (never served over TCP). */
   private readonly mapped: ExportManager;
+  private readonly targets: TargetRegistry;
   /** Serves the kernel's sockets (no listeners). */
   private readonly kernelServer: NbdServer;
   private readonly undo: UndoStack;
@@ -166,6 +168,9 @@ export class Daemon implements RunningDaemon {
           targetSecret: readSecret({ value: spec.chap.targetSecret, file: spec.chap.targetSecretFile, env: spec.chap.targetSecretEnv }, 'the target CHAP secret'),
         }),
     };
+    // One pool of sessions per target, shared by the exports and the mapped devices.
+    this.targets = new TargetRegistry(log.child({ component: 'targets' }));
+    this.managerOptions.targets = this.targets;
     this.manager = new ExportManager(this.managerOptions);
     // Mapped devices: their LUNs are not NBD exports anyone may connect to; the
     // kernel reaches them only through the socketpairs handed to it.
@@ -388,6 +393,7 @@ export class Daemon implements RunningDaemon {
       clients: this.server.connections().map(clientStatus),
       stateDir: this.stateDir,
       mappings: this.devices.list(),
+      targets: targetsStatus(this.targets),
     };
   }
 

@@ -347,6 +347,7 @@ class DeviceMapping {
       device: this.device, index: r.index, url: parseIscsiUrl(r.url).redacted(), export: this.lun?.exp.name ?? r.exportName ?? '',
       identity: r.identity, blockSize: r.blockSize, size: r.size, connections: r.connections, readOnly: r.readOnly,
       state: this.state, attach: this.how, ...(this.error ? { error: this.error } : {}),
+      ...(this.lun?.exp.poolId ? { pool: this.lun.exp.poolId } : {}),
       ...(this.lun ? { sessions: exportStatus(this.lun.exp).sessions } : {}),
     };
   }

@@ -1,8 +1,10 @@
 import type { BridgedExport, ExportManager, ResizeOutcome } from '../bridge/manager';
 import type { NbdConnectionInfo } from '../nbd/server';
-import type { ExportStatus, SessionStatus } from '../bridge/status';
+import type { ExportStatus, SessionStatus, TargetStatus } from '../bridge/status';
+import type { TargetRegistry } from '../bridge/targets';
+import type { IscsiSession } from '../iscsi/initiator';
 
-export type { ExportStatus, SessionStatus, NegotiatedStatus } from '../bridge/status';
+export type { ExportStatus, SessionStatus, NegotiatedStatus, TargetStatus } from '../bridge/status';
 
 // The daemon's status document: what `iscsi-nbd status` prints, what the
 // control socket answers and what /readyz details. One typed shape.
@@ -41,7 +43,9 @@ export interface MappingStatus {
   attach?: 'new' | 'reattached' | 'adopted';
   /** Why it is not attached, when it is not. */
   error?: string;
-  /** The LUN's iSCSI sessions (login details, negotiated digests), while it is open. */
+  /** The target pool whose sessions the LUN uses (see DaemonStatus.targets). */
+  pool?: string;
+  /** The LUN's paths over that pool's sessions (login details, negotiated digests, ALUA), while it is open. */
   sessions?: SessionStatus[];
 }
 
@@ -57,35 +61,50 @@ export interface DaemonStatus {
   exports: ExportStatus[];
   clients: ClientStatus[];
   mappings?: MappingStatus[];
+  /** The session pools, one per target: every export and device of a target uses its pool. */
+  targets?: TargetStatus[];
 }
 
-/** One export, with each session's login details (like iscsiadm -m session -P 3). */
+/** A session's login details (like iscsiadm -m session -P 3) on top of what its pool says of it. */
+function sessionDetail(ss: SessionStatus, s: IscsiSession | undefined): SessionStatus {
+  const n = s?.negotiated;
+  if (!s) return ss;
+  return {
+    ...ss,
+    isid: s.isid.toString(16).padStart(12, '0'),
+    tsih: n?.tsih,
+    negotiated: n && {
+      headerDigest: n.headerDigest ? 'CRC32C' : 'None',
+      dataDigest: n.dataDigest ? 'CRC32C' : 'None',
+      maxRecvDataSegmentLength: n.maxRecvDataSegmentLength,
+      maxXmitDataSegmentLength: n.maxXmitDataSegmentLength,
+      firstBurstLength: n.firstBurstLength,
+      maxBurstLength: n.maxBurstLength,
+      immediateData: n.immediateData,
+      initialR2T: n.initialR2T,
+      maxOutstandingR2T: n.maxOutstandingR2T,
+      targetPortalGroupTag: n.targetPortalGroupTag,
+      chap: n.chapAlgorithm ? (n.mutualAuthenticated ? 'mutual' : 'one-way') : 'none',
+    },
+  };
+}
+
+/** One export; its sessions are its paths over its target's pool (with this LUN's ALUA state). */
 export function exportStatus(e: BridgedExport): ExportStatus {
   const st = e.status();
-  const sessions = st.sessions.map((ss, i): SessionStatus => {
-    const s = e.sessions[i];
-    const n = s?.negotiated;
-    if (!s) return ss;
-    return {
-      ...ss,
-      isid: s.isid.toString(16).padStart(12, '0'),
-      tsih: n?.tsih,
-      negotiated: n && {
-        headerDigest: n.headerDigest ? 'CRC32C' : 'None',
-        dataDigest: n.dataDigest ? 'CRC32C' : 'None',
-        maxRecvDataSegmentLength: n.maxRecvDataSegmentLength,
-        maxXmitDataSegmentLength: n.maxXmitDataSegmentLength,
-        firstBurstLength: n.firstBurstLength,
-        maxBurstLength: n.maxBurstLength,
-        immediateData: n.immediateData,
-        initialR2T: n.initialR2T,
-        maxOutstandingR2T: n.maxOutstandingR2T,
-        targetPortalGroupTag: n.targetPortalGroupTag,
-        chap: n.chapAlgorithm ? (n.mutualAuthenticated ? 'mutual' : 'one-way') : 'none',
-      },
-    };
-  });
-  return { ...st, sessions };
+  return { ...st, sessions: st.sessions.map((ss, i) => sessionDetail(ss, e.sessions[i])) };
+}
+
+/** Every target pool, with its sessions and the LUNs that use it. */
+export function targetsStatus(reg: TargetRegistry): TargetStatus[] {
+  return reg.list().map((t) => ({
+    id: t.id,
+    target: t.target,
+    portals: t.portals.map((p) => (p.host.includes(':') ? `[${p.host}]:${p.port}` : `${p.host}:${p.port}`)),
+    ...(t.ifaces ? { ifaces: t.ifaces } : {}),
+    luns: t.luns,
+    sessions: t.sessionStatus().map((ss, i) => sessionDetail(ss, t.sessions[i])),
+  }));
 }
 
 export function exportsStatus(manager: ExportManager): ExportStatus[] {

@@ -530,6 +530,19 @@ export class IscsiSession extends EventEmitter implements ScsiTransport {
     }
   }
 
+  /**
+   * LOGICAL UNIT RESET of one LUN on this session's connection. That LUN's
+   * commands in flight are sent again afterwards (as after an escalation);
+   * other LUNs' commands are not touched. Resolves with the TMF response.
+   */
+  lunReset(lun: number): Promise<number> {
+    const engine = this.engine;
+    if (this.st !== 'logged-in' || !engine || engine.state !== 'full-feature') {
+      return Promise.reject(new TransportError('ECONNLOST', `iSCSI session to ${this.opts.targetName} is not logged in (${this.st})`));
+    }
+    return engine.lunReset(lun, this.timeouts.tmfMs, true);
+  }
+
   // ------------------------------------------------------------ async events
 
   private onAsync(link: ConnectionLink, info: AsyncEventInfo): void {

@@ -347,9 +347,10 @@ test('map --digest: the mapped LUN logs in with CRC32C digests, and again so aft
     await d.stop('test');
     d = await daemon(cfg, kernel);
     assert.deepEqual(digestsOf(d), ['CRC32C/CRC32C'], 'the restart logs in with the same digests');
-    // `iscsi-nbd status` shows a mapping's sessions as it does an export's.
+    // `iscsi-nbd status` shows a mapping's pool and paths, and the pool's sessions once, under Targets.
     const text = renderStatus(d.status());
-    assert.match(text, new RegExp(`\\t${st.device}: iSCSI sessions: 1\\n\\t\\tSession #0: logged-in\\n[^]*Negotiated: HeaderDigest CRC32C  DataDigest CRC32C`));
+    assert.match(text, new RegExp(`\\t${st.device}:\\n\\t\\tPool: (\\S+) \\(sessions under Targets\\)\\n\\t\\t\\tPath #0: logged-in`));
+    assert.match(text, /\nTargets:\n\tTarget: \S+\n\t\tPool: \S+\n[^]*LUNs: map:[^]*iSCSI sessions: 1\n\t\t\tSession #0: logged-in\n[^]*Negotiated: HeaderDigest CRC32C  DataDigest CRC32C/);
     assert.deepEqual((await kernel.sock(0).io(CMD_READ, 0, data.length)).data, data);
     await callControl(cfg.control!, { op: 'unmap', device: st.device });
     await d.stop('test');
