@@ -22,8 +22,9 @@
 //     line (same rule as a child). A field named like pino's own keys is
 //     renamed: `msg` -> `detail` when the call also gives a message; `level`,
 //     `time`, `pid` -> `levelField`, `timeField`, `pidField`.
-// Meanings: `export` = NBD export name; `session` = index of the iSCSI session
-// in an export's pool (0 = the first); `portal` = host:port of the iSCSI
+// Meanings: `export` = NBD export name; `pool` = a target's pool of sessions,
+// shared by its LUNs (target@portals); `session` = index of the iSCSI session
+// in that pool (0 = the first); `portal` = host:port of the iSCSI
 // portal; `target` = target IQN; `lun`; `conn` + `remote` = one NBD client
 // connection and its address; `cid` = iSCSI connection id; `device`.
 //

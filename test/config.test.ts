@@ -138,6 +138,7 @@ exports:
     ifaces: [10.0.0.5]
     digest: none
     chap: {user: u, secret: s, secretFile: /f, secretEnv: E, targetUser: t, targetSecret: ts, targetSecretFile: /g, targetSecretEnv: F}
+    ownSessions: true
 `;
 
 test('every key of the schema is accepted and carried through', () => {
@@ -156,6 +157,7 @@ test('every key of the schema is accepted and carried through', () => {
   assert.deepEqual(c.ifaces, ['eth1', 'eth2']);
   assert.deepEqual(c.exports[0].ifaces, ['10.0.0.5']);
   assert.equal(c.exports[0].discoverPortals, true);
+  assert.equal(c.exports[0].ownSessions, true);
   assert.equal(c.exports[0].chap?.targetSecretEnv, 'F');
   // Every property the schema knows appears in this document.
   const props = (o: { properties?: Record<string, unknown> }): string[] => Object.keys(o.properties ?? {});

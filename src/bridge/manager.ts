@@ -197,7 +197,13 @@ export class BridgedExport extends EventEmitter implements LunUser {
 
   /** Health and metrics of this export follow a session of its pool. */
   private watchSession(s: IscsiSession, index: number): void {
-    const health = (): void => this.updateHealth();
+    const health = (st: string): void => {
+      // A session that logged in while this LUN joined the pool: learn its port here (ALUA).
+      if (st === 'logged-in' && this.lunOpen && !this.portIds.has(s)) {
+        void this.checkIdentity(s, index).catch((err) => this.log.warn({ err, session: index }, 'cannot identify the LUN on a new session'));
+      }
+      this.updateHealth();
+    };
     s.on('state', health);
     this.sessionListeners.push(() => s.off('state', health));
     const m = this.opts.metrics;

@@ -2,7 +2,6 @@ import type { BridgedExport, ExportManager, ResizeOutcome } from '../bridge/mana
 import type { NbdConnectionInfo } from '../nbd/server';
 import type { ExportStatus, SessionStatus, TargetStatus } from '../bridge/status';
 import type { TargetRegistry } from '../bridge/targets';
-import type { IscsiSession } from '../iscsi/initiator';
 
 export type { ExportStatus, SessionStatus, NegotiatedStatus, TargetStatus } from '../bridge/status';
 
@@ -66,7 +65,7 @@ export interface DaemonStatus {
 }
 
 /** A session's login details (like iscsiadm -m session -P 3) on top of what its pool says of it. */
-function sessionDetail(ss: SessionStatus, s: IscsiSession | undefined): SessionStatus {
+function sessionDetail(ss: SessionStatus, s: BridgedExport['sessions'][number] | undefined): SessionStatus {
   const n = s?.negotiated;
   if (!s) return ss;
   return {

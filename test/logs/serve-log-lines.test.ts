@@ -128,8 +128,10 @@ test('serve at debug: unique keys on every line, one line per event', { skip, ti
   assert.ok(!connected.some((l) => l.conn === unknown[0].conn), 'that client never connected to an export');
 
   // The key scheme: component once (the daemon half), layer the module, portal and session kept.
-  const login = lines.find((l) => l.msg === 'login state' && l.export === 'a');
+  // Sessions belong to the target's pool (shared by its LUNs), not to one export.
+  const login = lines.find((l) => l.msg === 'login state' && l.pool === `${tgtd!.iqn(1)}@${tgtd!.portal}`);
   assert.ok(login, 'login lines at debug');
+  assert.equal(login.export, undefined, 'a shared session names no export');
   assert.equal(login.component, 'exports');
   assert.equal(login.layer, 'iscsi-login');
   assert.equal(login.portal, tgtd!.portal);
