@@ -308,6 +308,11 @@ export class IscsiConnection extends EventEmitter {
     this.framer.placeData = fn;
   }
 
+  /** The engine gives up the buffer the framer is streaming a segment into (PduFramer.divert). */
+  divertPlacement(): void {
+    this.framer.divert();
+  }
+
   /** Write PDU buffers as one batch. Returns false if the socket is closed. */
   send(buffers: Buffer[]): boolean {
     if (this.st === 'closed') return false;

@@ -66,10 +66,14 @@ export class PduFramer {
   /**
    * Asked once per PDU header with a data segment: a buffer to receive the
    * segment directly (e.g. the reader's destination for a Data-In). The bytes
-   * are then copied there as they arrive and never buffered here.
+   * are then copied there as they arrive and never buffered here, and the
+   * frame says so (`placed`). Until the frame is delivered the buffer is
+   * the framer's to write: its owner takes it back with divert().
    */
   placeData?: (bhs: Buffer, dataSegmentLength: number) => Buffer | undefined;
   private dest: Buffer | undefined;
+  /** The destination was taken back (divert): the segment goes to a buffer of our own. */
+  private diverted = false;
   private destFilled = 0;
   private destCrc = 0;
 
@@ -167,6 +171,7 @@ export class PduFramer {
           this.inCallback = false;
           if (d && d.length >= this.dsl) {
             this.dest = d.subarray(0, this.dsl);
+            this.diverted = false;
             this.destFilled = 0;
             this.destCrc = 0;
           }
@@ -177,6 +182,7 @@ export class PduFramer {
       const withDigest = this.dd && this.dsl > 0;
       let seg: Buffer;
       let data: Buffer;
+      let placed = false;
       if (this.dest) {
         // Stream what has arrived straight into the destination.
         this.destFilled += this.q.copyTo(this.dest, this.destFilled, this.dsl - this.destFilled);
@@ -186,14 +192,16 @@ export class PduFramer {
         data = this.dest;
         seg = data;
         if (withDigest) this.destCrc = crc32c(pad, crc32c(data));
+        placed = !this.diverted;
         this.dest = undefined;
+        this.diverted = false;
       } else {
         if (this.q.length < padded + (withDigest ? 4 : 0)) return;
         seg = this.take(padded);
         data = seg.subarray(0, this.dsl);
         if (withDigest) this.destCrc = crc32c(seg);
       }
-      const frame: Frame = { bhs: this.bhs, ahs: this.ahs, data };
+      const frame: Frame = placed ? { bhs: this.bhs, ahs: this.ahs, data, placed: true } : { bhs: this.bhs, ahs: this.ahs, data };
       this.stage = Stage.BHS;
       this.bhs = this.ahs = EMPTY;
       if (withDigest) {
@@ -213,6 +221,20 @@ export class PduFramer {
       this.onFrame(frame);
       this.inCallback = false;
     }
+  }
+
+  /**
+   * Stop writing into the buffer placeData named (its owner gives it up, e.g.
+   * the command failed and the reader's buffer goes back to its pool): what
+   * arrived so far and the rest of the segment go to a buffer of our own,
+   * and the frame is delivered unplaced.
+   */
+  divert(): void {
+    if (!this.dest || this.diverted) return;
+    const own = Buffer.allocUnsafe(this.dest.length);
+    this.dest.copy(own, 0, 0, this.destFilled);
+    this.dest = own;
+    this.diverted = true;
   }
 
   /** Remove n bytes (n <= buffered): a view, or a copy when they span chunks or the chunks are transient. */

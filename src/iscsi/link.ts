@@ -63,6 +63,7 @@ export class ConnectionLink {
    */
   start(): boolean {
     this.conn.setPlaceData((bhs, dsl) => this.engine.placeDataIn(bhs, dsl));
+    this.engine.setDivert(() => this.conn.divertPlacement());
     this.conn.attach((pdu) => this.engine.receive(pdu));
     return this.conn.state !== 'closed';
   }

@@ -239,6 +239,8 @@ export interface DataInPdu {
   bufferOffset: number;
   residualCount: number;
   data: Buffer;
+  /** `data` is already where the engine wanted it (its task's buffer at bufferOffset): nothing to copy. */
+  placed?: boolean;
 }
 
 export interface LogoutResponsePdu {
@@ -308,6 +310,8 @@ export interface Frame {
   bhs: Buffer;
   ahs: Buffer;
   data: Buffer;
+  /** The data segment was streamed into the buffer the engine named for this PDU (PduFramer.placeData). */
+  placed?: boolean;
 }
 
 export interface DigestOptions {
@@ -866,6 +870,7 @@ export function decodeFrame(frame: Frame): Pdu {
         overflow: (f1 & FLAG_OVERFLOW) !== 0, underflow: (f1 & FLAG_UNDERFLOW) !== 0, statusPresent: s,
         status: s ? bhs[3] : 0, lun: lun(), itt, ttt: u32(20), statSN: s ? u32(24) : 0, expCmdSN: u32(28),
         maxCmdSN: u32(32), dataSN: u32(36), bufferOffset: u32(40), residualCount: u32(44), data,
+        ...(frame.placed ? { placed: true } : {}),
       };
     }
     case Opcode.LOGOUT_RESPONSE:

@@ -28,6 +28,7 @@ import {
   TaskMgmtResponsePdu, TextResponsePdu,
 } from './pdu';
 import { snAdd, snDiff, snGt, snLte } from './serial';
+import { IttAllocator } from './itt';
 import { TagTable } from '../tag-table';
 import { systemClock, type EngineClock, type TimerHandle } from './clock';
 import type { CtlInit, CtlOp, CtlResult, LogoutOp, PingOp, TextOp, TmfOp } from './ctl-op';
@@ -225,10 +226,16 @@ export class SessionEngine extends EventEmitter {
   private maxCmdSN: number;
   private expStatSN: number;
 
-  private nextItt: number;
+  private readonly itts: IttAllocator;
   private readonly tasks = new TagTable<Task>();
-  /** The Data-In whose payload the framer is streaming into its task's buffer (placeDataIn). */
-  private placed: { itt: number; offset: number; length: number } | undefined;
+  /**
+   * The task whose buffer the framer is streaming a Data-In payload into
+   * (placeDataIn), until that PDU arrives. If the task ends first (failed,
+   * aborted), its buffer goes back to its owner: `divert` takes it back
+   * from the framer first.
+   */
+  private placing: Task | undefined;
+  private divert: (() => void) | undefined;
   private readonly ctl = new Map<number, CtlOp>();
   private queue: Queued[] = [];
   /** SCSI entries in queue, and tasks in `tasks` that have failed: inFlight without a scan. */
@@ -258,7 +265,7 @@ export class SessionEngine extends EventEmitter {
     this.expCmdSN = opts.expCmdSN >>> 0;
     this.maxCmdSN = opts.maxCmdSN >>> 0;
     this.expStatSN = opts.expStatSN >>> 0;
-    this.nextItt = (opts.firstItt ?? 1) >>> 0;
+    this.itts = new IttAllocator(opts.firstItt);
     this.lastRx = this.clock.now();
     if (this.nopIntervalMs > 0) this.armNop();
   }
@@ -473,25 +480,11 @@ export class SessionEngine extends EventEmitter {
     this.onSend(out);
   }
 
-  /**
-   * Test hook (documented, not for product code): make the ITT allocator try
-   * `itt` next, so wrap-around past 0xffffffff is testable without 2^32
-   * commands. SessionEngineOptions.firstItt does the same at construction.
-   */
-  testSetNextItt(itt: number): void {
-    this.nextItt = itt >>> 0;
+  private allocItt(): number {
+    return this.itts.next(this.ittInUse);
   }
 
-  private allocItt(): number {
-    for (let i = 0; i < 0x10000; i++) {
-      const itt = this.nextItt;
-      this.nextItt = (this.nextItt + 1) >>> 0;
-      if (itt === RESERVED_TAG) continue;
-      if (this.tasks.has(itt) || this.ctl.has(itt)) continue;
-      return itt;
-    }
-    throw new Error('no free ITT');
-  }
+  private readonly ittInUse = (itt: number): boolean => this.tasks.has(itt) || this.ctl.has(itt);
 
   // RFC 7143 11.3: SCSI Command, with immediate data up to
   // min(FirstBurstLength, MaxRecvDataSegmentLength(target)) and, when
@@ -836,9 +829,9 @@ export class SessionEngine extends EventEmitter {
    * returns undefined and takes the ordinary checked path in onDataIn.
    */
   placeDataIn(bhs: Buffer, dsl: number): Buffer | undefined {
-    // The framer asks once per PDU and hands that PDU to receive() before it
-    // asks again, so one slot says whether the next Data-In is already in place.
-    this.placed = undefined;
+    // The framer asks once per PDU and hands that PDU to receive() (marked
+    // `placed` when its payload went to the buffer named here) before it asks again.
+    this.placing = undefined;
     if ((bhs[0] & OPCODE_MASK) !== Opcode.DATA_IN) return undefined;
     const itt = bhs.readUInt32BE(16);
     const t = this.tasks.get(itt);
@@ -846,8 +839,20 @@ export class SessionEngine extends EventEmitter {
     const off = bhs.readUInt32BE(40);
     if (off + dsl > t.readLen) return undefined;
     t.inBuf ??= t.pending.req.dataIn ?? Buffer.allocUnsafe(t.readLen);
-    this.placed = { itt, offset: off, length: dsl };
+    this.placing = t;
     return t.inBuf.subarray(off, off + dsl);
+  }
+
+  /** How to take a buffer back from the framer (PduFramer.divert), given by the connection's link. */
+  setDivert(fn: (() => void) | undefined): void {
+    this.divert = fn;
+  }
+
+  /** A task ends before the Data-In being streamed into its buffer arrived: the framer stops writing there. */
+  private release(t: Task): void {
+    if (this.placing !== t) return;
+    this.placing = undefined;
+    this.divert?.();
   }
 
   private taskFor(itt: number, what: string): Task {
@@ -859,6 +864,7 @@ export class SessionEngine extends EventEmitter {
   /** A task-level fault: reject now, keep the ITT until the target ends the task. */
   private failTask(t: Task, err: Error): void {
     if (t.failed) return;
+    this.release(t);
     t.failed = err;
     if (this.tasks.get(t.itt) === t) this.failedTasks++;
     this.disarmDeadline(t);
@@ -873,6 +879,7 @@ export class SessionEngine extends EventEmitter {
   }
 
   private removeTask(t: Task): void {
+    this.release(t);
     this.disarmDeadline(t);
     if (this.tasks.get(t.itt) === t) {
       this.tasks.delete(t.itt);
@@ -889,8 +896,7 @@ export class SessionEngine extends EventEmitter {
   // SCSI Data-In (RFC 7143 11.7): data at BufferOffset, DataSN in order
   // from 0 per command, status with the last one when S is set.
   private onDataIn(pdu: DataInPdu): void {
-    const placed = this.placed;
-    this.placed = undefined;
+    this.placing = undefined;
     const t = this.taskFor(pdu.itt, 'Data-In');
     this.updateWindow(pdu.expCmdSN, pdu.maxCmdSN);
     if (pdu.statusPresent) this.updateStatSN(pdu.statSN);
@@ -908,9 +914,8 @@ export class SessionEngine extends EventEmitter {
         t.nextDataSN = snAdd(t.nextDataSN, 1);
         if (n > 0) {
           t.inBuf ??= t.pending.req.dataIn ?? Buffer.allocUnsafe(t.readLen);
-          if (!placed || placed.itt !== pdu.itt || placed.offset !== pdu.bufferOffset || placed.length !== n) {
-            pdu.data.copy(t.inBuf, pdu.bufferOffset);
-          }
+          // Placed: the framer streamed it into t.inBuf at this offset (placeDataIn, for this very header).
+          if (!pdu.placed) pdu.data.copy(t.inBuf, pdu.bufferOffset);
           t.received += n;
         }
       }

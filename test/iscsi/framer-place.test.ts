@@ -86,3 +86,37 @@ test('transientChunks: frames survive the caller reusing its read buffer', () =>
     assert.ok(f.idle);
   }
 });
+
+// The engine may take its buffer back (the command failed, the reader's
+// buffer returns to its pool) while a segment is arriving: nothing more is
+// written there, and the frame arrives whole and unplaced.
+for (const digest of [false, true]) {
+  test(`divert mid-segment: the destination is left alone, the frame is whole and says it was not placed (digests ${digest ? 'on' : 'off'})`, () => {
+    const d = randomBytes(4000);
+    const wire = encodePdu(dataIn(3, 0, d), { headerDigest: digest, dataDigest: digest });
+    const headerLen = 48 + (digest ? 4 : 0);
+    for (const cut of [headerLen, headerLen + 1, headerLen + 1000, headerLen + 3999]) {
+      const dest = Buffer.alloc(4000);
+      const frames: Frame[] = [];
+      const errs: string[] = [];
+      const f = new PduFramer({
+        headerDigest: digest, dataDigest: digest, onFrame: (fr) => frames.push(fr), onDataDigestError: (e) => errs.push(e.code),
+        placeData: (_bhs, dsl) => dest.subarray(0, dsl),
+      });
+      f.push(wire.subarray(0, cut));
+      const before = Buffer.from(dest);
+      f.divert();
+      dest.fill(0x5a); // the buffer's next owner writes it
+      f.push(wire.subarray(cut));
+      assert.deepEqual(errs, [], `cut ${cut}`);
+      assert.equal(frames.length, 1, `cut ${cut}`);
+      assert.equal(frames[0].placed, undefined, `cut ${cut}`);
+      assert.deepEqual(frames[0].data, d, `cut ${cut}`);
+      assert.ok(dest.equals(Buffer.alloc(4000, 0x5a)), `cut ${cut}: not written after divert`);
+      assert.deepEqual(before.subarray(0, cut - headerLen), d.subarray(0, cut - headerLen));
+      // The next PDU is placed again.
+      f.push(wire);
+      assert.equal(frames[1].placed, true);
+    }
+  });
+}

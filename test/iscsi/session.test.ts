@@ -10,6 +10,7 @@ import {
 } from '../../src/iscsi/pdu';
 import { encodeText } from '../../src/iscsi/text';
 import { AsyncEventInfo, CommandTimeoutInfo, SessionEngine } from '../../src/iscsi/session-engine';
+import { IttAllocator } from '../../src/iscsi/itt';
 import type { ScsiResponse } from '../../src/scsi/transport';
 import {
   asyncMsg, dataIn, logoutResp, nopIn, pattern, r2t, reject, scsiResp, setup, textResp, tick, tmfResp,
@@ -97,23 +98,24 @@ test('immediate PDUs (NOP-Out ping, TMF) go out with the window closed and do no
   assert.equal(h.e.sequence.cmdSN, 8);
 });
 
-test('ITTs skip 0xffffffff and ITTs still in flight', async () => {
+test('ITTs wrap past 0xffffffff, which is never used', async () => {
   const h = setup({ firstItt: 0xfffffffe });
   const a = h.e.submit({ lun: 0, cdb: TUR });
   const b = h.e.submit({ lun: 0, cdb: TUR });
   const [ca, cb] = h.take().map(cmd);
   assert.equal(ca.itt, 0xfffffffe);
   assert.equal(cb.itt, 0);
-  // Drive the allocator around to 0xfffffffe again with `a` still in flight.
-  h.e.receive(scsiResp(cb.itt));
-  await b;
-  h.e.testSetNextItt(0xfffffffe);
-  const c = h.e.submit({ lun: 0, cdb: TUR });
-  const [cc] = h.take().map(cmd);
-  assert.equal(cc.itt, 0);
   h.e.receive(scsiResp(ca.itt));
-  h.e.receive(scsiResp(cc.itt));
-  await Promise.all([a, c]);
+  h.e.receive(scsiResp(cb.itt));
+  await Promise.all([a, b]);
+});
+
+test('the ITT allocator skips tags still in flight and the reserved one, and wraps', () => {
+  const a = new IttAllocator(0xfffffffd);
+  const inUse = new Set([0xfffffffe, 0]);
+  const got = [a.next((i) => inUse.has(i)), a.next((i) => inUse.has(i)), a.next((i) => inUse.has(i))];
+  assert.deepEqual(got, [0xfffffffd, 1, 2]);
+  assert.throws(() => new IttAllocator(5).next(() => true), /no free ITT/);
 });
 
 // ------------------------------------------------------------------ writes
@@ -702,6 +704,30 @@ test('engine stops cleanly: no timers after shutdown', () => {
   assert.equal(h.clock.pending, 0);
   h.e.failAll(new Error('x'));
   assert.ok(h.e instanceof SessionEngine);
+});
+
+test('read contract: a command that fails while its Data-In is streaming into the caller buffer takes that buffer back first', async () => {
+  const h = setup({ commandTimeoutMs: 1000 });
+  const dest = Buffer.alloc(4096, 0xee);
+  const p = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 4096, dataIn: dest });
+  const c = cmd(h.take()[0]);
+  const framer = new PduFramer({
+    maxDataSegmentLength: 1 << 16,
+    placeData: (bhs, dsl) => h.e.placeDataIn(bhs, dsl),
+    onFrame: (f) => h.e.receive(decodeFrame(f)),
+  });
+  h.e.setDivert(() => framer.divert());
+  const wire = encodePdu(dataIn(c.itt, { dataSN: 0, bufferOffset: 0, data: pattern(4096, 3), final: true, statusPresent: true }));
+  framer.push(wire.subarray(0, 48 + 1000));
+  assert.deepEqual(dest.subarray(0, 1000), pattern(4096, 3).subarray(0, 1000), 'streaming into the caller buffer');
+  // No escalation listener: the timeout fails the command here, mid-PDU.
+  h.clock.advance(1000);
+  await assert.rejects(p, (e: IscsiNbdError) => e.code === 'ETIMEOUT');
+  dest.fill(0x5a); // the caller reuses its buffer for something else
+  framer.push(wire.subarray(48 + 1000));
+  assert.ok(dest.equals(Buffer.alloc(4096, 0x5a)), 'nothing written into the buffer after the command failed');
+  assert.deepEqual(h.fatal, []);
+  assert.equal(h.e.inFlight, 0, 'the status ended the task');
 });
 
 test('read contract: Data-In the framer streams into the caller buffer (placeDataIn) is used in place, others are copied', async () => {
