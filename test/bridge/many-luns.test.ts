@@ -9,9 +9,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { skipUnless } from '../helpers/tools';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
-import { fioVerify, onCleanup, startBridge, type Bridge } from '../resilience/env';
+import { fioVerify, onCleanup, startBridge } from '../resilience/env';
 import { nbdJson } from '../helpers/libnbd';
-import { run, until } from '../helpers/process';
+import { connections, roundTrips } from '../helpers/many-luns';
+import { until } from '../helpers/process';
 import type { ExportConfig } from '../../src/config';
 
 const skip = skipUnless('tgtd', 'tgtadm', 'python3', 'ss', 'fio');
@@ -27,44 +28,6 @@ async function target(t: { after: (f: () => unknown) => void }, luns: number): P
 
 const exportsOf = (tg: Tgtd, luns: number[]): ExportConfig[] => luns.map((l) => ({ name: `e${l}`, url: `iscsi://${tg.portal}/${IQN}/${l}` }));
 const range = (a: number, b: number): number[] => Array.from({ length: b - a + 1 }, (_, i) => a + i);
-
-/** TCP connections established to the target's port, counted by the kernel (ss). */
-async function connections(port: number): Promise<number> {
-  const r = await run('ss', ['-Htn', 'state', 'established', `( dport = :${port} )`], { timeoutMs: 10_000 });
-  assert.equal(r.code, 0, r.stderr);
-  return r.stdout.split('\n').filter((l) => l.trim()).length;
-}
-
-/**
- * Over each export: write a block that names it at `offset`, read it back,
- * then read every export's block again (no LUN sees another's data).
- * Returns errno per export (0: all well) and whether each read matched.
- */
-async function roundTrips(br: Bridge, names: string[], offset: number, tag: string): Promise<Record<string, [number, boolean]>> {
-  return nbdJson<Record<string, [number, boolean]>>('round trip on every LUN', `
-port, off, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-names = sys.argv[4:]
-hs = {}
-for n in names:
-    try:
-        hs[n] = connect('nbd://127.0.0.1:%s/%s' % (port, n))
-    except nbd.Error as e:
-        res[n] = [e.errnum or -1, False]
-def block(n):
-    return (('%s:%s:' % (tag, n)).encode() * 1024)[:4096]
-for n, h in hs.items():
-    e = err(lambda: h.pwrite(block(n), off))
-    res[n] = [e, False]
-for n, h in hs.items():
-    if res[n][0]:
-        continue
-    box = {}
-    e = err(lambda: box.update(d=h.pread(4096, off)))
-    res[n] = [e, e == 0 and box["d"] == block(n)]
-    if e == 0 and box["d"] != block(n): res[n + "!"] = box["d"][:40].decode("latin1")
-done()
-`, [String(br.port), String(offset), tag, ...names], { timeoutMs: 60_000 });
-}
 
 test('16 LUNs of one target: one pool of 2 sessions, a round trip on every LUN; ownSessions gets a pool of its own', { skip, timeout: 120_000 }, async (t) => {
   const tg = await target(t, 17);

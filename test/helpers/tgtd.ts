@@ -77,15 +77,25 @@ interface ProcState {
   hasExited: boolean;
 }
 
-const live = new Set<Tgtd>();
+const live = new Set<{ killSync(): void }>();
 let exitHookInstalled = false;
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  // Last resort if a test forgot stop(): never leave a tgtd behind.
+  // Last resort if a test forgot stop(): never leave a target (tgtd, istgt) behind.
   process.on('exit', () => {
     for (const t of live) t.killSync();
   });
+}
+
+/** killSync() this target when the process exits, until forgetAtExit(). */
+export function killAtExit(t: { killSync(): void }): void {
+  live.add(t);
+  installExitHook();
+}
+
+export function forgetAtExit(t: { killSync(): void }): void {
+  live.delete(t);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -167,8 +177,7 @@ export class Tgtd {
       const t = new Tgtd(port, dir, opts.extraArgs ?? [], { host: opts.host, netns: opts.netns });
       try {
         await t.spawnProcess(attempts);
-        live.add(t);
-        installExitHook();
+        killAtExit(t);
         return t;
       } catch (err) {
         lastErr = err;
@@ -368,7 +377,7 @@ export class Tgtd {
     this.stopped = true;
     const p = this.proc;
     this.proc = null;
-    live.delete(this);
+    forgetAtExit(this);
     if (p && !p.hasExited) {
       try {
         for (const tid of this.targets.keys()) {
@@ -501,13 +510,13 @@ async function waitForPortInNetns(netns: string, port: number, timeoutMs: number
   }
 }
 
-function killGroup(child: ChildProcess): void {
+export function killGroup(child: ChildProcess, sig: NodeJS.Signals = 'SIGKILL'): void {
   if (child.pid === undefined) return;
   try {
-    process.kill(-child.pid, 'SIGKILL');
+    process.kill(-child.pid, sig);
   } catch {
     try {
-      child.kill('SIGKILL');
+      child.kill(sig);
     } catch {
       /* already gone */
     }
@@ -524,7 +533,7 @@ function removeControlFiles(control: number): void {
   }
 }
 
-async function withTimeout(p: Promise<void>, ms: number): Promise<void> {
+export async function withTimeout(p: Promise<void>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([p, new Promise<void>((r) => { timer = setTimeout(r, ms); })]);
   if (timer) clearTimeout(timer);
