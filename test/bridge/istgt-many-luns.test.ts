@@ -1,8 +1,7 @@
 // 20 LUNs of istgt (Debian `istgt`) with MaxSessions 16, as its example
 // configuration ships it: the LUNs of a target share one pool of sessions
 // (connections counted at istgt's port with ss, logins counted in istgt's
-// log), a round trip on every LUN, and the same 20 LUNs with sessions of
-// their own (ownSessions). istgt 20111008 serves at most 16 LUNs per target,
+// log) and a round trip on every LUN. istgt 20111008 serves at most 16 LUNs per target,
 // so the 20 LUNs are 16 of one target and 4 of another (test/helpers/istgt.ts
 // says why, and what MaxSessions does and does not limit there).
 
@@ -27,9 +26,9 @@ async function istgt(t: { after: (f: () => unknown) => void }): Promise<Istgt> {
 }
 
 /** One export per LUN, named after its target and LUN (many-0 .. many-15, more-0 .. more-3). */
-function exportsOf(ist: Istgt, ownSessions: boolean): ExportConfig[] {
+function exportsOf(ist: Istgt): ExportConfig[] {
   return TARGETS.flatMap(([name, luns]) => Array.from({ length: luns }, (_, l) => ({
-    name: `${name}-${l}`, url: ist.url(name, l), ...(ownSessions ? { ownSessions: true } : {}),
+    name: `${name}-${l}`, url: ist.url(name, l),
   })));
 }
 
@@ -59,7 +58,7 @@ async function assertRoundTrips(br: Bridge, ist: Istgt, specs: ExportConfig[], o
 
 test('istgt with MaxSessions 16, 20 LUNs as 20 exports with sessions 2: one pool per target, 4 connections in all, a round trip on every LUN', { skip, timeout: 60_000 }, async (t) => {
   const ist = await istgt(t);
-  const specs = exportsOf(ist, false);
+  const specs = exportsOf(ist);
   const t0 = Date.now();
   const br = await startBridge(t, { exports: specs, sessions: 2, timeouts: FAST });
   t.diagnostic(`20 exports open in ${Date.now() - t0} ms`);
@@ -82,20 +81,7 @@ test('istgt with MaxSessions 16, 20 LUNs as 20 exports with sessions 2: one pool
   assert.equal(await connections(ist.port), 4, 'no login for it');
 });
 
-test('istgt with MaxSessions 16, the same 20 LUNs with ownSessions: 40 sessions, and istgt refuses none of them', { skip, timeout: 100_000 }, async (t) => {
-  // What the shared pool avoids: 2 sessions per LUN. istgt does not refuse
-  // them: MaxSessions only sizes its tables (test/helpers/istgt.ts), it takes
-  // up to 255 sessions per target, one new session per second.
-  const ist = await istgt(t);
-  const specs = exportsOf(ist, true);
-  const t0 = Date.now();
-  const br = await startBridge(t, { exports: specs, sessions: 2, timeouts: FAST });
-  t.diagnostic(`20 exports with ownSessions open in ${Date.now() - t0} ms`);
-  assertAllServing(br, specs);
-  const pools = br.manager.targets.list();
-  assert.equal(pools.length, 20, 'a pool per export');
-  for (const p of pools) assert.equal(p.sessions.length, 2, p.luns.join(','));
-  assert.equal(await connections(ist.port), 40, '2 sessions of its own per LUN');
-  assert.equal(logins(ist), 40, `istgt saw 40 logins:\n${ist.log}`);
-  await assertRoundTrips(br, ist, specs, 8192, 'b');
-});
+// Not tested here: 20 LUNs with ownSessions (2 sessions each). Tried: istgt 20111008
+// accepts all 40, since MaxSessions only sizes its tables (up to 255 sessions per target
+// are taken), at one login per second (istgt_iscsi_drop_old_conns sleeps 1 s), so the
+// run took 43 s to show nothing the tgtd test of ownSessions does not.
