@@ -1,7 +1,8 @@
 # Guest side of test/e2e/map.test.ts: runs as root inside the VM (busybox sh -e),
 # with the daemon (node + this repo over 9p) in the guest and tgtd on the host.
 # Environment: URL512, URL4K, URLSWAP (iscsi:// URLs through the guest forward),
-# INAME (our initiator name). Prints "RESULT key value" lines for the host.
+# URLMANY (the same target's URL without a LUN: LUNs 4..7 are mapped at the end),
+# IQN (that target's name), INAME (our initiator name). Prints "RESULT key value" lines for the host.
 set -eu
 
 NODE=/usr/local/bin/node
@@ -240,4 +241,101 @@ echo "RESULT swap_refused 1"
 $CLI list-mapped --state-dir "$SD" | grep "$D4K " | grep -q attached
 echo 3 > /proc/sys/vm/drop_caches
 dd if="$D4K" of=/dev/null bs=4k count=256 2> /dev/null
+
+step "7. four more LUNs of the same target, mapped by the same daemon: one pool, its sessions only"
+# Established TCP connections to the target port (3260 = 0CBC), v4 and v6: the guest
+# has no ss (no iproute2 in the image), /proc/net/tcp is always there.
+conns_3260() {
+  cat /proc/net/tcp /proc/net/tcp6 2> /dev/null | awk '$4 == "01" && $3 ~ /:0CBC$/ { n++ } END { print n + 0 }'
+}
+logins() { grep -c '"iSCSI session logged in"' "$LOG" || true; }
+# RESULT lines about the target's pool in a status --json document:
+#   <prefix>_pools (pools of IQN), <prefix>_luns (their LUNs, sorted), <prefix>_sessions,
+#   <prefix>_sessions_up (logged in), <prefix>_maps_in_pool (mappings of DEV... naming that pool),
+#   <prefix>_paths (each of those mappings' paths over the pool).
+cat > /tmp/pool.js << 'EOF_JS'
+const [file, prefix, iqn, ...devs] = process.argv.slice(2);
+const s = JSON.parse(require('fs').readFileSync(file, 'utf8'));
+const out = (k, v) => console.log(`RESULT ${prefix}_${k} ${v}`);
+const pools = (s.targets || []).filter((t) => t.target === iqn);
+out('pools', pools.length);
+const p = pools[0] || { id: '-', luns: [], sessions: [] };
+out('luns', [...p.luns].sort().join(',') || '-');
+out('sessions', p.sessions.length);
+out('sessions_up', p.sessions.filter((x) => x.state === 'logged-in').length);
+const maps = (s.mappings || []).filter((m) => devs.includes(m.device));
+out('maps_in_pool', maps.filter((m) => m.pool === p.id).length);
+out('paths', maps.map((m) => (m.sessions || []).length).join(',') || '-');
+console.log(`pool ${p.id}: LUNs ${p.luns.join(' ')}; sessions ${p.sessions.map((x) => x.index + ':' + x.state).join(' ')}`);
+EOF_JS
+echo "RESULT many_conns_before $(conns_3260)"
+logins_before=$(logins)
+t_step=$(now_cs)
+MANY=""
+for lun in 4 5 6 7; do
+  d=$($CLI map "$URLMANY/$lun" --state-dir "$SD" --initiator-name "$INAME")
+  echo "LUN $lun -> $d"
+  MANY="$MANY $d"
+done
+echo "RESULT many_map_cs $(( $(now_cs) - t_step ))"
+echo "RESULT many_logins $(( $(logins) - logins_before ))"
+$CLI list-mapped --state-dir "$SD"
+$CLI status --json > /tmp/status-many.json
+$NODE /tmp/pool.js /tmp/status-many.json many "$IQN" $MANY
+echo "RESULT many_conns $(conns_3260)"
+# The target's side (tgtadm on the host): I_T nexuses (sessions) and connections of this initiator.
+set -- $(hostcall nexus)
+echo "RESULT many_target_sessions ${1:-?}"
+echo "RESULT many_target_conns ${2:-?}"
+# Distinct data on each, all four written at once, then all four read back at once (O_DIRECT
+# both ways): commands of four LUNs interleave on the pool's sessions. (Wait for the dd's
+# by pid: the daemon is a child of this shell too.)
+i=0
+for d in $MANY; do
+  i=$((i + 1))
+  dd if=/dev/urandom of=/tmp/many$i.pat bs=64k count=64 2> /dev/null
+done
+t_io=$(now_cs)
+i=0; pids=""
+for d in $MANY; do
+  i=$((i + 1))
+  dd if=/tmp/many$i.pat of="$d" bs=64k oflag=direct conv=fsync 2> /tmp/many$i.werr &
+  pids="$pids $!"
+done
+for p in $pids; do wait "$p" || { echo "a dd to the devices failed"; cat /tmp/many*.werr; exit 1; }; done
+echo 3 > /proc/sys/vm/drop_caches
+i=0; pids=""
+for d in $MANY; do
+  i=$((i + 1))
+  dd if="$d" of=/tmp/many$i.back bs=64k count=64 iflag=direct 2> /tmp/many$i.rerr &
+  pids="$pids $!"
+done
+for p in $pids; do wait "$p" || { echo "a dd from the devices failed"; cat /tmp/many*.rerr; exit 1; }; done
+echo "RESULT many_io_cs $(( $(now_cs) - t_io ))"
+# Each device must read back its own data and no other device's (the host then checks
+# that each LUN's backing file holds what was written to its device).
+i=0; mixed=0; own=0
+for d in $MANY; do
+  i=$((i + 1))
+  j=0
+  for e in $MANY; do
+    j=$((j + 1))
+    [ $j != $i ] || continue
+    if cmp -s /tmp/many$j.pat /tmp/many$i.back; then echo "$d reads what was written to $e"; mixed=$((mixed + 1)); fi
+  done
+  if cmp /tmp/many$i.pat /tmp/many$i.back; then own=$((own + 1)); else echo "$d does not read back what was written to it"; fi
+  echo "RESULT many_md5_$i $(md5sum < /tmp/many$i.pat | cut -d' ' -f1)"
+done
+echo "RESULT many_mixed $mixed"
+echo "RESULT many_own $own"
+[ "$mixed" = 0 ] && [ "$own" = 4 ] || { cat /tmp/many*.werr /tmp/many*.rerr; exit 1; }
+[ "$(io_errors)" = 0 ] || { dmesg | tail -n 30; exit 1; }
+for d in $MANY; do $CLI unmap "$d" --state-dir "$SD"; done
+for d in $MANY; do
+  [ "$(cat /sys/block/${d#/dev/}/size)" = 0 ] || { echo "$d still has a size after unmap"; exit 1; }
+done
+$CLI status --json > /tmp/status-after.json
+$NODE /tmp/pool.js /tmp/status-after.json unmapped "$IQN" $MANY
+echo "RESULT unmapped_conns $(conns_3260)"
+echo "RESULT many_step_cs $(( $(now_cs) - t_step ))"
 echo "RESULT done 1"
