@@ -8,18 +8,21 @@
 // Ratios are medians of per-pair ratios, because these machines are noisy.
 // Rows run over loopback TCP, then the "(unix)" rows over AF_UNIX sockets in the bench's
 // private temp dir (servers of the other transport are stopped at the switch).
+// Then, with its own servers, the many-LUN section (bench/luns.ts): N LUNs of one target
+// served at once, idle, and 8 LUNs driven at once against one.
 
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { startTgtdWithLuns, type Tgtd } from '../test/helpers/tgtd';
+import { startTgtdWithLuns, type Tgtd, type TgtdSpec } from '../test/helpers/tgtd';
 import { runCeiling, iscsiPerfArgv, type CeilingJob } from './bench/ceiling';
 import { killAll } from './bench/exec';
+import { DRIVEN_LUNS, LUN_COUNTS, lunsNeeded, lunsTarget, MAX_LUNS, QD_PER_LUN, runLuns, type LunsOptions } from './bench/luns';
 import { FIO_BIN, fioArgs, runFio, type FioJob } from './bench/fio';
 import { resetPeakRss, sampleProc } from './bench/procstat';
-import { evaluateGoals, formatMarkdown, formatTable, pairRatios, summarizeSide } from './bench/report';
+import { evaluateGoals, formatLunsMarkdown, formatLunsTable, formatMarkdown, formatTable, pairRatios, summarizeSide } from './bench/report';
 import { hasCeiling, ROWS, rowLabel, selectRows, TRANSPORTS, type LunKind, type RowDef, type Transport } from './bench/rows';
 import { bridgeAvailability, NbdServer, nbdUri, serverArgv, serverEnv, type ServerSpec, type SideName } from './bench/servers';
 import { median } from './bench/stats';
@@ -41,7 +44,7 @@ const USAGE = `usage: node dist/scripts/bench.js [options]   (npm run bench -- [
   --pairs N        A/B pairs per row (default 3)
   --runtime S      seconds per fio run (default 10)
   --ramp S         unmeasured warm-up run per side before each row, seconds (default 2)
-  --smoke          1 pair, 2 s per run, no warm-up, 1 s ceiling, 256 MiB LUN (CI)
+  --smoke          1 pair, 2 s per run, no warm-up, 1 s ceiling, 256 MiB LUN, 1 and 2 LUNs (CI)
   --json PATH      write the JSON results here (default ./bench-results.json)
   --markdown PATH  also write the README table (Markdown) here
   --sessions N     pass --sessions N to iscsi-nbd serve
@@ -49,11 +52,18 @@ const USAGE = `usage: node dist/scripts/bench.js [options]   (npm run bench -- [
   --no-ceiling     skip iscsi-perf
   --only SIDE      measure only iscsi-nbd or only qemu-nbd (the other is "not available")
   --strict         exit 3 when a row misses a (non-stretch) goal
+  --luns           run the many-LUN section (alone: only it; with --rows/--transport: those rows too)
+  --no-luns        skip the many-LUN section (it runs by default when no rows are picked)
+  --lun-counts L   LUN counts served at once, idle (default 1,8,64; --smoke: 1,2)
+  --lun-drive N    LUNs driven at once, each at --lun-qd, against one LUN at their sum (default 8; --smoke: 2)
+  --lun-qd N       queue depth of each driven LUN (default 8)
   --list           print the rows and exit
   -h, --help
 Environment: FIO_BIN, QEMU_NBD_BIN, ISCSI_PERF_BIN, NBDINFO_BIN, TGTD_BIN, TGTADM_BIN.`;
 
 interface Options extends BenchConfig {
+  /** The many-LUN section, or null when it does not run. */
+  luns: LunsOptions | null;
   jsonPath: string;
   markdownPath: string | null;
   strict: boolean;
@@ -84,6 +94,11 @@ function parseOptions(argv: string[]): Options | null {
       'no-ceiling': { type: 'boolean', default: false },
       only: { type: 'string' },
       strict: { type: 'boolean', default: false },
+      luns: { type: 'boolean', default: false },
+      'no-luns': { type: 'boolean', default: false },
+      'lun-counts': { type: 'string' },
+      'lun-drive': { type: 'string' },
+      'lun-qd': { type: 'string' },
       list: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -96,6 +111,7 @@ function parseOptions(argv: string[]): Options | null {
   }
   if (values.list) {
     for (const r of ROWS) process.stdout.write(`${r.id.padEnd(28)} ${r.transport.padEnd(5)} ${r.title} (${r.lun} LUN)\n`);
+    process.stdout.write(`${'--luns'.padEnd(28)} tcp   many LUNs of one target: ${LUN_COUNTS.join(', ')} idle, ${DRIVEN_LUNS} x QD${QD_PER_LUN} against 1 x QD${DRIVEN_LUNS * QD_PER_LUN} (null LUNs)\n`);
     return null;
   }
   const smoke = values.smoke === true;
@@ -106,14 +122,26 @@ function parseOptions(argv: string[]): Options | null {
     throw new Error(`--transport takes ${TRANSPORTS.join(' or ')}, got ${values.transport}`);
   }
   const transport = (values.transport as Transport | undefined) ?? null;
-  const rows = selectRows(values.rows, transport).map((r) => r.id);
+  if (values.luns && values['no-luns']) throw new Error('--luns and --no-luns contradict each other');
+  const rowsPicked = values.rows !== undefined || values.transport !== undefined;
+  // --luns alone runs only the section; the section runs by default when no rows are picked.
+  const rows = values.luns && !rowsPicked ? [] : selectRows(values.rows, transport).map((r) => r.id);
+  const withLuns = values.luns === true || (!rowsPicked && !values['no-luns']);
   const runtimeSec = positiveInt('runtime', values.runtime, smoke ? 2 : 10);
+  const pairs = positiveInt('pairs', values.pairs, smoke ? 1 : 3);
+  const rampSec = positiveInt('ramp', values.ramp, smoke ? 0 : 2, 0);
+  const sessions = values.sessions !== undefined ? positiveInt('sessions', values.sessions, 1) : null;
+  const counts = values['lun-counts'] === undefined ? (smoke ? [1, 2] : LUN_COUNTS)
+    : [...new Set(values['lun-counts'].split(',').map((x) => positiveInt('lun-counts', x.trim(), 1)))].sort((a, b) => a - b);
+  const driven = positiveInt('lun-drive', values['lun-drive'], smoke ? 2 : DRIVEN_LUNS);
+  if (Math.max(...counts, driven) > MAX_LUNS) throw new Error(`--lun-counts and --lun-drive go up to ${MAX_LUNS} LUNs`);
   return {
-    pairs: positiveInt('pairs', values.pairs, smoke ? 1 : 3),
+    luns: withLuns ? { counts, driven, qdPerLun: positiveInt('lun-qd', values['lun-qd'], QD_PER_LUN), pairs, runtimeSec, rampSec, idleMs: smoke ? 1000 : 3000, sessions } : null,
+    pairs,
     runtimeSec,
-    rampSec: positiveInt('ramp', values.ramp, smoke ? 0 : 2, 0),
+    rampSec,
     smoke,
-    sessions: values.sessions !== undefined ? positiveInt('sessions', values.sessions, 1) : null,
+    sessions,
     tmpfsLunMiB: positiveInt('size', values.size, smoke ? 256 : 1024, 16),
     ceiling: !values['no-ceiling'],
     rows,
@@ -418,18 +446,24 @@ async function main(): Promise<number> {
   };
 
   try {
-    const fd = fs.openSync(backing, 'w');
-    try {
-      const chunk = Buffer.alloc(8 * MiB, 0xa5);
-      for (let off = 0; off < o.tmpfsLunMiB * MiB; off += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, o.tmpfsLunMiB * MiB - off), off);
-    } finally {
-      fs.closeSync(fd);
+    // The rows' target (tid 1: the tmpfs LUN and a null LUN) when rows run; the many-LUN section's (lunsTarget) when it runs.
+    const targets: TgtdSpec['targets'] = [];
+    if (defs.length > 0) {
+      const fd = fs.openSync(backing, 'w');
+      try {
+        const chunk = Buffer.alloc(8 * MiB, 0xa5);
+        for (let off = 0; off < o.tmpfsLunMiB * MiB; off += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, o.tmpfsLunMiB * MiB - off), off);
+      } finally {
+        fs.closeSync(fd);
+      }
+      targets.push({ tid: 1, iqn: TARGET_IQN, luns: [{ lun: LUN_TMPFS, path: backing }, { lun: LUN_NULL, bstype: 'null', path: '/dev/null' }] });
     }
-    tgtd = await startTgtdWithLuns({
-      targets: [{ tid: 1, iqn: TARGET_IQN, luns: [{ lun: LUN_TMPFS, path: backing }, { lun: LUN_NULL, bstype: 'null', path: '/dev/null' }] }],
-    });
+    if (o.luns) targets.push(lunsTarget(lunsNeeded(o.luns)));
+    tgtd = await startTgtdWithLuns({ targets });
     const t = tgtd;
-    report.target = { portal: t.portal, tmpfsUrl: t.url(1, LUN_TMPFS), nullUrl: t.url(1, LUN_NULL), tmpfsBacking: backing, blockSize: BLOCK_SIZE };
+    report.target = defs.length > 0
+      ? { portal: t.portal, tmpfsUrl: t.url(1, LUN_TMPFS), nullUrl: t.url(1, LUN_NULL), tmpfsBacking: backing, blockSize: BLOCK_SIZE }
+      : { portal: t.portal, tmpfsUrl: '', nullUrl: '', tmpfsBacking: '', blockSize: BLOCK_SIZE };
     const specFor: SpecFor = (side, lun, transport) => ({
       side, iscsiUrl: t.url(1, lun === 'tmpfs' ? LUN_TMPFS : LUN_NULL), repoRoot: REPO_ROOT, sessions: o.sessions ?? undefined,
       controlPath: path.join(runDir, `control-${lun}-${transport}.sock`),
@@ -446,18 +480,20 @@ async function main(): Promise<number> {
       process.stderr.write(`bench: iscsi-nbd not available: ${avail.reason}; measuring qemu-nbd only\n`);
     }
     const sides = (['iscsi-nbd', 'qemu-nbd'] as SideName[]).filter((side) => !pool!.unavailable.has(side));
-    const exampleJob: FioJob = { rw: 'randread', bs: 4096, iodepth: 32, numjobs: 1, runtimeSec: o.runtimeSec };
-    const oursCmd = (transport: Transport): string => [...Object.entries(serverEnv(specFor('iscsi-nbd', 'tmpfs', transport))).map(([k, v]) => `${k}=${v}`),
-      ...serverArgv(specFor('iscsi-nbd', 'tmpfs', transport), 'PORT')].join(' ');
-    report.commands = {
-      'iscsi-nbd': oursCmd('tcp'),
-      'qemu-nbd': serverArgv(specFor('qemu-nbd', 'tmpfs', 'tcp'), 'PORT').join(' '),
-      fio: [FIO_BIN, ...fioArgs(nbdUri(specFor('iscsi-nbd', 'tmpfs', 'tcp'), 'PORT'), exampleJob, 'OUT.json')].join(' '),
-      'iscsi-nbd (unix)': oursCmd('unix'),
-      'qemu-nbd (unix)': serverArgv(specFor('qemu-nbd', 'tmpfs', 'unix'), 'PORT').join(' '),
-      'fio (unix)': [FIO_BIN, ...fioArgs(nbdUri(specFor('qemu-nbd', 'tmpfs', 'unix'), 'PORT'), exampleJob, 'OUT.json')].join(' '),
-      'iscsi-perf': iscsiPerfArgv({ iscsiUrl: t.url(1, LUN_TMPFS), blockSize: BLOCK_SIZE, bs: 4096, iodepth: 32, random: true, sessions: 1, seconds: o.ceilingSec, initiatorPrefix: PERF_INITIATOR }, 0).join(' '),
-    };
+    if (defs.length > 0) {
+      const exampleJob: FioJob = { rw: 'randread', bs: 4096, iodepth: 32, numjobs: 1, runtimeSec: o.runtimeSec };
+      const oursCmd = (transport: Transport): string => [...Object.entries(serverEnv(specFor('iscsi-nbd', 'tmpfs', transport))).map(([k, v]) => `${k}=${v}`),
+        ...serverArgv(specFor('iscsi-nbd', 'tmpfs', transport), 'PORT')].join(' ');
+      report.commands = {
+        'iscsi-nbd': oursCmd('tcp'),
+        'qemu-nbd': serverArgv(specFor('qemu-nbd', 'tmpfs', 'tcp'), 'PORT').join(' '),
+        fio: [FIO_BIN, ...fioArgs(nbdUri(specFor('iscsi-nbd', 'tmpfs', 'tcp'), 'PORT'), exampleJob, 'OUT.json')].join(' '),
+        'iscsi-nbd (unix)': oursCmd('unix'),
+        'qemu-nbd (unix)': serverArgv(specFor('qemu-nbd', 'tmpfs', 'unix'), 'PORT').join(' '),
+        'fio (unix)': [FIO_BIN, ...fioArgs(nbdUri(specFor('qemu-nbd', 'tmpfs', 'unix'), 'PORT'), exampleJob, 'OUT.json')].join(' '),
+        'iscsi-perf': iscsiPerfArgv({ iscsiUrl: t.url(1, LUN_TMPFS), blockSize: BLOCK_SIZE, bs: 4096, iodepth: 32, random: true, sessions: 1, seconds: o.ceilingSec, initiatorPrefix: PERF_INITIATOR }, 0).join(' '),
+      };
+    }
 
     const ceilings: CeilingCache = new Map();
     for (const def of defs) {
@@ -465,6 +501,12 @@ async function main(): Promise<number> {
       report.rows.push(row);
       report.misses.push(...row.misses);
       writeJson(o.jsonPath, report); // partial results survive a crash
+    }
+    if (o.luns) {
+      // The rows' servers are done: the section measures its own processes on a machine without them.
+      await pool.stopAll();
+      report.luns = await runLuns(o.luns, { tgtd: t, repoRoot: REPO_ROOT, runDir, sides, unavailable: pool.unavailable, errors, log: (l) => process.stderr.write(`  ${l}\n`) });
+      report.misses.push(...report.luns.misses);
     }
     report.complete = true;
   } catch (err) {
@@ -478,10 +520,11 @@ async function main(): Promise<number> {
 
   report.finishedAt = new Date().toISOString();
   writeJson(o.jsonPath, report);
-  process.stdout.write(`\n${formatTable(report)}\n\n`);
+  if (report.rows.length > 0 || !report.luns) process.stdout.write(`\n${formatTable(report)}\n\n`);
+  if (report.luns) process.stdout.write(`\n${formatLunsTable(report.luns)}\n\n`);
   const m = report.machine;
   process.stdout.write(`machine: ${m.cpuModel}, ${m.cpus} CPUs, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, Node ${m.node}\n`);
-  if (report.misses.length === 0 && report.rows.length > 0) process.stdout.write('all goals met\n');
+  if (report.misses.length === 0 && (report.rows.length > 0 || report.luns)) process.stdout.write('all goals met\n');
   for (const line of report.misses) process.stdout.write(`${line}\n`);
   for (const e of errors) process.stdout.write(`ERROR: ${e}\n`);
   if (o.markdownPath) {

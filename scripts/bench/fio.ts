@@ -7,7 +7,9 @@
 // - It prints "fio: connected to NBD server" on stdout, which corrupts
 //   --output-format=json on stdout; --output=FILE keeps the JSON clean.
 // - With --group_reporting the jobs are merged into one entry: bw/iops summed,
-//   latency percentiles computed over all jobs' samples.
+//   latency percentiles computed over all jobs' samples. The many-LUN section instead runs
+//   one job per export (fioJobsArgs: a --name and --uri each, no group reporting) and reads
+//   every job's entry by its name.
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -47,12 +49,9 @@ export interface FioResult {
   fioCpuPct: number;
 }
 
-/** The fio argument list for one run; outFile receives the JSON report. */
-export function fioArgs(uri: string, job: FioJob, outFile: string): string[] {
+/** What every run shares: the workload, the timing, the percentiles and the JSON report in outFile. */
+function workloadArgs(job: FioJob, outFile: string): string[] {
   const args = [
-    '--name=bench',
-    '--ioengine=nbd',
-    `--uri=${uri}`,
     `--rw=${job.rw}`,
     `--bs=${job.bs}`,
     `--iodepth=${job.iodepth}`,
@@ -60,7 +59,6 @@ export function fioArgs(uri: string, job: FioJob, outFile: string): string[] {
     '--time_based',
     `--runtime=${job.runtimeSec}`,
     '--norandommap',
-    '--group_reporting',
     '--percentile_list=50:99',
     '--output-format=json',
     `--output=${outFile}`,
@@ -70,20 +68,44 @@ export function fioArgs(uri: string, job: FioJob, outFile: string): string[] {
   return args;
 }
 
+/** The fio argument list for one run; outFile receives the JSON report. */
+export function fioArgs(uri: string, job: FioJob, outFile: string): string[] {
+  return ['--name=bench', '--ioengine=nbd', `--uri=${uri}`, ...workloadArgs(job, outFile), '--group_reporting'];
+}
+
+/** One fio job of a run that drives several exports at once. */
+export interface FioTarget {
+  /** The job's name (fio --name), reported back by parseFioJobs. */
+  name: string;
+  uri: string;
+}
+
+/**
+ * One fio run with a job per target, all at once (each job its own process and
+ * NBD connection, `job` applying to every one), reported job by job.
+ */
+export function fioJobsArgs(targets: FioTarget[], job: FioJob, outFile: string): string[] {
+  // Options before the first --name are global; each --name starts a job.
+  return ['--ioengine=nbd', ...workloadArgs(job, outFile), ...targets.flatMap((t) => [`--name=${t.name}`, `--uri=${t.uri}`])];
+}
+
 function num(v: unknown): number {
   const n = typeof v === 'number' ? v : Number(v);
   return Number.isFinite(n) ? n : 0;
 }
 
-/** Parse fio's JSON report (tolerating text before the first '{'). Throws on a job error. */
-export function parseFioJson(text: string, rw: FioRw): FioResult {
+/** The jobs of fio's JSON report (tolerating text before the first '{'). */
+function fioJsonJobs(text: string): Array<Record<string, unknown>> {
   const start = text.indexOf('{');
   if (start < 0) throw new Error('fio produced no JSON');
   const doc = JSON.parse(text.slice(start)) as { jobs?: Array<Record<string, unknown>> };
   const jobs = doc.jobs ?? [];
   if (jobs.length === 0) throw new Error('fio JSON has no jobs');
-  if (jobs.length !== 1) throw new Error(`fio JSON has ${jobs.length} jobs; expected one (group_reporting)`);
-  const j = jobs[0];
+  return jobs;
+}
+
+/** One job of fio's JSON report. Throws on a job error. */
+function parseFioJob(j: Record<string, unknown>, rw: FioRw): FioResult {
   if (num(j.error) !== 0) throw new Error(`fio job error ${String(j.error)}`);
   const dir = rw === 'read' || rw === 'randread' ? 'read' : 'write';
   const d = j[dir] as Record<string, unknown> | undefined;
@@ -107,6 +129,18 @@ export function parseFioJson(text: string, rw: FioRw): FioResult {
   };
 }
 
+/** Parse fio's JSON report of one (group-reported) job. Throws on a job error. */
+export function parseFioJson(text: string, rw: FioRw): FioResult {
+  const jobs = fioJsonJobs(text);
+  if (jobs.length !== 1) throw new Error(`fio JSON has ${jobs.length} jobs; expected one (group_reporting)`);
+  return parseFioJob(jobs[0], rw);
+}
+
+/** Parse fio's JSON report of a run of fioJobsArgs: each job by its name. Throws on a job error. */
+export function parseFioJobs(text: string, rw: FioRw): Array<FioResult & { name: string }> {
+  return fioJsonJobs(text).map((j) => ({ name: String(j.jobname), ...parseFioJob(j, rw) }));
+}
+
 export interface FioRun {
   ok: boolean;
   result?: FioResult;
@@ -115,16 +149,16 @@ export interface FioRun {
   wallMs: number;
 }
 
-/** Run fio against an NBD URI; never rejects. */
-export async function runFio(uri: string, job: FioJob): Promise<FioRun> {
+/** Run fio with the arguments args(outFile) and parse its report; never rejects. */
+async function runFioWith<T extends { bytes: number }>(args: (outFile: string) => string[], job: FioJob, parse: (text: string) => T[]):
+Promise<{ ok: boolean; results?: T[]; error?: string; argv: string[]; wallMs: number }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-fio-'));
   const out = path.join(dir, 'fio.json');
-  const args = fioArgs(uri, job, out);
-  const argv = [FIO_BIN, ...args];
+  const argv = [FIO_BIN, ...args(out)];
   try {
     // Generous bound: connection setup, ramp, runtime, teardown.
     const timeoutMs = (job.runtimeSec + (job.rampSec ?? 0)) * 1000 + 60000;
-    const r = await runProcess(FIO_BIN, args, { timeoutMs });
+    const r = await runProcess(FIO_BIN, argv.slice(1), { timeoutMs });
     let text = '';
     try {
       text = fs.readFileSync(out, 'utf8');
@@ -135,13 +169,36 @@ export async function runFio(uri: string, job: FioJob): Promise<FioRun> {
       return { ok: false, error: describeFailure('fio', r), argv, wallMs: r.ms };
     }
     try {
-      const result = parseFioJson(text, job.rw);
-      if (result.bytes <= 0) return { ok: false, error: 'fio moved no data', argv, wallMs: r.ms };
-      return { ok: true, result, argv, wallMs: r.ms };
+      const results = parse(text);
+      if (results.some((x) => x.bytes <= 0)) return { ok: false, error: 'fio moved no data', argv, wallMs: r.ms };
+      return { ok: true, results, argv, wallMs: r.ms };
     } catch (err) {
       return { ok: false, error: `fio output: ${(err as Error).message}`, argv, wallMs: r.ms };
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Run fio against an NBD URI; never rejects. */
+export async function runFio(uri: string, job: FioJob): Promise<FioRun> {
+  const { results, ...run } = await runFioWith((out) => fioArgs(uri, job, out), job, (text) => [parseFioJson(text, job.rw)]);
+  return { ...run, ...(results ? { result: results[0] } : {}) };
+}
+
+export interface FioJobsRun extends Omit<FioRun, 'result'> {
+  /** Per target, in the order given. */
+  results?: Array<FioResult & { name: string }>;
+}
+
+/** Run one fio job per target at once (fioJobsArgs); never rejects. */
+export function runFioJobs(targets: FioTarget[], job: FioJob): Promise<FioJobsRun> {
+  return runFioWith((out) => fioJobsArgs(targets, job, out), job, (text) => {
+    const byName = new Map(parseFioJobs(text, job.rw).map((r) => [r.name, r]));
+    return targets.map((t) => {
+      const r = byName.get(t.name);
+      if (!r) throw new Error(`fio JSON has no job ${t.name}`);
+      return r;
+    });
+  });
 }

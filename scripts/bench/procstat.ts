@@ -5,6 +5,9 @@
 //   /proc/PID/status: VmHWM (peak resident set) and VmRSS, in kB.
 //   Writing "5" to /proc/PID/clear_refs resets VmHWM to the current RSS (Linux >= 4.0),
 //   which gives a per-run peak in a long-lived process.
+//   /proc/PID/net/tcp and tcp6 (the TCP sockets of the process's network namespace):
+//   "sl local_address rem_address st ... inode", addresses as HEXIP:HEXPORT, st 01 =
+//   ESTABLISHED; /proc/PID/fd/* link to "socket:[INODE]" for the sockets it holds.
 
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -72,5 +75,62 @@ export function resetPeakRss(pid: number): boolean {
     return true;
   } catch {
     return false;
+  }
+}
+
+export interface TcpSocket {
+  remotePort: number;
+  /** The kernel's TCP state number (1 = ESTABLISHED). */
+  state: number;
+  inode: number;
+}
+
+const TCP_ESTABLISHED = 1;
+
+/** Parse /proc/net/tcp or tcp6 (the header line is skipped). */
+export function parseProcNetTcp(text: string): TcpSocket[] {
+  const out: TcpSocket[] = [];
+  for (const line of text.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 10) continue;
+    const rem = f[2].split(':');
+    const remotePort = parseInt(rem[rem.length - 1], 16);
+    const state = parseInt(f[3], 16);
+    const inode = Number(f[9]);
+    if (Number.isFinite(remotePort) && Number.isFinite(state) && Number.isFinite(inode)) out.push({ remotePort, state, inode });
+  }
+  return out;
+}
+
+/**
+ * TCP connections established to `port` (any address) that process `pid` holds
+ * open; null when its /proc entries cannot be read.
+ */
+export function tcpConnectionsTo(pid: number, port: number): number | null {
+  try {
+    const inodes = new Set<number>();
+    for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+      let link: string;
+      try {
+        link = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        continue; // closed meanwhile
+      }
+      const m = /^socket:\[(\d+)\]$/.exec(link);
+      if (m) inodes.add(Number(m[1]));
+    }
+    let n = 0;
+    for (const table of ['tcp', 'tcp6']) {
+      let text: string;
+      try {
+        text = fs.readFileSync(`/proc/${pid}/net/${table}`, 'utf8');
+      } catch {
+        continue; // no IPv6
+      }
+      n += parseProcNetTcp(text).filter((s) => s.state === TCP_ESTABLISHED && s.remotePort === port && inodes.has(s.inode)).length;
+    }
+    return n;
+  } catch {
+    return null;
   }
 }

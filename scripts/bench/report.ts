@@ -3,7 +3,7 @@
 
 import { RATIO_GOAL, rowLabel, type RowDef } from './rows';
 import { max, median, sum } from './stats';
-import type { BenchReport, CeilingSummary, GoalResult, RowResult, RunRecord, SideSummary } from './types';
+import type { BenchReport, CeilingSummary, DriveSummary, GoalResult, IdleSummary, LunsReport, RowResult, RunRecord, SideSummary } from './types';
 import type { SideName } from './servers';
 
 const GiB = 1024 ** 3;
@@ -56,7 +56,7 @@ export function evaluateGoals(def: RowDef, row: RowResult): void {
   if (def.rssLimitBytes !== undefined) {
     const limit = def.rssLimitBytes / 2 ** 20;
     const v = row.ours.peakRssMiB;
-    goals.push({ name: 'iscsi-nbd peak RSS MiB', target: `< ${limit}`, value: v, met: v === null ? null : v < limit, stretch: false });
+    goals.push({ name: 'iscsi-nbd peak RSS MiB', target: `< ${limit}`, value: v, met: v === null ? null : v < limit, stretch: false, digits: 1 });
   }
   if (def.stretch !== undefined) {
     goals.push({ name: 'ratio to qemu-nbd (stretch)', target: `>= ${def.stretch.toFixed(2)}`, value: row.ratio, met: row.ratio === null ? null : row.ratio >= def.stretch, stretch: true });
@@ -76,12 +76,18 @@ export function evaluateGoals(def: RowDef, row: RowResult): void {
           : 'no successful A/B pair to judge';
       // One line is enough when a side is missing altogether.
       if (row.misses.some((m) => m.includes(why))) continue;
-      row.misses.push(`MISS${g.stretch ? ' (stretch)' : ''}: ${label}: ${g.name} not measured: ${why}`);
+      row.misses.push(missLine(label, g, why));
     } else {
-      const shown = g.name.includes('RSS') ? g.value!.toFixed(1) : fmtRatio(g.value);
-      row.misses.push(`MISS${g.stretch ? ' (stretch)' : ''}: ${label}: ${g.name} ${shown}, goal ${g.target}`);
+      row.misses.push(missLine(label, g));
     }
   }
+}
+
+/** The MISS line of a goal not met; `why` says what kept an unjudged one (met null) from being measured. */
+export function missLine(label: string, g: GoalResult, why = 'no data'): string {
+  const tag = `MISS${g.stretch ? ' (stretch)' : ''}`;
+  if (g.met === null || g.value === null) return `${tag}: ${label}: ${g.name} not measured: ${why}`;
+  return `${tag}: ${label}: ${g.name} ${g.value.toFixed(g.digits ?? 2)}, goal ${g.target}`;
 }
 
 function f(v: number | null | undefined, digits = 1): string {
@@ -135,8 +141,27 @@ export function formatTable(report: BenchReport): string {
   return out.join('\n');
 }
 
-/** The README table: one line per row; AF_UNIX rows say "(unix)" after the workload. */
+/**
+ * The README table: one line per row; AF_UNIX rows say "(unix)" after the workload.
+ * The many-LUN section's two tables follow when it ran (alone when no row ran).
+ */
 export function formatMarkdown(report: BenchReport): string {
+  const out: string[] = [];
+  if (report.rows.length > 0 || !report.luns) out.push(...formatRowsMarkdown(report));
+  if (report.luns) {
+    if (out.length > 0) out.push('');
+    out.push(formatLunsMarkdown(report.luns));
+  }
+  const m = report.machine;
+  out.push('');
+  out.push(`Machine: ${m.cpuModel}, ${m.cpus} CPUs, ${m.memGiB} GiB RAM, Linux ${m.kernel}, ${m.os}, Node ${m.node}; ` +
+    `fio ${m.versions.fio ?? '?'}, qemu-nbd ${m.versions['qemu-nbd'] ?? '?'}, tgt ${m.versions.tgt ?? '?'}, libiscsi ${m.versions.libiscsi ?? '?'}. ` +
+    `${report.config.pairs} A/B pairs x ${report.config.runtimeSec} s per side, ${report.startedAt.slice(0, 10)}` +
+    `${m.gitCommit ? `, commit ${m.gitCommit}${m.gitDirty ? ' (dirty)' : ''}` : ''}.`);
+  return out.join('\n');
+}
+
+function formatRowsMarkdown(report: BenchReport): string[] {
   const out: string[] = [];
   out.push('| Workload | LUN | MiB/s | IOPS | p50 / p99 µs | qemu-nbd MiB/s | qemu-nbd p50 / p99 µs | Ratio | Of ceiling | Peak RSS MiB (ours / qemu) | CPU s/GiB (ours / qemu) |');
   out.push('|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|');
@@ -151,16 +176,83 @@ export function formatMarkdown(report: BenchReport): string {
       `${r.ceiling.available ? pct(r.fractionOfCeiling) : 'n/a'} | ${f(o.peakRssMiB, 0)} / ${f(q.peakRssMiB, 0)} | ` +
       `${f(o.cpuSecPerGiB, 2)} / ${f(q.cpuSecPerGiB, 2)} |`);
   }
-  const m = report.machine;
   if (report.rows.some((r) => r.transport === 'unix')) {
     out.push('');
     out.push('Rows marked (unix) use NBD over an AF_UNIX socket (`serve --listen unix:PATH` against `qemu-nbd -k PATH`, ' +
       'fio on `nbd+unix:///bench?socket=PATH`), the transport of `iscsi-nbd map`; the others use loopback TCP.');
   }
+  return out;
+}
+
+/** "ours / qemu" of a value of each side, '-' where a side has none. */
+function both(ours: string | undefined, qemu: string | undefined): string {
+  return `${ours ?? '-'} / ${qemu ?? '-'}`;
+}
+
+function lunsParts(l: LunsReport) {
+  const idle = (side: SideName, luns: number): IdleSummary | undefined => l.idleSummary.find((s) => s.side === side && s.luns === luns && s.okRuns > 0);
+  const drive = (side: SideName, shape: 'one' | 'many'): DriveSummary | undefined => l.driveSummary.find((s) => s.side === side && s.shape === shape && s.okRuns > 0);
+  const shapeLabel = (shape: 'one' | 'many'): string => (shape === 'one' ? `1 LUN x QD${l.driven * l.qdPerLun}` : `${l.driven} LUNs x QD${l.qdPerLun}`);
+  const p99Range = (d: DriveSummary | undefined): string | undefined =>
+    d && d.p99MinUs !== null ? (d.p99MinUs === d.p99MaxUs ? f(d.p99MinUs, 0) : `${f(d.p99MinUs, 0)}-${f(d.p99MaxUs, 0)}`) : undefined;
+  return { idle, drive, shapeLabel, p99Range };
+}
+
+/** The many-LUN section for the terminal: idle starts, then the drive runs, per side. */
+export function formatLunsTable(l: LunsReport): string {
+  const { idle, drive, shapeLabel, p99Range } = lunsParts(l);
+  const out: string[] = [];
+  const line = (cells: string[], widths: number[], left: number): string => cells.map((c, i) => pad(c, widths[i], i >= left)).join('  ').trimEnd();
+  out.push(`many LUNs of one target (tgtd null LUNs): one iscsi-nbd serve (${l.sessions} sessions per target) vs one qemu-nbd per LUN; medians`);
+  const iw = [5, 10, 5, 6, 9, 8, 13];
+  out.push(line(['LUNs', 'side', 'procs', 'conns', 'ready ms', 'RSS MiB', 'MiB/extra LUN'], iw, 2));
+  out.push(line(iw.map((w) => '-'.repeat(w)), iw, 2));
+  for (const n of l.lunCounts) {
+    for (const side of ['iscsi-nbd', 'qemu-nbd'] as SideName[]) {
+      if (!l.idleSummary.some((x) => x.side === side)) continue;
+      const s = idle(side, n);
+      const range = s?.connectionsRange && s.connectionsRange[0] !== s.connectionsRange[1] ? ` (${s.connectionsRange[0]}-${s.connectionsRange[1]})` : '';
+      out.push(line([String(n), side, side === 'qemu-nbd' ? String(n) : '1', s ? `${f(s.connections, 0)}${range}` : 'failed',
+        s ? f(s.readyMs, 0) : '', s ? f(s.rssMiB) : '', s ? f(s.rssPerExtraLunMiB, 2) : ''], iw, 2));
+    }
+  }
   out.push('');
-  out.push(`Machine: ${m.cpuModel}, ${m.cpus} CPUs, ${m.memGiB} GiB RAM, Linux ${m.kernel}, ${m.os}, Node ${m.node}; ` +
-    `fio ${m.versions.fio ?? '?'}, qemu-nbd ${m.versions['qemu-nbd'] ?? '?'}, tgt ${m.versions.tgt ?? '?'}, libiscsi ${m.versions.libiscsi ?? '?'}. ` +
-    `${report.config.pairs} A/B pairs x ${report.config.runtimeSec} s per side, ${report.startedAt.slice(0, 10)}` +
-    `${m.gitCommit ? `, commit ${m.gitCommit}${m.gitDirty ? ' (dirty)' : ''}` : ''}.`);
+  const dw = [10, 16, 9, 14, 7, 9];
+  out.push(`${shapeLabel('many')} at once against ${shapeLabel('one')}: 4K random read, one fio job per LUN; "many/one" = aggregate IOPS ratio`);
+  out.push(line(['side', 'workload', 'IOPS', 'p99 us per LUN', 'spread', 'many/one'], dw, 2));
+  out.push(line(dw.map((w) => '-'.repeat(w)), dw, 2));
+  for (const side of ['iscsi-nbd', 'qemu-nbd'] as SideName[]) {
+    if (!l.driveSummary.some((x) => x.side === side)) continue;
+    for (const shape of ['one', 'many'] as const) {
+      const d = drive(side, shape);
+      out.push(line([side, shapeLabel(shape), d ? f(d.iops, 0) : 'failed', p99Range(d) ?? '', shape === 'many' && d ? f(d.spread, 2) : '',
+        shape === 'many' ? fmtRatio(l.manyOverOne[side] ?? null) : ''], dw, 2));
+    }
+  }
+  return out.join('\n');
+}
+
+/** The many-LUN section in Markdown (docs/performance.md): the idle table and the drive table. */
+export function formatLunsMarkdown(l: LunsReport): string {
+  const { idle, drive, shapeLabel, p99Range } = lunsParts(l);
+  const out: string[] = [];
+  out.push('| LUNs | iSCSI connections (ours / qemu) | RSS MiB (ours / qemu) | RSS MiB per extra LUN (ours / qemu) | Ready ms (ours / qemu) |');
+  out.push('|--:|--:|--:|--:|--:|');
+  for (const n of l.lunCounts) {
+    const o = idle('iscsi-nbd', n);
+    const q = idle('qemu-nbd', n);
+    out.push(`| ${n} | ${both(o && f(o.connections, 0), q && f(q.connections, 0))} | ${both(o && f(o.rssMiB), q && f(q.rssMiB))} | ` +
+      `${both(o && f(o.rssPerExtraLunMiB, 2), q && f(q.rssPerExtraLunMiB, 2))} | ${both(o && f(o.readyMs, 0), q && f(q.readyMs, 0))} |`);
+  }
+  out.push('');
+  out.push('| Workload (4K random read) | IOPS (ours / qemu) | p99 µs per LUN, lowest-highest (ours / qemu) | Spread max/min IOPS (ours / qemu) | Of the lone LUN (ours / qemu) |');
+  out.push('|---|--:|--:|--:|--:|');
+  for (const shape of ['one', 'many'] as const) {
+    const o = drive('iscsi-nbd', shape);
+    const q = drive('qemu-nbd', shape);
+    const ratio = (side: SideName): string | undefined => (l.manyOverOne[side] === undefined ? undefined : fmtRatio(l.manyOverOne[side] ?? null));
+    out.push(`| ${shapeLabel(shape)} | ${both(o && f(o.iops, 0), q && f(q.iops, 0))} | ${both(p99Range(o), p99Range(q))} | ` +
+      `${shape === 'many' ? both(o && f(o.spread, 2), q && f(q.spread, 2)) : ''} | ${shape === 'many' ? both(ratio('iscsi-nbd'), ratio('qemu-nbd')) : ''} |`);
+  }
   return out.join('\n');
 }

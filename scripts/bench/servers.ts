@@ -1,4 +1,5 @@
-// The two NBD servers under test, each a child process serving one iSCSI LUN as export "bench":
+// The two NBD servers under test, each a child process serving one iSCSI LUN as export "bench"
+// (the many-LUN section gives iscsi-nbd several exports, and runs one qemu-nbd per LUN):
 //   A: node bin/iscsi-nbd.js serve --listen 127.0.0.1:PORT --export bench=URL [--sessions N] --log-level warn
 //   B: qemu-nbd -f raw --cache=none -e 32 -t -p PORT -b 127.0.0.1 -x bench URL
 // or, for the AF_UNIX rows, the same with the listen address swapped:
@@ -43,6 +44,23 @@ export interface ServerSpec {
   transport?: Transport;
   /** The NBD socket for transport 'unix'. */
   socketPath?: string;
+  /**
+   * iscsi-nbd only: serve these exports (one `--export NAME=URL` each) instead of
+   * iscsiUrl as "bench". qemu-nbd serves one LUN per process.
+   */
+  exports?: ServedExport[];
+}
+
+export interface ServedExport {
+  name: string;
+  iscsiUrl: string;
+}
+
+/** The exports a server serves: spec.exports, or spec.iscsiUrl as "bench". */
+export function servedExports(spec: ServerSpec): ServedExport[] {
+  const list = spec.exports ?? [{ name: EXPORT_NAME, iscsiUrl: spec.iscsiUrl }];
+  if (spec.side === 'qemu-nbd' && list.length !== 1) throw new Error(`qemu-nbd serves one LUN per process, not ${list.length}`);
+  return list;
 }
 
 function unixPath(spec: ServerSpec): string {
@@ -50,13 +68,13 @@ function unixPath(spec: ServerSpec): string {
   return spec.socketPath;
 }
 
-/** The NBD URI (libnbd syntax, as fio's nbd engine and nbdinfo take it) of a server. */
-export function nbdUri(spec: ServerSpec, port: number | string): string {
+/** The NBD URI (libnbd syntax, as fio's nbd engine and nbdinfo take it) of a server's export (its first one by default). */
+export function nbdUri(spec: ServerSpec, port: number | string, name = servedExports(spec)[0].name): string {
   if ((spec.transport ?? 'tcp') === 'unix') {
     // libnbd unescapes query values; keep '/' readable.
-    return `nbd+unix:///${EXPORT_NAME}?socket=${encodeURIComponent(unixPath(spec)).replace(/%2F/g, '/')}`;
+    return `nbd+unix:///${name}?socket=${encodeURIComponent(unixPath(spec)).replace(/%2F/g, '/')}`;
   }
-  return `nbd://127.0.0.1:${port}/${EXPORT_NAME}`;
+  return `nbd://127.0.0.1:${port}/${name}`;
 }
 
 /** Extra environment a server runs with. */
@@ -64,18 +82,18 @@ export function serverEnv(spec: ServerSpec): Record<string, string> {
   return spec.side === 'iscsi-nbd' && spec.controlPath ? { ISCSI_NBD_CONTROL: spec.controlPath } : {};
 }
 
-/** argv (program first) that starts a server on port. */
 /** argv (program first) that starts a server on port (TCP) or on spec.socketPath (unix; port unused). */
 export function serverArgv(spec: ServerSpec, port: number | string): string[] {
   const unix = (spec.transport ?? 'tcp') === 'unix';
+  const served = servedExports(spec);
   if (spec.side === 'iscsi-nbd') {
     const argv = [process.execPath, path.join(spec.repoRoot, 'bin', 'iscsi-nbd.js'), 'serve',
-      '--listen', unix ? `unix:${unixPath(spec)}` : `127.0.0.1:${port}`, '--export', `${EXPORT_NAME}=${spec.iscsiUrl}`, '--log-level', 'warn'];
+      '--listen', unix ? `unix:${unixPath(spec)}` : `127.0.0.1:${port}`, ...served.flatMap((e) => ['--export', `${e.name}=${e.iscsiUrl}`]), '--log-level', 'warn'];
     if (spec.sessions !== undefined) argv.push('--sessions', String(spec.sessions));
     return argv;
   }
   const where = unix ? ['-k', unixPath(spec)] : ['-p', String(port), '-b', '127.0.0.1'];
-  return [QEMU_NBD_BIN, '-f', 'raw', '--cache=none', '-e', '32', '-t', ...where, '-x', EXPORT_NAME, spec.iscsiUrl];
+  return [QEMU_NBD_BIN, '-f', 'raw', '--cache=none', '-e', '32', '-t', ...where, '-x', served[0].name, served[0].iscsiUrl];
 }
 
 /** Whether our serve command exists in the build (dist/src/cli/serve.js); reason when not. */
@@ -87,8 +105,16 @@ export function bridgeAvailability(repoRoot: string): { ok: boolean; reason?: st
   return { ok: true };
 }
 
+/**
+ * When a started server counts as ready (after it listens): resolves, or rejects
+ * with why not, before `deadline` (a Date.now() value).
+ */
+export type ReadyCheck = (srv: NbdServer, deadline: number) => Promise<void>;
+
 export class NbdServer {
   readonly uri: string;
+  /** performance.now() once it was ready (see start()). */
+  readyAt: number | null = null;
   private exitInfo: string | null = null;
   private logText = '';
 
@@ -98,6 +124,8 @@ export class NbdServer {
     readonly port: number,
     readonly argv: string[],
     private readonly child: ChildProcess,
+    /** performance.now() just before the spawn. */
+    readonly spawnedAt: number,
   ) {
     this.uri = nbdUri(spec, port);
     const append = (b: Buffer): void => {
@@ -142,8 +170,21 @@ export class NbdServer {
     return this.logText;
   }
 
-  /** Start a server on a free port and wait until its export answers an NBD handshake. */
-  static async start(spec: ServerSpec): Promise<NbdServer> {
+  /** The NBD URI of one of its exports. */
+  uriOf(name: string): string {
+    return nbdUri(this.spec, this.port, name);
+  }
+
+  /** Milliseconds from its spawn until it was ready, or null. */
+  get readyMs(): number | null {
+    return this.readyAt === null ? null : this.readyAt - this.spawnedAt;
+  }
+
+  /**
+   * Start a server on a free port and wait until it listens and `ready` says so
+   * (by default: its first export answers an NBD handshake).
+   */
+  static async start(spec: ServerSpec, ready: ReadyCheck = answersHandshake): Promise<NbdServer> {
     const unix = (spec.transport ?? 'tcp') === 'unix';
     if (unix) {
       const p = unixPath(spec);
@@ -156,11 +197,13 @@ export class NbdServer {
       if (unix) fs.rmSync(unixPath(spec), { force: true });
       const port = unix ? 0 : await freePort();
       const argv = serverArgv(spec, port);
+      const spawnedAt = performance.now();
       const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...serverEnv(spec) } });
       track(child);
-      const srv = new NbdServer(spec, port, argv, child);
+      const srv = new NbdServer(spec, port, argv, child, spawnedAt);
       try {
-        await srv.waitReady();
+        await srv.waitReady(ready);
+        srv.readyAt = performance.now();
         return srv;
       } catch (err) {
         lastErr = err as Error;
@@ -172,30 +215,26 @@ export class NbdServer {
     throw lastErr ?? new Error(`${spec.side} did not start`);
   }
 
-  private async waitReady(): Promise<void> {
+  /** Why it is not running (an Error to throw), or null while it runs. */
+  died(): Error | null {
+    return this.exitInfo ? new Error(`${this.side} ${this.exitInfo}: ${this.logText.trim().split('\n').slice(-5).join(' | ')}`) : null;
+  }
+
+  private async waitReady(ready: ReadyCheck): Promise<void> {
     const deadline = Date.now() + START_TIMEOUT_MS;
-    const died = (): Error => new Error(`${this.side} ${this.exitInfo}: ${this.logText.trim().split('\n').slice(-5).join(' | ')}`);
     const sock = this.socketPath;
     while (Date.now() < deadline) {
-      if (this.exitInfo) throw died();
+      const died = this.died();
+      if (died) throw died;
       const up = sock !== null
         ? await waitForUnixSocket(sock, 200).then(() => true, () => false)
         : await waitForPort(this.port, '127.0.0.1', 200).then(() => true, () => false);
       if (up) break;
     }
-    if (this.exitInfo) throw died();
+    const died = this.died();
+    if (died) throw died;
     if (Date.now() >= deadline) throw new Error(`${this.side} did not listen on ${this.address} within ${START_TIMEOUT_MS} ms: ${this.logText.trim()}`);
-    // Listening is not enough: the export must finish a handshake (the server logs in behind it).
-    let last = '';
-    while (Date.now() < deadline) {
-      if (this.exitInfo) throw died();
-      const r = await runProcess(NBDINFO_BIN, ['--size', this.uri], { timeoutMs: Math.max(1000, deadline - Date.now()) });
-      if (r.error && /ENOENT/.test(r.error)) return; // no nbdinfo: fio will find out
-      if (r.code === 0 && /^\d+\s*$/.test(r.stdout.trim())) return;
-      last = describeFailure('nbdinfo', r);
-      await sleep(200);
-    }
-    throw new Error(`${this.side} export never answered: ${last}`);
+    await ready(this, deadline);
   }
 
   /** Stop the server (SIGTERM, then SIGKILL of its group after 3 s) and remove its socket file. Safe to call twice. */
@@ -214,6 +253,21 @@ export class NbdServer {
     const sock = this.socketPath;
     if (sock !== null) fs.rmSync(sock, { force: true });
   }
+}
+
+/** Listening is not enough: the export must finish a handshake (the server logs in behind it). */
+async function answersHandshake(srv: NbdServer, deadline: number): Promise<void> {
+  let last = '';
+  while (Date.now() < deadline) {
+    const died = srv.died();
+    if (died) throw died;
+    const r = await runProcess(NBDINFO_BIN, ['--size', srv.uri], { timeoutMs: Math.max(1000, deadline - Date.now()) });
+    if (r.error && /ENOENT/.test(r.error)) return; // no nbdinfo: fio will find out
+    if (r.code === 0 && /^\d+\s*$/.test(r.stdout.trim())) return;
+    last = describeFailure('nbdinfo', r);
+    await sleep(200);
+  }
+  throw new Error(`${srv.side} export never answered: ${last}`);
 }
 
 /** Resolve once something accepts connections on the unix socket, or reject after timeoutMs. */

@@ -71,6 +71,8 @@ export interface GoalResult {
   /** null: could not be judged (missing data); counted as a miss. */
   met: boolean | null;
   stretch: boolean;
+  /** Decimals when the value is shown (default 2). */
+  digits?: number;
 }
 
 /** A row as defined in rows.ts, plus what the run measured. transport: 'tcp' (loopback) or 'unix' (AF_UNIX). */
@@ -119,6 +121,94 @@ export interface BenchConfig {
   rows: string[];
 }
 
+/** The many-LUN section: one start of a server (or of N qemu-nbd processes) serving N idle LUNs. */
+export interface IdleSample {
+  side: SideName;
+  luns: number;
+  /** 1-based round (every LUN count once per side per round). */
+  pair: number;
+  ok: boolean;
+  error?: string;
+  /** Processes serving them: 1 for iscsi-nbd, N for qemu-nbd. */
+  processes: number;
+  /** From the (first) spawn until every LUN is ready, ms. */
+  readyMs: number | null;
+  /** TCP connections established to tgtd's portal, all processes together. */
+  connections: number | null;
+  /** VmRSS after the idle wait, all processes together, MiB. */
+  rssMiB: number | null;
+  /** VmHWM over the start and the idle wait, all processes together, MiB. */
+  peakRssMiB: number | null;
+  /** iscsi-nbd: the sessions its status document lists for the target. */
+  statusSessions?: number;
+}
+
+/** Medians over the rounds of one side and LUN count. */
+export interface IdleSummary {
+  side: SideName;
+  luns: number;
+  okRuns: number;
+  readyMs: number | null;
+  connections: number | null;
+  /** Fewest and most connections seen in a round. */
+  connectionsRange: [number, number] | null;
+  rssMiB: number | null;
+  /** (rssMiB - rssMiB with the fewest LUNs) / (luns - fewest): what one more idle LUN costs. */
+  rssPerExtraLunMiB: number | null;
+}
+
+/** One fio run of the drive part: `shape` one = one LUN at the whole depth, many = every driven LUN at its share. */
+export interface DriveRun {
+  side: SideName;
+  pair: number;
+  shape: 'one' | 'many';
+  ok: boolean;
+  error?: string;
+  /** Per LUN (fio job). */
+  luns: Array<{ name: string; iops: number; p50Us: number | null; p99Us: number | null }>;
+  /** Sum over the LUNs. */
+  iops: number | null;
+  /** Highest per-LUN IOPS / lowest; 1 for one LUN. */
+  spread: number | null;
+  /** utime+stime of the serving processes during the run. */
+  serverCpuSec: number | null;
+  fioArgv: string[];
+}
+
+export interface DriveSummary {
+  side: SideName;
+  shape: 'one' | 'many';
+  okRuns: number;
+  /** Medians over the runs. */
+  iops: number | null;
+  spread: number | null;
+  /** Median over the runs of each LUN's p99, by LUN name. */
+  p99UsByLun: Record<string, number | null>;
+  p99MinUs: number | null;
+  p99MaxUs: number | null;
+}
+
+export interface LunsReport {
+  /** The target: one tgtd target whose LUNs are tgtd null LUNs. */
+  target: string;
+  lunCounts: number[];
+  /** LUNs driven at once, and the queue depth of each (the lone LUN gets their sum). */
+  driven: number;
+  qdPerLun: number;
+  /** iSCSI sessions per target iscsi-nbd was started with. */
+  sessions: number;
+  idleMs: number;
+  idle: IdleSample[];
+  idleSummary: IdleSummary[];
+  drive: DriveRun[];
+  driveSummary: DriveSummary[];
+  /** Per side: median over rounds of (many IOPS / one IOPS). */
+  manyOverOne: Partial<Record<SideName, number | null>>;
+  goals: GoalResult[];
+  misses: string[];
+  commands: Record<string, string>;
+}
+
 export interface BenchReport {
   schema: 'iscsi-nbd-bench/1';
   startedAt: string;
@@ -130,6 +220,8 @@ export interface BenchReport {
   commands: Record<string, string>;
   target: { portal: string; tmpfsUrl: string; nullUrl: string; tmpfsBacking: string; blockSize: number };
   rows: RowResult[];
+  /** The many-LUN section; absent when it did not run. */
+  luns?: LunsReport;
   misses: string[];
   errors: string[];
 }

@@ -8,14 +8,15 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { iscsiPerfArgv, parseIscsiPerf } from '../../scripts/bench/ceiling';
-import { fioArgs, parseFioJson } from '../../scripts/bench/fio';
-import { parseStatTicks, parseStatusKiB, sampleProc } from '../../scripts/bench/procstat';
-import { evaluateGoals, formatMarkdown, formatTable, pairRatios, summarizeSide } from '../../scripts/bench/report';
+import { fioArgs, fioJobsArgs, parseFioJobs, parseFioJson } from '../../scripts/bench/fio';
+import { evaluateLunsGoals, lunsNeeded, lunsSpecs, lunsTarget, manyOverOne, summarizeDrive, summarizeIdle } from '../../scripts/bench/luns';
+import { parseProcNetTcp, parseStatTicks, parseStatusKiB, sampleProc, tcpConnectionsTo } from '../../scripts/bench/procstat';
+import { evaluateGoals, formatLunsMarkdown, formatLunsTable, formatMarkdown, formatTable, pairRatios, summarizeSide } from '../../scripts/bench/report';
 import { ROWS, rowLabel, selectRows } from '../../scripts/bench/rows';
 import { bridgeAvailability, MAX_SOCKET_PATH, nbdUri, NbdServer, serverArgv, waitForUnixSocket } from '../../scripts/bench/servers';
 import net from 'node:net';
 import { median } from '../../scripts/bench/stats';
-import type { BenchReport, RowResult, RunRecord } from '../../scripts/bench/types';
+import type { BenchReport, DriveRun, IdleSample, LunsReport, RowResult, RunRecord } from '../../scripts/bench/types';
 
 // One fio job (randwrite 4k QD32 over the nbd engine), trimmed to the fields the parser reads.
 const FIO_JSON = `fio: connected to NBD server
@@ -352,3 +353,118 @@ test('unix rows: qemu-nbd -k on a plain file starts over a stale socket file, an
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+
+// The many-LUN section (--luns): its parsers, command lines, summaries and goals.
+
+// Two jobs of one fio run (fioJobsArgs, no group_reporting), trimmed to the fields read.
+const FIO_TWO_JOBS = `fio: connected to NBD server
+fio: connected to NBD server
+{ "fio version" : "fio-3.33", "jobs" : [
+  { "jobname" : "lun1", "error" : 0, "usr_cpu" : 1.0, "sys_cpu" : 2.0,
+    "read" : { "io_bytes" : 40960000, "bw_bytes" : 13653333, "iops" : 3333.3, "runtime" : 3000,
+      "clat_ns" : { "mean" : 2400000.0, "percentile" : { "50.000000" : 2300000, "99.000000" : 6800000 } } },
+    "write" : { "io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.0, "runtime" : 0, "clat_ns" : { "mean" : 0.0 } } },
+  { "jobname" : "lun2", "error" : 0, "usr_cpu" : 1.0, "sys_cpu" : 2.0,
+    "read" : { "io_bytes" : 36864000, "bw_bytes" : 12288000, "iops" : 3000.0, "runtime" : 3000,
+      "clat_ns" : { "mean" : 2600000.0, "percentile" : { "50.000000" : 2500000, "99.000000" : 7600000 } } },
+    "write" : { "io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.0, "runtime" : 0, "clat_ns" : { "mean" : 0.0 } } }
+] }`;
+
+test('luns: one fio job per export at once, reported job by job', () => {
+  const a = fioJobsArgs([{ name: 'lun1', uri: 'nbd://127.0.0.1:1/lun1' }, { name: 'lun2', uri: 'nbd://127.0.0.1:1/lun2' }],
+    { rw: 'randread', bs: 4096, iodepth: 8, numjobs: 1, runtimeSec: 3 }, '/tmp/o.json');
+  // Global options first, then a --name and --uri per job; no group reporting.
+  const firstJob = a.indexOf('--name=lun1');
+  assert.ok(firstJob > 0 && a.slice(0, firstJob).includes('--iodepth=8') && a.slice(0, firstJob).includes('--ioengine=nbd'), a.join(' '));
+  assert.deepEqual(a.slice(firstJob), ['--name=lun1', '--uri=nbd://127.0.0.1:1/lun1', '--name=lun2', '--uri=nbd://127.0.0.1:1/lun2']);
+  assert.ok(!a.includes('--group_reporting'));
+  const jobs = parseFioJobs(FIO_TWO_JOBS, 'randread');
+  assert.deepEqual(jobs.map((j) => [j.name, j.iops, j.p99Ns]), [['lun1', 3333.3, 6800000], ['lun2', 3000, 7600000]]);
+  assert.throws(() => parseFioJson(FIO_TWO_JOBS, 'randread'), /2 jobs/, 'a one-job run still wants one job');
+});
+
+test('luns: one serve with every export, one qemu-nbd per LUN', () => {
+  const url = (l: number) => `iscsi://127.0.0.1:3260/iqn.x:t/${l}`;
+  const [ours] = lunsSpecs('iscsi-nbd', 3, url, { repoRoot: '/r', runDir: '/tmp/b', sessions: null });
+  const argv = serverArgv(ours, 5000);
+  assert.deepEqual(argv.filter((_, i) => argv[i - 1] === '--export'), ['lun1=' + url(1), 'lun2=' + url(2), 'lun3=' + url(3)]);
+  assert.ok(!argv.includes('--sessions'));
+  assert.equal(ours.controlPath, '/tmp/b/control-luns.sock');
+  assert.equal(nbdUri(ours, 5000, 'lun2'), 'nbd://127.0.0.1:5000/lun2');
+  assert.equal(nbdUri(ours, 5000), 'nbd://127.0.0.1:5000/lun1', 'the first export by default');
+  const qemu = lunsSpecs('qemu-nbd', 3, url, { repoRoot: '/r', runDir: '/tmp/b', sessions: 4 });
+  assert.equal(qemu.length, 3);
+  assert.deepEqual(serverArgv(qemu[2], 5002).slice(-3), ['-x', 'lun3', url(3)]);
+  assert.throws(() => serverArgv({ side: 'qemu-nbd', iscsiUrl: url(1), repoRoot: '/r', exports: [{ name: 'a', iscsiUrl: url(1) }, { name: 'b', iscsiUrl: url(2) }] }, 1), /one LUN per process/);
+  assert.deepEqual(lunsTarget(2).luns, [{ lun: 1, bstype: 'null', path: '/dev/null' }, { lun: 2, bstype: 'null', path: '/dev/null' }]);
+  assert.equal(lunsNeeded({ counts: [1, 8, 64], driven: 8 }), 64);
+  assert.equal(lunsNeeded({ counts: [1, 2], driven: 4 }), 4);
+});
+
+test('luns: TCP connections from /proc/PID/net/tcp and the sockets the process holds', async () => {
+  const text = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n' +
+    '   0: 0100007F:A087 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 96089 1 0000000021411c8e 100 0 0 10 0\n' +
+    '   1: 0100007F:C8F2 0100007F:0CBC 01 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000005dfc47b 20 4 30 10 -1\n';
+  assert.deepEqual(parseProcNetTcp(text), [{ remotePort: 0, state: 10, inode: 96089 }, { remotePort: 3260, state: 1, inode: 123456 }]);
+  // This process: two connections to a listener of its own, none to a port nobody uses.
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  const socks = await Promise.all([1, 2].map(() => new Promise<net.Socket>((r) => { const s = net.connect(port, '127.0.0.1', () => r(s)); })));
+  try {
+    assert.equal(tcpConnectionsTo(process.pid, port), 2);
+    assert.equal(tcpConnectionsTo(process.pid, 1), 0);
+    assert.equal(tcpConnectionsTo(2 ** 22 + 12345, port), null, 'no such process');
+  } finally {
+    for (const s of socks) s.destroy();
+    await new Promise<void>((r) => srv.close(() => r()));
+  }
+});
+
+test('luns: medians, RSS per extra LUN, many/one, the goals and both tables', () => {
+  const idle = (side: 'iscsi-nbd' | 'qemu-nbd', luns: number, pair: number, rssMiB: number, connections: number): IdleSample => ({
+    side, luns, pair, ok: true, processes: side === 'qemu-nbd' ? luns : 1, readyMs: 100 * luns, connections, rssMiB, peakRssMiB: rssMiB + 5,
+  });
+  const samples = [
+    idle('iscsi-nbd', 1, 1, 60, 2), idle('iscsi-nbd', 64, 1, 70, 2), idle('iscsi-nbd', 1, 2, 62, 2), idle('iscsi-nbd', 64, 2, 72.6, 2),
+    idle('qemu-nbd', 1, 1, 9, 1), idle('qemu-nbd', 64, 1, 576, 64),
+  ];
+  const ours = summarizeIdle(samples, 'iscsi-nbd', [1, 64]);
+  assert.deepEqual(ours.map((s) => [s.luns, s.rssMiB, s.connections, s.connectionsRange]), [[1, 61, 2, [2, 2]], [64, 71.3, 2, [2, 2]]]);
+  assert.equal(ours[0].rssPerExtraLunMiB, null);
+  assert.equal(ours[1].rssPerExtraLunMiB!.toFixed(3), ((71.3 - 61) / 63).toFixed(3));
+  const drive = (side: 'iscsi-nbd' | 'qemu-nbd', pair: number, shape: 'one' | 'many', iops: number[]): DriveRun => ({
+    side, pair, shape, ok: true, luns: iops.map((x, i) => ({ name: `lun${i + 1}`, iops: x, p50Us: 100, p99Us: 1000 + i })),
+    iops: iops.reduce((a, b) => a + b, 0), spread: Math.max(...iops) / Math.min(...iops), serverCpuSec: 1, fioArgv: [],
+  });
+  const runs = [drive('iscsi-nbd', 1, 'one', [20000]), drive('iscsi-nbd', 1, 'many', [3000, 3000, 2000]),
+    drive('qemu-nbd', 1, 'one', [10000]), drive('qemu-nbd', 1, 'many', [4000, 4000, 4000])];
+  assert.equal(manyOverOne(runs, 'iscsi-nbd'), 0.4);
+  assert.equal(manyOverOne(runs, 'qemu-nbd'), 1.2);
+  const many = summarizeDrive(runs, 'iscsi-nbd', 'many');
+  assert.deepEqual([many.iops, many.spread, many.p99MinUs, many.p99MaxUs], [8000, 1.5, 1000, 1002]);
+  const report: LunsReport = {
+    target: 'iqn.x', lunCounts: [1, 64], driven: 3, qdPerLun: 8, sessions: 2, idleMs: 1000, idle: samples,
+    idleSummary: [...ours, ...summarizeIdle(samples, 'qemu-nbd', [1, 64])], drive: runs,
+    driveSummary: (['iscsi-nbd', 'qemu-nbd'] as const).flatMap((s) => [summarizeDrive(runs, s, 'one'), summarizeDrive(runs, s, 'many')]),
+    manyOverOne: { 'iscsi-nbd': 0.4, 'qemu-nbd': 1.2 }, goals: [], misses: [], commands: {},
+  };
+  evaluateLunsGoals(report);
+  assert.deepEqual(report.goals.map((g) => g.met), [true, true, false, true]);
+  assert.deepEqual(report.misses, ['MISS: luns (many LUNs of one target): iscsi-nbd IOPS of 3 LUNs x QD8 / 1 LUN x QD24 0.40, goal >= 1.00']);
+  // A round with another count of connections is a miss, shown with that count.
+  const off = { ...report, idle: [...samples, idle('iscsi-nbd', 64, 3, 71, 3)] };
+  evaluateLunsGoals(off);
+  assert.match(off.misses[0], /iSCSI connections with 64 LUNs 3, goal = 2$/);
+  const gone = { ...report };
+  evaluateLunsGoals(gone, 'iscsi-nbd not available: skipped (--only qemu-nbd)');
+  assert.deepEqual(gone.misses, ['MISS: luns (many LUNs of one target): not measured: iscsi-nbd not available: skipped (--only qemu-nbd)']);
+
+  const md = formatLunsMarkdown(report).split('\n');
+  assert.ok(md.includes('| 64 | 2 / 64 | 71.3 / 576.0 | 0.16 / 9.00 | 6400 / 6400 |'), md.join('\n'));
+  assert.ok(md.includes('| 3 LUNs x QD8 | 8000 / 12000 | 1000-1002 / 1000-1002 | 1.50 / 1.00 | 0.40 / 1.20 |'), md.join('\n'));
+  assert.ok(md.includes('| 1 LUN x QD24 | 20000 / 10000 | 1000 / 1000 |  |  |'), md.join('\n'));
+  const text = formatLunsTable(report);
+  assert.match(text, /^64\s+iscsi-nbd\s+1\s+2\s+6400\s+71\.3\s+0\.16$/m);
+  assert.match(text, /^iscsi-nbd\s+3 LUNs x QD8\s+8000\s+1000-1002\s+1\.50\s+0\.40$/m);
+});

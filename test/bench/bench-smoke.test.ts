@@ -1,6 +1,8 @@
-// Smoke run of the benchmark (npm run bench -- --smoke): every row (TCP and AF_UNIX), one
-// A/B pair of 2 s runs, so the bench cannot rot. It checks that the JSON report is complete and has
-// numbers for both sides; it asserts nothing about speed.
+// Smoke run of the benchmark (npm run bench -- --smoke), in two parts that together make
+// `--smoke`: every row (TCP and AF_UNIX, --no-luns), one A/B pair of 2 s runs; then the
+// many-LUN section alone (--luns: 1 and 2 LUNs idle, 2 LUNs x QD8 against 1 x QD16), so the
+// bench cannot rot. They check that the JSON report is complete and has numbers for both
+// sides; they assert nothing about speed.
 // Skipped only outside CI, when the build it runs (bin/, dist/) is not there.
 
 import { test } from 'node:test';
@@ -12,6 +14,7 @@ import path from 'node:path';
 import { ROWS, hasCeiling, rowLabel } from '../../scripts/bench/rows';
 import { bridgeAvailability } from '../../scripts/bench/servers';
 import type { BenchReport, SideSummary } from '../../scripts/bench/types';
+import { LUNS_IQN } from '../../scripts/bench/luns';
 
 // dist/test/bench/ -> repository root
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -63,7 +66,7 @@ test('bench --smoke produces a complete JSON report for both sides', { skip, tim
   const json = path.join(dir, 'bench.json');
   const md = path.join(dir, 'bench.md');
 
-  const r = await runBench(['--smoke', '--json', json, '--markdown', md], TIMEOUT_MS);
+  const r = await runBench(['--smoke', '--no-luns', '--json', json, '--markdown', md], TIMEOUT_MS);
   assert.equal(r.code, 0, `bench exited ${r.code ?? r.signal}:\n${r.out.slice(-8000)}`);
 
   const report = JSON.parse(fs.readFileSync(json, 'utf8')) as BenchReport;
@@ -72,6 +75,7 @@ test('bench --smoke produces a complete JSON report for both sides', { skip, tim
   assert.deepEqual(report.errors, []);
   assert.equal(report.config.smoke, true);
   assert.deepEqual(report.rows.map((row) => row.id), ROWS.map((row) => row.id), 'every row, in order');
+  assert.equal(report.luns, undefined, '--no-luns: no many-LUN section');
   for (const row of report.rows) {
     const def = ROWS.find((d) => d.id === row.id)!;
     assert.equal(row.transport, def.transport, `${row.id}: transport in the JSON`);
@@ -115,4 +119,69 @@ test('bench --smoke produces a complete JSON report for both sides', { skip, tim
     const sock = /socket=(\S+)$/.exec(row.qemu.runs[0].fioArgv.find((a) => a.startsWith('--uri='))!)![1];
     assert.equal(fs.existsSync(path.dirname(sock)), false, `${path.dirname(sock)} removed`);
   }
+});
+
+test('bench --smoke --luns: the many-LUN section alone, 1 and 2 LUNs, complete for both sides', { skip, timeout: 5 * 60 * 1000 }, async (t) => {
+  assert.ok(fs.existsSync(BENCH), `${BENCH} is missing (build first)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-smoke-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const json = path.join(dir, 'bench.json');
+  const md = path.join(dir, 'bench.md');
+
+  const r = await runBench(['--smoke', '--luns', '--json', json, '--markdown', md], 4 * 60 * 1000);
+  assert.equal(r.code, 0, `bench exited ${r.code ?? r.signal}:\n${r.out.slice(-8000)}`);
+  const report = JSON.parse(fs.readFileSync(json, 'utf8')) as BenchReport;
+  assert.equal(report.complete, true);
+  assert.deepEqual(report.errors, []);
+  assert.deepEqual(report.rows, [], '--luns alone runs no row');
+  const l = report.luns!;
+  assert.ok(l, 'the JSON has the many-LUN section');
+  assert.equal(l.target, LUNS_IQN);
+  assert.deepEqual(l.lunCounts, [1, 2]);
+  assert.equal(l.driven, 2);
+  assert.equal(l.qdPerLun, 8);
+  assert.equal(l.sessions, 2, "serve's default sessions per target");
+
+  // Idle: one start per side and LUN count, each with readings.
+  for (const side of ['iscsi-nbd', 'qemu-nbd'] as const) {
+    for (const n of [1, 2]) {
+      const s = l.idle.filter((x) => x.side === side && x.luns === n);
+      assert.equal(s.length, 1, `${side} ${n}`);
+      assert.equal(s[0].ok, true, `${side} ${n}: ${s[0].error ?? ''}`);
+      assert.equal(s[0].processes, side === 'qemu-nbd' ? n : 1);
+      assert.ok(s[0].readyMs! > 0 && s[0].rssMiB! > 0 && s[0].peakRssMiB! >= s[0].rssMiB! * 0.5, `${side} ${n}: ${JSON.stringify(s[0])}`);
+      // Connections the kernel shows for the processes: the sessions per target for ours, one per qemu-nbd.
+      assert.equal(s[0].connections, side === 'qemu-nbd' ? n : 2, `${side} ${n} connections`);
+      if (side === 'iscsi-nbd') assert.equal(s[0].statusSessions, 2, 'status --json lists the same sessions');
+    }
+    const two = l.idleSummary.find((x) => x.side === side && x.luns === 2)!;
+    assert.equal(typeof two.rssPerExtraLunMiB, 'number', `${side}: RSS per extra LUN`);
+  }
+  // Drive: per side and pair, one LUN alone and both at once, with per-LUN numbers.
+  for (const side of ['iscsi-nbd', 'qemu-nbd'] as const) {
+    for (const shape of ['one', 'many'] as const) {
+      const runs = l.drive.filter((x) => x.side === side && x.shape === shape);
+      assert.equal(runs.length, 1, `${side} ${shape}`);
+      const d = runs[0];
+      assert.equal(d.ok, true, `${side} ${shape}: ${d.error ?? ''}`);
+      assert.equal(d.luns.length, shape === 'one' ? 1 : 2);
+      assert.ok(d.luns.every((x) => x.iops > 0 && x.p99Us! > 0), `${side} ${shape}: ${JSON.stringify(d.luns)}`);
+      assert.ok(d.fioArgv.includes(`--iodepth=${shape === 'one' ? 16 : 8}`), d.fioArgv.join(' '));
+      assert.equal(d.fioArgv.filter((a) => a.startsWith('--uri=')).length, d.luns.length, 'one fio job per LUN');
+      assert.ok(d.spread! >= 1);
+    }
+    assert.equal(typeof l.manyOverOne[side], 'number', `${side}: many / one`);
+  }
+  // Goals judged; a miss is printed.
+  assert.equal(l.goals.length, 4);
+  assert.ok(l.goals.every((g) => g.met !== null), JSON.stringify(l.goals));
+  for (const m of l.misses) assert.ok(r.out.includes(m), `miss printed: ${m}`);
+  // Both tables, in the terminal and in Markdown.
+  assert.match(r.out, /LUNs\s+side\s+procs\s+conns\s+ready ms\s+RSS MiB/);
+  assert.match(r.out, /2 LUNs x QD8 at once against 1 LUN x QD16/);
+  const mdText = fs.readFileSync(md, 'utf8');
+  assert.match(mdText, /^\| 2 \| 2 \/ 2 \| /m, 'idle row for 2 LUNs: 2 connections each side');
+  assert.match(mdText, /^\| 2 LUNs x QD8 \| \d+ \/ \d+ \| /m);
+  assert.ok(!/\| Workload \| LUN \| MiB\/s/.test(mdText), 'no rows table without rows');
+  assert.match(mdText, /^Machine: /m);
 });
