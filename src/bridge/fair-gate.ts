@@ -11,7 +11,20 @@ export class FairGate {
   /** Owners with waiters, in the order they get the next slots. */
   private readonly turn: GateOwner[] = [];
 
-  constructor(readonly max: number) {}
+  constructor(private limit: number) {}
+
+  get max(): number {
+    return this.limit;
+  }
+
+  /** More (or fewer) slots: a pool that gains a session gains its share; waiters get the new ones now. */
+  setMax(n: number): void {
+    this.limit = n;
+    while (this.outstanding < this.limit && this.turn.length > 0) {
+      this.outstanding++;
+      this.handOut();
+    }
+  }
 
   /** A new owner (one LUN's pool). */
   owner(): GateOwner {
@@ -24,7 +37,7 @@ export class FairGate {
 
   /** A slot now, when one is free and nobody waits for one (the common case: no promise). */
   tryTake(o: GateOwner): boolean {
-    if (this.outstanding >= this.max || this.turn.length > 0) return false;
+    if (this.outstanding >= this.limit || this.turn.length > 0) return false;
     this.outstanding++;
     o.held++;
     return true;
@@ -41,12 +54,17 @@ export class FairGate {
 
   release(o: GateOwner): void {
     o.held--;
-    // Hand the slot straight to the next owner in turn.
-    const next = this.turn.shift();
-    if (!next) {
+    // Hand the slot straight to the next owner in turn, unless the limit shrank below what is out.
+    if (this.turn.length === 0 || this.outstanding > this.limit) {
       this.outstanding--;
       return;
     }
+    this.handOut();
+  }
+
+  /** Give one slot (counted already) to the next owner in turn. */
+  private handOut(): void {
+    const next = this.turn.shift()!;
     const w = next.waiters.shift()!;
     if (next.waiters.length > 0) this.turn.push(next);
     next.held++;

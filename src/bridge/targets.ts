@@ -57,8 +57,8 @@ export function targetKey(s: TargetSpec): string {
   ]);
 }
 
-/** Commands in flight over one target's sessions, all LUNs together. */
-const SLOTS_PER_SESSION = 128;
+/** Commands in flight over one target's sessions, all LUNs together: this many per session. */
+export const SLOTS_PER_SESSION = 128;
 
 /**
  * The iSCSI sessions of one target (one key), shared by every LUN opened
@@ -73,7 +73,7 @@ const SLOTS_PER_SESSION = 128;
 export class TargetSessions extends EventEmitter {
   readonly sessions: IscsiSession[] = [];
   readonly portals: Portal[];
-  readonly gate = new FairGate(SLOTS_PER_SESSION);
+  readonly gate = new FairGate(0);
   private readonly users = new Set<LunUser>();
   /** Acquired and not released (the pool closes at 0). */
   refs = 0;
@@ -166,6 +166,7 @@ export class TargetSessions extends EventEmitter {
     // Every LUN's pool, health and metrics listen to the shared session.
     s.setMaxListeners(0);
     this.sessions.push(s);
+    this.gate.setMax(SLOTS_PER_SESSION * this.sessions.length);
     this.emit('session', s, index);
     return s;
   }

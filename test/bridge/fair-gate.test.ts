@@ -37,3 +37,26 @@ test('FairGate: releases with nobody waiting free the slot', () => {
   assert.equal(g.inFlight, 0);
   assert.equal(a.held, 0);
 });
+
+test('FairGate: more slots (a session joins the pool) go to the waiters at once; fewer are given back as commands end', async () => {
+  const g = new FairGate(1);
+  const a = g.owner();
+  const b = g.owner();
+  assert.ok(a.tryTake());
+  let got = 0;
+  const waits = [a.wait(), b.wait(), b.wait()].map((p) => p.then(() => got++));
+  g.setMax(3);
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.equal(got, 2, 'two new slots, two waiters served');
+  assert.equal(g.inFlight, 3);
+  g.setMax(1);
+  a.release(); // over the limit: the slot is not handed on
+  assert.equal(g.inFlight, 2);
+  a.release();
+  assert.equal(g.inFlight, 1);
+  b.release(); // at the limit again: the last waiter gets this slot
+  await Promise.all(waits);
+  assert.equal(got, 3);
+  assert.equal(g.inFlight, 1);
+});

@@ -14,6 +14,7 @@ import { nbdJson } from '../helpers/libnbd';
 import { connections, roundTrips } from '../helpers/many-luns';
 import { until } from '../helpers/process';
 import type { ExportConfig } from '../../src/config';
+import { SLOTS_PER_SESSION } from '../../src/bridge/targets';
 
 const skip = skipUnless('tgtd', 'tgtadm', 'python3', 'ss', 'fio');
 const IQN = 'iqn.2026-12.test.iscsi-nbd:many';
@@ -38,6 +39,7 @@ test('16 LUNs of one target: one pool of 2 sessions, a round trip on every LUN; 
   const shared = pools.find((p) => p.luns.includes('e1'))!;
   assert.deepEqual(shared.luns.sort(), specs.map((s) => s.name).sort());
   assert.equal(shared.sessions.length, 2);
+  assert.equal(shared.gate.max, 2 * SLOTS_PER_SESSION, 'the slots grow with the sessions');
   for (const s of specs) assert.equal(br.manager.exports.get(s.name)!.status().pool, shared.id);
   assert.notEqual(br.manager.exports.get('own')!.status().pool, shared.id);
   assert.equal(await connections(tg.port), 4, '2 sessions for the 16 LUNs, 2 of its own for the ownSessions one');
