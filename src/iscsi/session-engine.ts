@@ -348,6 +348,7 @@ export class SessionEngine extends EventEmitter {
     t.pending.attempts++;
     t.nextDataSN = 0;
     t.received = 0;
+    t.inRanges = undefined;
     t.nextR2TSN = 0;
     const imm = immediateData(c.params, t);
     const unsolEnd = unsolicitedEnd(c.params, t, imm.length);

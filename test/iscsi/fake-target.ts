@@ -54,6 +54,8 @@ export const BASE_PARAMS: EngineParams = {
   firstBurstLength: 65536,
   maxOutstandingR2T: 1,
   errorRecoveryLevel: 0,
+  dataPDUInOrder: true,
+  dataSequenceInOrder: true,
 };
 
 export interface Harness {

@@ -234,8 +234,8 @@ test('write: an R2T outside the buffer is a fatal protocol error', async () => {
 
 // ------------------------------------------------------------------ reads
 
-test('read: Data-In reassembled into the caller buffer with out-of-order offsets, status in the last Data-In', async () => {
-  const h = setup();
+test('read: Data-In reassembled into the caller buffer with out-of-order offsets (DataPDUInOrder=No), status in the last Data-In', async () => {
+  const h = setup({ params: { dataPDUInOrder: false, dataSequenceInOrder: false } });
   const src = pattern(12288, 3);
   const dest = Buffer.alloc(16384);
   const p = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 12288, dataIn: dest });
@@ -321,6 +321,59 @@ test('read: a DataSN gap fails the task', async () => {
   assert.ok('err' in r && r.err.code === 'EPROTO' && /DataSN/.test(r.err.message));
   h.e.receive(scsiResp(c.itt));
   assert.equal(h.fatal.length, 0);
+});
+
+test('read: in order (DataPDUInOrder=Yes), a Data-In that repeats, skips or goes back fails the task; bytes never sent are not handed out', async () => {
+  // Two PDUs of 512 at offset 0 add up to the 1024 asked for: the byte count
+  // alone would call it complete and hand out a buffer half of which the
+  // target never wrote (allocUnsafe: old heap bytes, with no caller buffer).
+  const cases: Array<[string, Array<[number, number]>]> = [
+    ['repeat', [[0, 512], [0, 512]]],
+    ['gap', [[0, 256], [512, 512]]],
+    ['back', [[512, 512], [0, 512]]],
+    ['overlap', [[0, 768], [512, 256]]],
+  ];
+  for (const [name, pdus] of cases) {
+    const h = setup();
+    const p = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 1024 });
+    const c = cmd(h.take()[0]);
+    // The framer is asked where the second payload goes: nowhere in the buffer.
+    const bhs = (off: number, len: number) => encodePdu(dataIn(c.itt, { dataSN: 1, bufferOffset: off, data: Buffer.alloc(len) })).subarray(0, 48);
+    pdus.forEach(([off, len], i) => {
+      if (i === 1) assert.equal(h.e.placeDataIn(bhs(off, len), len), undefined, `${name}: not placed`);
+      h.e.receive(dataIn(c.itt, { dataSN: i, bufferOffset: off, data: pattern(len, i + 1), final: i === pdus.length - 1, statusPresent: i === pdus.length - 1 }));
+    });
+    const r = await settle(p);
+    assert.ok('err' in r, `${name}: refused`);
+    assert.equal(r.err.code, 'EPROTO', name);
+    assert.match(r.err.message, /expected \d+: with DataPDUInOrder=Yes/, name);
+    assert.deepEqual(h.fatal, [], `${name}: the session goes on`);
+    assert.equal(h.e.inFlight, 0, `${name}: the status ended the task`);
+  }
+  // The same data in order is taken.
+  const h = setup();
+  const p = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 1024 });
+  const c = cmd(h.take()[0]);
+  h.e.receive(dataIn(c.itt, { dataSN: 0, bufferOffset: 0, data: pattern(1024).subarray(0, 512) }));
+  h.e.receive(dataIn(c.itt, { dataSN: 1, bufferOffset: 512, data: pattern(1024).subarray(512), final: true, statusPresent: true }));
+  assert.deepEqual((await p).data, pattern(1024));
+});
+
+test('read: out of order (DataPDUInOrder=No), a Data-In over bytes already received fails the task', async () => {
+  const h = setup({ params: { dataPDUInOrder: false, dataSequenceInOrder: false } });
+  const p = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 1024 });
+  const c = cmd(h.take()[0]);
+  h.e.receive(dataIn(c.itt, { dataSN: 0, bufferOffset: 512, data: pattern(512) }));
+  h.e.receive(dataIn(c.itt, { dataSN: 1, bufferOffset: 0, data: pattern(768), final: true, statusPresent: true }));
+  const r = await settle(p);
+  assert.ok('err' in r && r.err.code === 'EPROTO' && /overlaps data already received at 512-1024/.test(r.err.message));
+  // And a command that reads again after a retry starts with no ranges.
+  const q = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 1024 });
+  const c2 = cmd(h.take()[0]);
+  h.e.receive(dataIn(c2.itt, { dataSN: 0, bufferOffset: 512, data: pattern(1024).subarray(512) }));
+  h.e.receive(dataIn(c2.itt, { dataSN: 1, bufferOffset: 0, data: pattern(1024).subarray(0, 512), final: true, statusPresent: true }));
+  assert.deepEqual((await q).data, pattern(1024));
+  assert.deepEqual(h.fatal, []);
 });
 
 test('read: A bit (DataACK) is ignored at ERL 0', async () => {
@@ -732,7 +785,7 @@ test('read contract: a command that fails while its Data-In is streaming into th
 
 test('read contract: Data-In the framer streams into the caller buffer (placeDataIn) is used in place, others are copied', async () => {
   for (const step of [1, 7, 100, 1 << 20]) {
-    const h = setup();
+    const h = setup({ params: { dataPDUInOrder: false, dataSequenceInOrder: false } }); // b arrives second half first
     const destA = Buffer.alloc(4096, 0xee);
     const destB = Buffer.alloc(4096, 0xee);
     const pa = h.e.submit({ lun: 0, cdb: READ10, dataInLength: 4096, dataIn: destA });

@@ -20,7 +20,7 @@ import { disarmDeadline, type PendingTask, type Task } from './task';
 export type EngineParams = Pick<
   NegotiatedParams,
   | 'headerDigest' | 'dataDigest' | 'immediateData' | 'initialR2T' | 'maxXmitDataSegmentLength' | 'maxBurstLength'
-  | 'firstBurstLength' | 'maxOutstandingR2T' | 'errorRecoveryLevel'
+  | 'firstBurstLength' | 'maxOutstandingR2T' | 'errorRecoveryLevel' | 'dataPDUInOrder' | 'dataSequenceInOrder'
 >;
 
 export type EngineState = 'full-feature' | 'logging-out' | 'logged-out' | 'dead';

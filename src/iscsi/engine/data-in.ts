@@ -25,10 +25,34 @@ export function placeDataIn(c: EngineCore, bhs: Buffer, dsl: number): Buffer | u
   const t = c.tasks.get(itt);
   if (!t || t.failed || t.readLen === 0) return undefined;
   const off = bhs.readUInt32BE(40);
-  if (off + dsl > t.readLen) return undefined;
+  if (off + dsl > t.readLen || (inOrder(c) && off !== t.received)) return undefined;
   t.inBuf ??= t.pending.req.dataIn ?? Buffer.allocUnsafe(t.readLen);
   c.placing = t;
   return t.inBuf.subarray(off, off + dsl);
+}
+
+/** DataPDUInOrder=Yes and DataSequenceInOrder=Yes (what we always offer; the result is OR): one run of data from offset 0. */
+function inOrder(c: EngineCore): boolean {
+  return c.params.dataPDUInOrder && c.params.dataSequenceInOrder;
+}
+
+/**
+ * Whether n bytes at off may be taken: the data must never cover a byte twice,
+ * for completeness is judged by the count of bytes received (a repeated
+ * offset would leave a gap the count does not show, and hand out bytes the
+ * target never sent). In order (RFC 7143 13.19, 13.20), each PDU starts where
+ * the last ended; out of order, it overlaps none of those before.
+ */
+function takesRange(c: EngineCore, t: Task, off: number, n: number): string | undefined {
+  if (inOrder(c)) {
+    return off === t.received ? undefined : `Data-In at offset ${off}, expected ${t.received}: with DataPDUInOrder=Yes the data follows on without gap or overlap`;
+  }
+  const r = (t.inRanges ??= []);
+  for (let i = 0; i < r.length; i += 2) {
+    if (off < r[i + 1] && r[i] < off + n) return `Data-In at offset ${off} + ${n} bytes overlaps data already received at ${r[i]}-${r[i + 1]}`;
+  }
+  r.push(off, off + n);
+  return undefined;
 }
 
 // SCSI Data-In (RFC 7143 11.7): data at BufferOffset, DataSN in order
@@ -40,6 +64,7 @@ export function onDataIn(c: EngineCore, pdu: DataInPdu): void {
   if (pdu.statusPresent) c.updateStatSN(pdu.statSN);
   if (!t.failed) {
     const n = pdu.data.length;
+    let bad: string | undefined;
     if (t.readLen === 0 && n > 0) {
       c.failTask(t, new ProtocolError(`Data-In for a command that reads nothing (ITT ${hex32(t.itt)})`));
     } else if (pdu.dataSN !== t.nextDataSN) {
@@ -48,6 +73,8 @@ export function onDataIn(c: EngineCore, pdu: DataInPdu): void {
       c.failTask(t, new ProtocolError(
         `Data-In at offset ${pdu.bufferOffset} + ${n} bytes overflows the expected ${t.readLen} (ITT ${hex32(t.itt)})`,
       ));
+    } else if (n > 0 && (bad = takesRange(c, t, pdu.bufferOffset, n)) !== undefined) {
+      c.failTask(t, new ProtocolError(`${bad} (ITT ${hex32(t.itt)})`));
     } else {
       t.nextDataSN = snAdd(t.nextDataSN, 1);
       if (n > 0) {

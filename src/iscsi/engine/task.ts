@@ -59,7 +59,10 @@ export interface Task {
   readLen: number;
   inBuf?: Buffer;
   nextDataSN: number;
+  /** Data-In payload bytes taken so far; with the data in order, also the next BufferOffset. */
   received: number;
+  /** Out of order only (DataPDUInOrder=No): the [start, end) ranges received, to refuse overlap. */
+  inRanges?: number[];
   nextR2TSN: number;
   /** Task-level failure: already rejected; the ITT stays reserved until the target ends the task. */
   failed?: Error;
