@@ -1,9 +1,22 @@
 import type { Writable } from 'node:stream';
 
+/** Corks holding a stream, flushed together once the event loop's poll phase is over. */
+const held = new Set<TickCork>();
+let flushScheduled = false;
+
+function flushHeld(): void {
+  flushScheduled = false;
+  for (const c of held) c.flush();
+}
+
 /**
- * Batches every write made to a socket within one tick into a single writev:
- * the first write of a tick corks the socket and the next tick uncorks it.
- * Used by both protocol adapters (NBD replies, iSCSI PDUs).
+ * Batches every write made to a socket within one turn of the event loop into
+ * a single writev: the first write corks the socket, and it is uncorked in the
+ * check phase (setImmediate), after every socket that was readable in this
+ * turn has been read. So the requests of several NBD connections leave in one
+ * iSCSI write, and the replies from both sessions of a pool in one NBD write,
+ * where a nextTick would uncork after each read. Used by both protocol
+ * adapters (NBD replies, iSCSI PDUs).
  */
 export class TickCork {
   private corked: Writable | undefined;
@@ -14,11 +27,11 @@ export class TickCork {
       this.flush();
       this.corked = s;
       s.cork();
-      process.nextTick(() => {
-        if (this.corked !== s) return;
-        this.corked = undefined;
-        s.uncork();
-      });
+      held.add(this);
+      if (!flushScheduled) {
+        flushScheduled = true;
+        setImmediate(flushHeld);
+      }
     }
     const last = bufs.length - 1;
     for (let i = 0; i < last; i++) s.write(bufs[i]);
@@ -34,6 +47,7 @@ export class TickCork {
     const s = this.corked;
     if (!s) return;
     this.corked = undefined;
+    held.delete(this);
     s.uncork();
   }
 }

@@ -26,8 +26,41 @@ test('TickCork: writes of one tick leave as one batch, in order', async () => {
   c.write(r.s, [Buffer.from('a'), Buffer.from('b')]);
   c.write(r.s, [Buffer.from('c')]);
   assert.equal(r.batches.length, 0, 'held until the tick ends');
-  await new Promise((res) => process.nextTick(res));
+  await new Promise((res) => setImmediate(res));
   assert.deepEqual(r.batches.map((b) => Buffer.concat(b).toString()), ['abc']);
+});
+
+// The writes made from several callbacks of one poll phase (one per readable
+// socket) must still leave as one batch per stream: nextTick runs between
+// those callbacks, so only the check phase may uncork.
+test('TickCork: writes from later callbacks of the same loop turn join the batch', async () => {
+  const r1 = recorder();
+  const r2 = recorder();
+  const c1 = new TickCork();
+  const c2 = new TickCork();
+  c1.write(r1.s, [Buffer.from('a')]);
+  await new Promise((res) => process.nextTick(res));
+  await Promise.resolve();
+  c2.write(r2.s, [Buffer.from('x')]);
+  c1.write(r1.s, [Buffer.from('b')]);
+  await new Promise((res) => process.nextTick(res));
+  assert.equal(r1.batches.length + r2.batches.length, 0, 'nothing leaves before the check phase');
+  await new Promise((res) => setImmediate(res));
+  assert.deepEqual(r1.batches.map((b) => Buffer.concat(b).toString()), ['ab']);
+  assert.deepEqual(r2.batches.map((b) => Buffer.concat(b).toString()), ['x']);
+});
+
+test('TickCork: a write to another stream sends what the cork held first', async () => {
+  const r1 = recorder();
+  const r2 = recorder();
+  const c = new TickCork();
+  c.write(r1.s, [Buffer.from('a')]);
+  c.write(r2.s, [Buffer.from('x')]);
+  assert.deepEqual(r1.batches.map((b) => Buffer.concat(b).toString()), ['a'], 'flushed when the cork moved on');
+  c.flush();
+  assert.deepEqual(r2.batches.map((b) => Buffer.concat(b).toString()), ['x']);
+  await new Promise((res) => setImmediate(res));
+  assert.equal(r1.batches.length + r2.batches.length, 2, 'nothing sent twice');
 });
 
 test('TickCork: done runs only after the stream finished the buffers', async () => {
