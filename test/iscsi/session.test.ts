@@ -565,6 +565,27 @@ test('LUN RESET aborts every task of that LUN only', async () => {
   await b;
 });
 
+test('LUN RESET with requeue: the LUN\'s tasks go out again, and the engine is never idle in between', async () => {
+  const h = setup();
+  const a = h.e.submit({ lun: 1, cdb: TUR });
+  const b = h.e.submit({ lun: 1, cdb: TUR });
+  const [ca, cb] = h.take().map(cmd);
+  const events: string[] = [];
+  h.e.on('idle', () => events.push(`idle with ${h.e.inFlight} in flight`));
+  h.e.on('taskDone', () => events.push(`taskDone with ${h.e.inFlight} in flight`));
+  const rs = h.e.lunReset(1, 30000, true);
+  const [t] = h.take() as TaskMgmtRequestPdu[];
+  h.e.receive(tmfResp(t.itt, TmfResponse.FUNCTION_COMPLETE));
+  assert.equal(await rs, 0);
+  assert.deepEqual(events, ['taskDone with 2 in flight'], 'a waiter for idle (a logout) sees the tasks back, never a moment without them');
+  const again = h.take().map(cmd);
+  assert.equal(again.length, 2, 'both sent again');
+  assert.ok(again.every((c) => c.itt !== ca.itt && c.itt !== cb.itt), 'with new ITTs');
+  for (const c of again) h.e.receive(scsiResp(c.itt));
+  await Promise.all([a, b]);
+  assert.deepEqual(events.slice(-1), ['idle with 0 in flight']);
+});
+
 test('command timeout emits a hook with the task; the owner decides', async () => {
   const h = setup({ commandTimeoutMs: 3000 });
   const infos: CommandTimeoutInfo[] = [];
@@ -648,6 +669,36 @@ test('logout: immediate Logout Request, response moves the engine to logged-out'
   assert.deepEqual(states, ['logging-out', 'logged-out']);
   const after = await settle(h.e.submit({ lun: 0, cdb: TUR }));
   assert.ok('err' in after && after.err.code === 'ECONNLOST');
+});
+
+test('logout rejected by the target: full feature phase again, and the keepalive still watches it', async () => {
+  const h = setup({ nopIntervalMs: 1000, nopTimeoutMs: 500 });
+  const lo = h.e.logout();
+  const [l] = h.take();
+  h.clock.advance(1500); // the keepalive ticks while the logout is out: no ping then
+  assert.equal(h.sent.length, 0);
+  h.e.receive(reject(RejectReason.PROTOCOL_ERROR, encodeBhs(l)));
+  assert.ok('err' in (await settle(lo)));
+  assert.equal(h.e.state, 'full-feature');
+  h.clock.advance(1500); // a whole interval of silence after the Reject, and the next tick
+  const [n] = h.take() as NopOutPdu[];
+  assert.equal(n?.opcode, 0x00, 'a NOP-Out ping after the next silence');
+  h.clock.advance(500);
+  assert.equal((h.fatal[0] as IscsiNbdError | undefined)?.code, 'ETIMEOUT', 'and an unanswered one still kills the engine');
+});
+
+test('logout not answered: ETIMEOUT, and the engine is dead, not left logging out', async () => {
+  const h = setup({ nopIntervalMs: 1000, nopTimeoutMs: 500 });
+  const lo = h.e.logout(0, 2000);
+  h.take();
+  h.clock.advance(2000);
+  const r = await settle(lo);
+  assert.ok('err' in r && r.err.code === 'ETIMEOUT');
+  assert.equal(h.e.state, 'dead');
+  assert.equal(h.clock.pending, 0, 'no timers left behind');
+  const after = await settle(h.e.submit({ lun: 0, cdb: TUR }));
+  assert.ok('err' in after, 'nothing more goes on that connection');
+  assert.equal(h.sent.length, 0);
 });
 
 test('text: SendTargets with C-bit continuation and TTT continuation', async () => {

@@ -36,20 +36,22 @@ export function onTmfResponse(c: EngineCore, pdu: TaskMgmtResponsePdu): void {
       if (t) abortLocal(c, t, op.abortError);
     }
   } else if (op.func === TmfFunction.LOGICAL_UNIT_RESET && ok) {
-    const again: PendingTask[] = [];
-    for (const t of [...c.tasks.values()]) {
-      if (t.lun !== op.lun) continue;
-      if (op.requeue && !t.failed && !t.pending.settled && t.pending.attempts < MAX_REQUEUE_ATTEMPTS) {
-        c.removeTask(t);
-        again.push(t.pending);
-      } else {
-        abortLocal(c, t);
+    c.requeueing(() => {
+      const again: PendingTask[] = [];
+      for (const t of [...c.tasks.values()]) {
+        if (t.lun !== op.lun) continue;
+        if (op.requeue && !t.failed && !t.pending.settled && t.pending.attempts < MAX_REQUEUE_ATTEMPTS) {
+          c.removeTask(t);
+          again.push(t.pending);
+        } else {
+          abortLocal(c, t);
+        }
       }
-    }
-    if (again.length > 0) {
-      c.log.info({ count: again.length }, 'reissuing the commands the LUN reset aborted');
-      c.adopt(again);
-    }
+      if (again.length > 0) {
+        c.log.info({ count: again.length }, 'reissuing the commands the LUN reset aborted');
+        c.adopt(again);
+      }
+    });
   }
   op.resolve(pdu.response);
 }

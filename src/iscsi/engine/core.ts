@@ -60,6 +60,7 @@ export interface EngineCore {
   taskFor(itt: number, what: string): Task;
   failTask(t: Task, err: Error): void;
   removeTask(t: Task): void;
+  requeueing(fn: () => void): void;
   setState(to: EngineState): void;
   adopt(pending: readonly PendingTask[]): void;
   stopTimers(): void;
@@ -94,6 +95,8 @@ export class SessionCore implements EngineCore {
   /** SCSI entries in queue, and tasks in `tasks` that have failed: inFlight without a scan. */
   queuedScsi = 0;
   failedTasks = 0;
+  /** Above 0 inside requeueing(). */
+  private quiet = 0;
 
   constructor(
     readonly params: EngineParams,
@@ -198,12 +201,29 @@ export class SessionCore implements EngineCore {
       this.tasks.delete(t.itt);
       if (t.failed) this.failedTasks--;
     }
+    if (this.quiet > 0) return;
+    this.events.emit('taskDone');
+    this.maybeIdle();
+  }
+
+  /**
+   * Run fn, in which tasks leave only to be sent again at once (a LUN reset's
+   * requeue): 'taskDone' and 'idle' wait until they are back, so nobody that
+   * waits for an idle session (a logout) takes the moment between for one.
+   */
+  requeueing(fn: () => void): void {
+    this.quiet++;
+    try {
+      fn();
+    } finally {
+      this.quiet--;
+    }
     this.events.emit('taskDone');
     this.maybeIdle();
   }
 
   maybeIdle(): void {
-    if (this.inFlight === 0) this.events.emit('idle');
+    if (this.quiet === 0 && this.inFlight === 0) this.events.emit('idle');
   }
 
   // ------------------------------------------------------------ the engine's own
