@@ -485,7 +485,8 @@ export class SessionEngine extends EventEmitter {
   logout(reason: number = LogoutReason.CLOSE_SESSION, timeoutMs = 10000): Promise<LogoutResponsePdu> {
     if (this.core.st !== 'full-feature') return Promise.reject(this.notReady());
     this.core.setState('logging-out');
-    const { op, promise } = this.addCtl<LogoutOp>({ kind: 'logout' }, timeoutMs);
+    // Unanswered, the connection is in no known state: nothing more goes on it.
+    const { op, promise } = this.addCtl<LogoutOp>({ kind: 'logout' }, timeoutMs, () => this.shutdown());
     sendLogout(this.core, op, reason, this.cid);
     return promise;
   }

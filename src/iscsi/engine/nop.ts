@@ -62,6 +62,12 @@ export class Keepalive {
 
   private tick(): void {
     this.timer = undefined;
+    // While a logout is out, no ping; but a rejected logout leaves the
+    // session in full feature phase, which must still be watched.
+    if (this.c.state === 'logging-out') {
+      this.arm();
+      return;
+    }
     if (this.c.state !== 'full-feature') return;
     const idle = this.clock.now() - this.lastRx;
     let pinging = false;
