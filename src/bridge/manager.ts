@@ -33,6 +33,8 @@ export interface ManagerOptions {
   log?: Logger;
   /** The daemon's target pools, shared with its other managers (default: one of this manager's own). */
   targets?: TargetRegistry;
+  /** ALUA_REFRESH_MS, for tests. */
+  aluaRefreshMs?: number;
 }
 
 /**
@@ -59,12 +61,15 @@ export const OPEN_RETRY_BACKOFF: ReconnectBackoff = { initialMs: 1000, maxMs: 60
 export { sessionPaths, sessionCount, pathOfSession, type SessionPath } from './paths';
 
 
-/**
- * One NBD export: a LUN on one target, reached through a pool of iSCSI
- * sessions spread over the target's portals.
- */
 /** How often the ALUA states are read again while no path takes I/O. */
 const ALUA_POLL_MS = 1000;
+/**
+ * How often they are read anyway. A change of states reaches us as a unit
+ * attention on the next command, so an idle LUN would show the old ones
+ * until it does I/O (multipathd likewise re-reads each path's priority at
+ * its path checks).
+ */
+export const ALUA_REFRESH_MS = 30_000;
 
 /** What made us read the capacity again. */
 export type ResizeCause = 'command' | 'unit-attention' | 'reconnect';
@@ -83,6 +88,10 @@ export interface ResizeOutcome {
 /** How often a LUN refused alone (another device behind the same LUN number) looks again: 1 s doubling to 30 s. */
 const LUN_RECHECK_BACKOFF: ReconnectBackoff = { initialMs: 1000, maxMs: 30_000, jitter: 0.2 };
 
+/**
+ * One NBD export: a LUN on one target, reached through a pool of iSCSI
+ * sessions spread over the target's portals.
+ */
 export class BridgedExport extends EventEmitter implements LunUser {
   state: ExportState = 'starting';
   /** Why the export is failed (or the last open attempt failed). */
@@ -290,6 +299,7 @@ export class BridgedExport extends EventEmitter implements LunUser {
   private readonly portIds = new WeakMap<IscsiSession, { relativePort?: number; group?: number }>();
   private aluaRefreshing?: Promise<void>;
   private aluaPoll?: NodeJS.Timeout;
+  private aluaRefresh?: NodeJS.Timeout;
   private aluaAgain = false;
 
   /**
@@ -532,6 +542,10 @@ export class BridgedExport extends EventEmitter implements LunUser {
       else await this.checkIdentity(s, i);
     }
     await this.refreshAlua();
+    if (this.lun.info.inquiry.tpgs !== 0 && !this.aluaRefresh) {
+      this.aluaRefresh = setInterval(() => void this.refreshAlua(), this.opts.aluaRefreshMs ?? ALUA_REFRESH_MS);
+      this.aluaRefresh.unref?.();
+    }
     // The rest of the pool, spread over the paths (portals × interfaces); a
     // path that is down now keeps retrying in the background.
     await target.ensure(this.spec.sessions ?? this.opts.sessions);
@@ -574,6 +588,8 @@ export class BridgedExport extends EventEmitter implements LunUser {
     if (this.state === 'closed') return;
     this.stopped = true;
     if (this.aluaPoll) clearTimeout(this.aluaPoll);
+    if (this.aluaRefresh) clearInterval(this.aluaRefresh);
+    this.aluaRefresh = undefined;
     if (this.recheckTimer) clearTimeout(this.recheckTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;

@@ -93,3 +93,21 @@ test('ALUA: a port in transition is retried after a pause, then used', { timeout
   assert.equal(r.errors, 0, r.res.stderr);
   assert.equal(tg.dataCommands[1], 0, 'standby stayed unused throughout');
 });
+
+test('ALUA: an idle export sees a change of states without any I/O, and the next I/O takes the new path', { timeout: 60_000 }, async (t) => {
+  const tg = await aluaTargets(t);
+  const br = await startBridge(t, { exports: [{ name: 'd', url: exportUrl(tg.ports[0]), portals: [`127.0.0.1:${tg.ports[1]}`] }], sessions: 2, aluaRefreshMs: 300 });
+  const e = br.manager.exports.get('d')!;
+  assert.deepEqual(pathStates(e), ['active/optimized', 'standby']);
+  // No command is sent, so no unit attention can say so: only the periodic read can.
+  tg.topology.set(1, ALUA.STANDBY);
+  tg.topology.set(2, ALUA.OPTIMIZED);
+  const t0 = Date.now();
+  while (pathStates(e)[1] !== 'active/optimized' && Date.now() - t0 < 5000) await sleep(50);
+  assert.deepEqual(pathStates(e), ['standby', 'active/optimized'], 'status shows the new states while idle');
+  assert.deepEqual(tg.dataCommands, [0, 0], 'no data command was needed to learn them');
+  const r = await fioVerify(br.uri(), { size: '2M', t });
+  assert.equal(r.errors, 0, r.res.stderr);
+  assert.equal(tg.dataCommands[0], 0, 'the port now standby got no data command');
+  assert.ok(tg.dataCommands[1] > 0, 'the new optimized port took the I/O');
+});

@@ -118,6 +118,7 @@ export interface BridgeOptions {
   timeouts?: Partial<TimeoutsConfig>;
   sessions?: number;
   digest?: 'none' | 'crc32c' | 'prefer-crc32c' | 'prefer-none';
+  aluaRefreshMs?: number;
 }
 
 /** ExportManager + NbdServer in this process, on a free port. */
@@ -131,6 +132,7 @@ export async function startBridge(t: After, o: BridgeOptions): Promise<Bridge> {
     timeouts: { ...DEFAULT_TIMEOUTS, ...o.timeouts },
     authFor: () => undefined,
     log,
+    aluaRefreshMs: o.aluaRefreshMs,
   });
   const server = new NbdServer({ exports: manager, log });
   onCleanup(t, async () => {
