@@ -24,10 +24,10 @@ import type { Tgtd } from '../../test/helpers/tgtd';
 import { sleep } from './exec';
 import { runFioJobs, type FioJob, type FioTarget } from './fio';
 import { sampleProc, tcpConnectionsTo } from './procstat';
-import { missLine } from './report';
+import { fmtCpu, missLine } from './report';
 import { NbdServer, serverArgv, serverEnv, type ReadyCheck, type ServerSpec, type SideName } from './servers';
 import { max, median, sum } from './stats';
-import type { DriveRun, DriveSummary, GoalResult, IdleSample, IdleSummary, LunsReport } from './types';
+import type { CpuPerIo, DriveRun, DriveSummary, GoalResult, IdleSample, IdleSummary, LunsReport } from './types';
 
 const MiB = 1024 * 1024;
 export const LUNS_TID = 2;
@@ -203,13 +203,18 @@ function fmtIdle(s: IdleSample): string {
     `RSS ${s.rssMiB?.toFixed(1) ?? '?'} MiB (${s.processes} process(es))${s.statusSessions !== undefined ? `, status lists ${s.statusSessions} session(s)` : ''}`;
 }
 
-async function driveRun(fleet: Fleet, shape: 'one' | 'many', pair: number, o: LunsOptions): Promise<DriveRun> {
+async function driveRun(fleet: Fleet, shape: 'one' | 'many', pair: number, o: LunsOptions, targetPid: number | undefined): Promise<DriveRun> {
   const targets = shape === 'one' ? fleet.targets.slice(0, 1) : fleet.targets;
   const job: FioJob = { rw: 'randread', bs: 4096, iodepth: shape === 'one' ? o.driven * o.qdPerLun : o.qdPerLun, numjobs: 1, runtimeSec: o.runtimeSec };
-  const base: DriveRun = { side: fleet.side, pair, shape, ok: false, luns: [], iops: null, spread: null, serverCpuSec: null, fioArgv: [] };
+  const base: DriveRun = {
+    side: fleet.side, pair, shape, ok: false, luns: [], iops: null, spread: null, serverCpuSec: null, clientCpuSec: null, targetCpuSec: null, seconds: null, fioArgv: [],
+  };
+  const targetCpu = (): number | null => (targetPid === undefined ? null : sampleProc(targetPid)?.cpuSec ?? null);
   const before = fleet.cpuSec();
+  const tBefore = targetCpu();
   const run = await runFioJobs(targets, job);
   const after = fleet.cpuSec();
+  const tAfter = targetCpu();
   base.fioArgv = run.argv;
   if (!run.ok || !run.results) {
     const gone = fleet.exited();
@@ -221,7 +226,17 @@ async function driveRun(fleet: Fleet, shape: 'one' | 'many', pair: number, o: Lu
     ...base, ok: true, luns, iops: sum(iops),
     spread: Math.min(...iops) > 0 ? Math.max(...iops) / Math.min(...iops) : null,
     serverCpuSec: before !== null && after !== null ? after - before : null,
+    clientCpuSec: sum(run.results.map((r) => (r.fioCpuPct / 100) * (r.runtimeMs / 1000))),
+    targetCpuSec: tBefore !== null && tAfter !== null ? tAfter - tBefore : null,
+    seconds: Math.max(...run.results.map((r) => r.runtimeMs)) / 1000,
   };
+}
+
+/** A run's CPU of each process per I/O, µs. */
+export function cpuPerIo(r: DriveRun): CpuPerIo {
+  const ios = r.iops !== null && r.seconds ? r.iops * r.seconds : 0;
+  const per = (sec: number | null): number | null => (sec === null || ios <= 0 ? null : (sec * 1e6) / ios);
+  return { server: per(r.serverCpuSec), client: per(r.clientCpuSec), target: per(r.targetCpuSec) };
 }
 
 function fmtDrive(r: DriveRun, o: LunsOptions): string {
@@ -229,7 +244,7 @@ function fmtDrive(r: DriveRun, o: LunsOptions): string {
   if (!r.ok) return `${r.side} ${what} pair ${r.pair}: FAILED: ${r.error}`;
   const p99 = r.luns.map((l) => l.p99Us).filter((x): x is number => x !== null);
   return `${r.side} ${what} pair ${r.pair}: ${r.iops!.toFixed(0)} IOPS, p99 ${p99.length ? `${Math.min(...p99).toFixed(0)}-${Math.max(...p99).toFixed(0)}` : '?'} us` +
-    `${r.shape === 'many' ? `, spread ${r.spread?.toFixed(2) ?? '?'} (${r.luns.map((l) => l.iops.toFixed(0)).join(' ')})` : ''}`;
+    `${r.shape === 'many' ? `, spread ${r.spread?.toFixed(2) ?? '?'} (${r.luns.map((l) => l.iops.toFixed(0)).join(' ')})` : ''}, CPU us/IO ${fmtCpu(cpuPerIo(r))}`;
 }
 
 export function summarizeIdle(samples: IdleSample[], side: SideName, counts: number[]): IdleSummary[] {
@@ -265,6 +280,11 @@ export function summarizeDrive(runs: DriveRun[], side: SideName, shape: 'one' | 
     p99UsByLun,
     p99MinUs: p99.length ? Math.min(...p99) : null,
     p99MaxUs: max(p99),
+    cpuUsPerIo: {
+      server: median(ok.map((r) => cpuPerIo(r).server)),
+      client: median(ok.map((r) => cpuPerIo(r).client)),
+      target: median(ok.map((r) => cpuPerIo(r).target)),
+    },
   };
 }
 
@@ -349,7 +369,7 @@ export async function runLuns(o: LunsOptions, ctx: LunsContext): Promise<LunsRep
     for (let pair = 1; pair <= o.pairs; pair++) {
       for (const f of fleets) {
         for (const shape of ['one', 'many'] as const) {
-          const r = await driveRun(f, shape, pair, o);
+          const r = await driveRun(f, shape, pair, o, ctx.tgtd.pid);
           report.drive.push(r);
           log(fmtDrive(r, o));
           if (!r.ok) ctx.errors.push(`luns: ${f.side} ${shape} pair ${pair}: ${r.error}`);

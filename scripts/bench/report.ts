@@ -3,7 +3,7 @@
 
 import { RATIO_GOAL, rowLabel, type RowDef } from './rows';
 import { max, median, sum } from './stats';
-import type { BenchReport, CeilingSummary, DriveSummary, GoalResult, IdleSummary, LunsReport, RowResult, RunRecord, SideSummary } from './types';
+import type { BenchReport, CeilingSummary, CpuPerIo, DriveSummary, GoalResult, IdleSummary, LunsReport, RowResult, RunRecord, SideSummary } from './types';
 import type { SideName } from './servers';
 
 const GiB = 1024 ** 3;
@@ -198,6 +198,11 @@ function lunsParts(l: LunsReport) {
   return { idle, drive, shapeLabel, p99Range };
 }
 
+/** server/fio/tgtd, µs per I/O. */
+export function fmtCpu(c: CpuPerIo): string {
+  return [c.server, c.client, c.target].map((x) => (x === null ? '?' : x.toFixed(1))).join('/');
+}
+
 /** The many-LUN section for the terminal: idle starts, then the drive runs, per side. */
 export function formatLunsTable(l: LunsReport): string {
   const { idle, drive, shapeLabel, p99Range } = lunsParts(l);
@@ -217,16 +222,17 @@ export function formatLunsTable(l: LunsReport): string {
     }
   }
   out.push('');
-  const dw = [10, 16, 9, 14, 7, 9];
-  out.push(`${shapeLabel('many')} at once against ${shapeLabel('one')}: 4K random read, one fio job per LUN; "many/one" = aggregate IOPS ratio`);
-  out.push(line(['side', 'workload', 'IOPS', 'p99 us per LUN', 'spread', 'many/one'], dw, 2));
+  const dw = [10, 16, 9, 14, 7, 9, 20];
+  out.push(`${shapeLabel('many')} at once against ${shapeLabel('one')}: 4K random read, one fio job per LUN; "many/one" = aggregate IOPS ratio;`);
+  out.push('"CPU us/IO" = CPU time per I/O of the server side / fio / tgtd, which share the machine\'s CPUs');
+  out.push(line(['side', 'workload', 'IOPS', 'p99 us per LUN', 'spread', 'many/one', 'CPU us/IO srv/fio/tgt'], dw, 2));
   out.push(line(dw.map((w) => '-'.repeat(w)), dw, 2));
   for (const side of ['iscsi-nbd', 'qemu-nbd'] as SideName[]) {
     if (!l.driveSummary.some((x) => x.side === side)) continue;
     for (const shape of ['one', 'many'] as const) {
       const d = drive(side, shape);
       out.push(line([side, shapeLabel(shape), d ? f(d.iops, 0) : 'failed', p99Range(d) ?? '', shape === 'many' && d ? f(d.spread, 2) : '',
-        shape === 'many' ? fmtRatio(l.manyOverOne[side] ?? null) : ''], dw, 2));
+        shape === 'many' ? fmtRatio(l.manyOverOne[side] ?? null) : '', d?.cpuUsPerIo ? fmtCpu(d.cpuUsPerIo) : ''], dw, 2));
     }
   }
   return out.join('\n');
@@ -245,14 +251,15 @@ export function formatLunsMarkdown(l: LunsReport): string {
       `${both(o && f(o.rssPerExtraLunMiB, 2), q && f(q.rssPerExtraLunMiB, 2))} | ${both(o && f(o.readyMs, 0), q && f(q.readyMs, 0))} |`);
   }
   out.push('');
-  out.push('| Workload (4K random read) | IOPS (ours / qemu) | p99 µs per LUN, lowest-highest (ours / qemu) | Spread max/min IOPS (ours / qemu) | Of the lone LUN (ours / qemu) |');
-  out.push('|---|--:|--:|--:|--:|');
+  out.push('| Workload (4K random read) | IOPS (ours / qemu) | p99 µs per LUN, lowest-highest (ours / qemu) | Spread max/min IOPS (ours / qemu) | Of the lone LUN (ours / qemu) | CPU µs per I/O, server / fio / tgtd (ours; qemu) |');
+  out.push('|---|--:|--:|--:|--:|--:|');
   for (const shape of ['one', 'many'] as const) {
     const o = drive('iscsi-nbd', shape);
     const q = drive('qemu-nbd', shape);
     const ratio = (side: SideName): string | undefined => (l.manyOverOne[side] === undefined ? undefined : fmtRatio(l.manyOverOne[side] ?? null));
     out.push(`| ${shapeLabel(shape)} | ${both(o && f(o.iops, 0), q && f(q.iops, 0))} | ${both(p99Range(o), p99Range(q))} | ` +
-      `${shape === 'many' ? both(o && f(o.spread, 2), q && f(q.spread, 2)) : ''} | ${shape === 'many' ? both(ratio('iscsi-nbd'), ratio('qemu-nbd')) : ''} |`);
+      `${shape === 'many' ? both(o && f(o.spread, 2), q && f(q.spread, 2)) : ''} | ${shape === 'many' ? both(ratio('iscsi-nbd'), ratio('qemu-nbd')) : ''} | ` +
+      `${[o, q].map((d) => (d?.cpuUsPerIo ? fmtCpu(d.cpuUsPerIo).replace(/\//g, ' / ') : '-')).join('; ')} |`);
   }
   return out.join('\n');
 }

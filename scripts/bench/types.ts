@@ -172,7 +172,20 @@ export interface DriveRun {
   spread: number | null;
   /** utime+stime of the serving processes during the run. */
   serverCpuSec: number | null;
+  /** fio's own CPU (its jobs' usr+sys), s. */
+  clientCpuSec: number | null;
+  /** utime+stime of tgtd during the run. */
+  targetCpuSec: number | null;
+  /** fio's runtime (the longest job), s. */
+  seconds: number | null;
   fioArgv: string[];
+}
+
+/** CPU time per I/O, µs, of each process on the machine: all share its CPUs. */
+export interface CpuPerIo {
+  server: number | null;
+  client: number | null;
+  target: number | null;
 }
 
 export interface DriveSummary {
@@ -186,6 +199,8 @@ export interface DriveSummary {
   p99UsByLun: Record<string, number | null>;
   p99MinUs: number | null;
   p99MaxUs: number | null;
+  /** Medians over the runs. */
+  cpuUsPerIo: CpuPerIo;
 }
 
 export interface LunsReport {

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { iscsiPerfArgv, parseIscsiPerf } from '../../scripts/bench/ceiling';
 import { fioArgs, fioJobsArgs, parseFioJobs, parseFioJson } from '../../scripts/bench/fio';
-import { evaluateLunsGoals, lunsNeeded, lunsSpecs, lunsTarget, manyOverOne, summarizeDrive, summarizeIdle } from '../../scripts/bench/luns';
+import { cpuPerIo, evaluateLunsGoals, lunsNeeded, lunsSpecs, lunsTarget, manyOverOne, summarizeDrive, summarizeIdle } from '../../scripts/bench/luns';
 import { parseProcNetTcp, parseStatTicks, parseStatusKiB, sampleProc, tcpConnectionsTo } from '../../scripts/bench/procstat';
 import { evaluateGoals, formatLunsMarkdown, formatLunsTable, formatMarkdown, formatTable, pairRatios, summarizeSide } from '../../scripts/bench/report';
 import { ROWS, rowLabel, selectRows } from '../../scripts/bench/rows';
@@ -435,7 +435,8 @@ test('luns: medians, RSS per extra LUN, many/one, the goals and both tables', ()
   assert.equal(ours[1].rssPerExtraLunMiB!.toFixed(3), ((71.3 - 61) / 63).toFixed(3));
   const drive = (side: 'iscsi-nbd' | 'qemu-nbd', pair: number, shape: 'one' | 'many', iops: number[]): DriveRun => ({
     side, pair, shape, ok: true, luns: iops.map((x, i) => ({ name: `lun${i + 1}`, iops: x, p50Us: 100, p99Us: 1000 + i })),
-    iops: iops.reduce((a, b) => a + b, 0), spread: Math.max(...iops) / Math.min(...iops), serverCpuSec: 1, fioArgv: [],
+    iops: iops.reduce((a, b) => a + b, 0), spread: Math.max(...iops) / Math.min(...iops), serverCpuSec: 1, clientCpuSec: 0.5,
+    targetCpuSec: side === 'iscsi-nbd' ? 2 : null, seconds: 10, fioArgv: [],
   });
   const runs = [drive('iscsi-nbd', 1, 'one', [20000]), drive('iscsi-nbd', 1, 'many', [3000, 3000, 2000]),
     drive('qemu-nbd', 1, 'one', [10000]), drive('qemu-nbd', 1, 'many', [4000, 4000, 4000])];
@@ -443,6 +444,9 @@ test('luns: medians, RSS per extra LUN, many/one, the goals and both tables', ()
   assert.equal(manyOverOne(runs, 'qemu-nbd'), 1.2);
   const many = summarizeDrive(runs, 'iscsi-nbd', 'many');
   assert.deepEqual([many.iops, many.spread, many.p99MinUs, many.p99MaxUs], [8000, 1.5, 1000, 1002]);
+  // 80000 I/Os in 10 s: 1 s of server CPU is 12.5 us per I/O, fio's 0.5 s 6.25, tgtd's 2 s 25.
+  assert.deepEqual(many.cpuUsPerIo, { server: 12.5, client: 6.25, target: 25 });
+  assert.deepEqual(cpuPerIo(runs[0]), { server: 5, client: 2.5, target: 10 });
   const report: LunsReport = {
     target: 'iqn.x', lunCounts: [1, 64], driven: 3, qdPerLun: 8, sessions: 2, idleMs: 1000, idle: samples,
     idleSummary: [...ours, ...summarizeIdle(samples, 'qemu-nbd', [1, 64])], drive: runs,
@@ -462,9 +466,9 @@ test('luns: medians, RSS per extra LUN, many/one, the goals and both tables', ()
 
   const md = formatLunsMarkdown(report).split('\n');
   assert.ok(md.includes('| 64 | 2 / 64 | 71.3 / 576.0 | 0.16 / 9.00 | 6400 / 6400 |'), md.join('\n'));
-  assert.ok(md.includes('| 3 LUNs x QD8 | 8000 / 12000 | 1000-1002 / 1000-1002 | 1.50 / 1.00 | 0.40 / 1.20 |'), md.join('\n'));
-  assert.ok(md.includes('| 1 LUN x QD24 | 20000 / 10000 | 1000 / 1000 |  |  |'), md.join('\n'));
+  assert.ok(md.includes('| 3 LUNs x QD8 | 8000 / 12000 | 1000-1002 / 1000-1002 | 1.50 / 1.00 | 0.40 / 1.20 | 12.5 / 6.3 / 25.0; 8.3 / 4.2 / ? |'), md.join('\n'));
+  assert.ok(md.includes('| 1 LUN x QD24 | 20000 / 10000 | 1000 / 1000 |  |  | 5.0 / 2.5 / 10.0; 10.0 / 5.0 / ? |'), md.join('\n'));
   const text = formatLunsTable(report);
   assert.match(text, /^64\s+iscsi-nbd\s+1\s+2\s+6400\s+71\.3\s+0\.16$/m);
-  assert.match(text, /^iscsi-nbd\s+3 LUNs x QD8\s+8000\s+1000-1002\s+1\.50\s+0\.40$/m);
+  assert.match(text, /^iscsi-nbd\s+3 LUNs x QD8\s+8000\s+1000-1002\s+1\.50\s+0\.40\s+12\.5\/6\.3\/25\.0$/m);
 });
