@@ -259,4 +259,24 @@ dmesg | grep -iE 'nbd0|ALUA|iSCSI' | tail -n 20 || true
 echo "RESULT alua_log $(grep -c '"path ALUA state"' "$LOG" || true)"
 grep '"path ALUA state"' "$LOG" | tail -n 12 || true
 echo "RESULT stats_end $(sample)"
+
+step "8. idle: the groups switch while nothing writes; status follows with no I/O (the periodic read)"
+# TPG 2's path (port 3261) becoming active/optimized in status is the sign.
+tpg2_state() { status_json | $NODE -e '
+  const st = JSON.parse(require("fs").readFileSync(0, "utf8"));
+  const m = (st.mappings || []).find((x) => /(^|\/)nbd0$/.test(x.device));
+  const p = ((m && m.sessions) || []).find((s) => /:3261(,\d+)?$/.test(s.portal || ""));
+  process.stdout.write((p && p.alua && p.alua.state) || "none");'; }
+idle_before=$(sample)
+t=$(now_cs)
+echo 2 > $GPS/ctrl_a/alua_access_state
+echo 0 > $GPS/ctrl_b/alua_access_state
+n=0
+while [ "$(tpg2_state)" != "active/optimized" ]; do
+  n=$((n + 1)); [ $n -lt 90 ] || { echo "idle: status never showed the switch"; break; }
+  sleep 0.5
+done
+echo "RESULT idle_follow_cs $(( $(now_cs) - t ))"
+echo "RESULT idle_during $(delta x "$idle_before" "$(sample)")"
+echo "RESULT status_idle $(status_json)"
 echo "RESULT done 1"

@@ -10,7 +10,9 @@
 //   it receives, refused ones too, so this also says none was sent and refused);
 // - a switch of states loses nothing: no failed write or read-back, every slot and an
 //   untouched region verify through the device and in LIO's backing file, no I/O error
-//   in dmesg; `status --json` shows each path's state flipped.
+//   in dmesg; `status --json` shows each path's state flipped;
+// - with the writers stopped, a third switch shows in `status` within one periodic read
+//   (no command carries the unit attention then), with no data moved.
 // The embedded target covers the same in test/resilience/alua.test.ts (plus faults).
 //
 // ISCSI_NBD_ALUA_LIO_LOG_LEVEL=debug sets the daemon's log level in the guest (its log is
@@ -23,6 +25,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { runGuest, LIO_GUEST_MODULES } from '../../scripts/vm/node-guest';
+import { ALUA_REFRESH_MS } from '../../src/bridge/manager';
 
 const skip = skipUnless('qemu-system-x86_64');
 const GUEST_SCRIPT = path.resolve(__dirname, '../../../test/e2e/alua-lio-guest.sh');
@@ -49,14 +52,14 @@ function mappedPaths(json: string | undefined, what: string): Map<number, Sessio
   return byPort;
 }
 
-test('ALUA against LIO: I/O follows the optimized group, a standby group gets no commands, two switches lose nothing', { skip, timeout: 420_000 }, async () => {
+test('ALUA against LIO: I/O follows the optimized group, a standby group gets no commands, two switches lose nothing', { skip, timeout: 470_000 }, async () => {
   const lines: string[] = [];
   const r = await runGuest({
     script: fs.readFileSync(GUEST_SCRIPT, 'utf8'),
     forwards: [],
     extraModules: LIO_GUEST_MODULES,
     env: { IQN, INAME, LOG_LEVEL: process.env.ISCSI_NBD_ALUA_LIO_LOG_LEVEL ?? 'info' },
-    timeoutMs: 330_000,
+    timeoutMs: 380_000,
     onLine: (l) => {
       lines.push(l);
       if (process.env.ISCSI_NBD_VM_VERBOSE) process.stderr.write(l + '\n');
@@ -95,6 +98,12 @@ test('ALUA against LIO: I/O follows the optimized group, a standby group gets no
   expect(res.status_b, 'standby', 'active/optimized', 'after the switch');
   expect(res.status_a2, 'active/optimized', 'standby', 'after the switch back');
   assert.deepEqual([mappedPaths(res.status_a, 'a').get(3260)?.alua?.group, mappedPaths(res.status_a, 'a').get(3261)?.alua?.group], [16, 32]);
+  // Idle: no command carries the unit attention, the 30 s read (ALUA_REFRESH_MS) finds the switch.
+  expect(res.status_idle, 'standby', 'active/optimized', 'after a switch with no I/O');
+  const idleMs = Number(res.idle_follow_cs) * 10;
+  assert.ok(idleMs <= ALUA_REFRESH_MS + 5000, `status followed an idle switch within one refresh (${idleMs} ms)`);
+  const idle = portDelta(res.idle_during, 'idle');
+  assert.ok(idle.a.wmb === 0 && idle.b.wmb === 0 && idle.a.rmb === 0 && idle.b.rmb === 0, `no data moved while idle (${JSON.stringify(idle)})`);
 
   const t1 = portDelta(res.switch1_total, 'switch 1 total');
   const t2 = portDelta(res.switch2_total, 'switch 2 total');
@@ -106,5 +115,6 @@ test('ALUA against LIO: I/O follows the optimized group, a standby group gets no
   console.log(`# alua-lio: switch 2 (A optimized, then B standby): I/O on A after ${sec('switch2_cs')}, B quiet after ${sec('switch2_quiet_cs')}; ` +
     `B got ${t2.b.cmds} commands from the switch on, longest writer pause ${sec('switch2_gap_cs')}`);
   console.log(`# alua-lio: ${res.rounds} write+read-back rounds, 0 failures, longest pause overall ${sec('max_gap_cs')}, ` +
-    `${res.alua_log} path state changes logged; VM ${(r.vmMs / 1000).toFixed(0)} s`);
+    `${res.alua_log} path state changes logged; idle switch seen in status after ${sec('idle_follow_cs')} ` +
+    `(${idle.a.cmds + idle.b.cmds} commands meanwhile, no data); VM ${(r.vmMs / 1000).toFixed(0)} s`);
 });
