@@ -22,11 +22,12 @@ import { killAll } from './bench/exec';
 import { DRIVEN_LUNS, LUN_COUNTS, lunsNeeded, lunsTarget, MAX_LUNS, QD_PER_LUN, runLuns, type LunsOptions } from './bench/luns';
 import { FIO_BIN, fioArgs, runFio, type FioJob } from './bench/fio';
 import { resetPeakRss, sampleProc } from './bench/procstat';
-import { evaluateGoals, formatLunsMarkdown, formatLunsTable, formatMarkdown, formatTable, pairRatios, summarizeSide } from './bench/report';
+import { evaluateGoals, formatLunsMarkdown, formatLunsTable, formatMarkdown, formatTable, pairRatios, summarizeRelay, summarizeSide } from './bench/report';
+import { RelayProcess } from './bench/relay';
 import { hasCeiling, ROWS, rowLabel, selectRows, TRANSPORTS, type LunKind, type RowDef, type Transport } from './bench/rows';
-import { bridgeAvailability, NbdServer, nbdUri, serverArgv, serverEnv, type ServerSpec, type SideName } from './bench/servers';
+import { bridgeAvailability, EXPORT_NAME, NbdServer, nbdUri, serverArgv, serverEnv, type ServerSpec, type SideName } from './bench/servers';
 import { median } from './bench/stats';
-import type { BenchConfig, BenchReport, CeilingSummary, MachineInfo, RowResult, RunRecord } from './bench/types';
+import type { BenchConfig, BenchReport, CeilingSummary, MachineInfo, RelayRun, RowResult, RunRecord } from './bench/types';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -50,6 +51,8 @@ const USAGE = `usage: node dist/scripts/bench.js [options]   (npm run bench -- [
   --sessions N     pass --sessions N to iscsi-nbd serve
   --size MiB       size of the tmpfs LUN (default 1024)
   --no-ceiling     skip iscsi-perf
+  --relay          also run fio through a bare Node.js byte relay in front of qemu-nbd, once per
+                   pair: what a Node.js process costs per I/O before any protocol work
   --only SIDE      measure only iscsi-nbd or only qemu-nbd (the other is "not available")
   --strict         exit 3 when a row misses a (non-stretch) goal
   --luns           run the many-LUN section (alone: only it; with --rows/--transport: those rows too)
@@ -92,6 +95,7 @@ function parseOptions(argv: string[]): Options | null {
       sessions: { type: 'string' },
       size: { type: 'string' },
       'no-ceiling': { type: 'boolean', default: false },
+      relay: { type: 'boolean', default: false },
       only: { type: 'string' },
       strict: { type: 'boolean', default: false },
       luns: { type: 'boolean', default: false },
@@ -144,6 +148,7 @@ function parseOptions(argv: string[]): Options | null {
     sessions,
     tmpfsLunMiB: positiveInt('size', values.size, smoke ? 256 : 1024, 16),
     ceiling: !values['no-ceiling'],
+    relay: values.relay === true,
     rows,
     jsonPath: path.resolve(values.json ?? 'bench-results.json'),
     markdownPath: values.markdown ? path.resolve(values.markdown) : null,
@@ -262,7 +267,7 @@ function toUs(ns: number | null): number | null {
 async function measure(pool: ServerPool, side: SideName, def: RowDef, job: FioJob, pair: number, tgtdPid: number | undefined): Promise<RunRecord> {
   const base: RunRecord = {
     side, pair, ok: false, mibps: null, iops: null, p50Us: null, p99Us: null, meanUs: null, bytes: null, runtimeMs: null,
-    serverCpuSec: null, serverPeakRssMiB: null, peakRssScope: 'run', cpuSecPerGiB: null, targetCpuSec: null, fioCpuPct: null, fioArgv: [],
+    serverCpuSec: null, serverUserSec: null, serverSysSec: null, serverPeakRssMiB: null, peakRssScope: 'run', cpuSecPerGiB: null, targetCpuSec: null, fioCpuPct: null, fioArgv: [],
   };
   const srv = await pool.get(side, def.lun, def.transport);
   if (typeof srv === 'string') return { ...base, error: srv };
@@ -291,6 +296,8 @@ async function measure(pool: ServerPool, side: SideName, def: RowDef, job: FioJo
     bytes: r.bytes,
     runtimeMs: r.runtimeMs,
     serverCpuSec: cpu,
+    serverUserSec: before && after ? after.userSec - before.userSec : null,
+    serverSysSec: before && after ? after.sysSec - before.sysSec : null,
     serverPeakRssMiB: after ? after.peakRssBytes / MiB : null,
     peakRssScope: scoped ? 'run' : 'process',
     cpuSecPerGiB: cpu !== null && r.bytes > 0 ? cpu / (r.bytes / GiB) : null,
@@ -330,14 +337,28 @@ async function runRow(def: RowDef, opts: Options, pool: ServerPool, tgtd: Tgtd, 
     }
   }
 
+  const relay = opts.relay ? await startRowRelay(pool, def, log) : null;
+  const relayRuns: RelayRun[] = [];
   const runs: Record<SideName, RunRecord[]> = { 'iscsi-nbd': [], 'qemu-nbd': [] };
-  for (let pair = 1; pair <= opts.pairs; pair++) {
-    for (const side of sides) {
-      const rec = await measure(pool, side, def, job, pair, tgtd.pid);
-      runs[side].push(rec);
-      log(fmtRun(rec));
-      if (!rec.ok) errors.push(`${def.id}: ${side} pair ${pair}: ${rec.error}`);
+  try {
+    if (relay && typeof relay !== 'string' && opts.rampSec > 0) await runFio(relay.uri, { ...job, runtimeSec: opts.rampSec });
+    for (let pair = 1; pair <= opts.pairs; pair++) {
+      for (const side of sides) {
+        const rec = await measure(pool, side, def, job, pair, tgtd.pid);
+        runs[side].push(rec);
+        log(fmtRun(rec));
+        if (!rec.ok) errors.push(`${def.id}: ${side} pair ${pair}: ${rec.error}`);
+      }
+      if (relay && typeof relay !== 'string') {
+        const rec = await measureRelay(relay, job, pair);
+        relayRuns.push(rec);
+        log(rec.ok ? `relay pair ${pair}: ${rec.iops!.toFixed(0)} IOPS, p99 ${rec.p99Us?.toFixed(0)} us, relay CPU ` +
+          `${((rec.userSec! * 1e6) / rec.ios!).toFixed(1)} + ${((rec.sysSec! * 1e6) / rec.ios!).toFixed(1)} us/IO (user + sys)` : `relay pair ${pair}: FAILED: ${rec.error}`);
+        if (!rec.ok) errors.push(`${def.id}: relay pair ${pair}: ${rec.error}`);
+      }
     }
+  } finally {
+    if (relay && typeof relay !== 'string') await relay.stop();
   }
 
   let ceiling: CeilingSummary = { available: false, reason: 'reads only', mibps: null, iops: null, argv: [] };
@@ -382,10 +403,38 @@ async function runRow(def: RowDef, opts: Options, pool: ServerPool, tgtd: Tgtd, 
     fractionOfCeiling: ceiling.mibps && ours.mibps !== null ? ours.mibps / ceiling.mibps : null,
     qemuFractionOfCeiling: ceiling.mibps && qemu.mibps !== null ? qemu.mibps / ceiling.mibps : null,
     goals: [], misses: [],
+    relay: relay === null ? null : typeof relay === 'string' ? summarizeRelay([], [], relay) : summarizeRelay(relayRuns, relay.argv),
   };
   evaluateGoals(def, row);
   for (const m of row.misses) log(m);
   return row;
+}
+
+/** The relay in front of this row's qemu-nbd (same transport), or why there is none. */
+async function startRowRelay(pool: ServerPool, def: RowDef, log: (s: string) => void): Promise<RelayProcess | string> {
+  const qemu = await pool.get('qemu-nbd', def.lun, def.transport);
+  if (typeof qemu === 'string') return `no qemu-nbd to relay to: ${qemu}`;
+  const sock = qemu.socketPath;
+  try {
+    return await RelayProcess.start(sock ?? `127.0.0.1:${qemu.port}`, sock === null ? null : `${sock}.relay`, EXPORT_NAME);
+  } catch (err) {
+    log(`relay FAILED: ${(err as Error).message}`);
+    return (err as Error).message;
+  }
+}
+
+async function measureRelay(relay: RelayProcess, job: FioJob, pair: number): Promise<RelayRun> {
+  const base: RelayRun = { pair, ok: false, iops: null, p50Us: null, p99Us: null, ios: null, userSec: null, sysSec: null };
+  const before = sampleProc(relay.pid);
+  const run = await runFio(relay.uri, job);
+  const after = sampleProc(relay.pid);
+  if (!run.ok || !run.result) return { ...base, error: run.error ?? 'fio failed' };
+  if (!before || !after) return { ...base, error: 'the relay process is gone' };
+  const r = run.result;
+  return {
+    ...base, ok: true, iops: r.iops, p50Us: toUs(r.p50Ns), p99Us: toUs(r.p99Ns), ios: r.bytes / job.bs,
+    userSec: after.userSec - before.userSec, sysSec: after.sysSec - before.sysSec,
+  };
 }
 
 function writeJson(file: string, report: BenchReport): void {
@@ -437,7 +486,7 @@ async function main(): Promise<number> {
     finishedAt: null,
     complete: false,
     machine: machineInfo(),
-    config: { pairs: o.pairs, runtimeSec: o.runtimeSec, rampSec: o.rampSec, smoke: o.smoke, sessions: o.sessions, tmpfsLunMiB: o.tmpfsLunMiB, ceiling: o.ceiling, only: o.only, transport: o.transport, rows: o.rows },
+    config: { pairs: o.pairs, runtimeSec: o.runtimeSec, rampSec: o.rampSec, smoke: o.smoke, sessions: o.sessions, tmpfsLunMiB: o.tmpfsLunMiB, ceiling: o.ceiling, relay: o.relay, only: o.only, transport: o.transport, rows: o.rows },
     commands: {},
     target: { portal: '', tmpfsUrl: '', nullUrl: '', tmpfsBacking: backing, blockSize: BLOCK_SIZE },
     rows: [],

@@ -30,22 +30,31 @@ export function clockTicks(): number {
 export interface ProcSample {
   /** utime + stime in seconds. */
   cpuSec: number;
+  /** utime and stime apart, in seconds. */
+  userSec: number;
+  sysSec: number;
   /** VmHWM in bytes. */
   peakRssBytes: number;
   /** VmRSS in bytes. */
   rssBytes: number;
 }
 
-/** Parse the text of /proc/PID/stat; returns utime+stime in ticks. */
-export function parseStatTicks(text: string): number | null {
+/** Parse the text of /proc/PID/stat; returns utime and stime in ticks. */
+export function parseStatUserSys(text: string): { user: number; sys: number } | null {
   const close = text.lastIndexOf(')');
   if (close < 0) return null;
   // After ") " come field 3 (state) onwards; utime is field 14, stime field 15.
   const rest = text.slice(close + 2).trim().split(/\s+/);
-  const utime = Number(rest[14 - 3]);
-  const stime = Number(rest[15 - 3]);
-  if (!Number.isFinite(utime) || !Number.isFinite(stime)) return null;
-  return utime + stime;
+  const user = Number(rest[14 - 3]);
+  const sys = Number(rest[15 - 3]);
+  if (!Number.isFinite(user) || !Number.isFinite(sys)) return null;
+  return { user, sys };
+}
+
+/** Parse the text of /proc/PID/stat; returns utime+stime in ticks. */
+export function parseStatTicks(text: string): number | null {
+  const t = parseStatUserSys(text);
+  return t === null ? null : t.user + t.sys;
 }
 
 /** Parse a "Key:   1234 kB" line of /proc/PID/status; bytes, or null. */
@@ -57,12 +66,13 @@ export function parseStatusKiB(text: string, key: string): number | null {
 /** Sample a process; null when it is gone or /proc is unreadable. */
 export function sampleProc(pid: number): ProcSample | null {
   try {
-    const ticks = parseStatTicks(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    const ticks = parseStatUserSys(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
     const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
     const hwm = parseStatusKiB(status, 'VmHWM');
     const rss = parseStatusKiB(status, 'VmRSS');
     if (ticks === null || hwm === null || rss === null) return null;
-    return { cpuSec: ticks / clockTicks(), peakRssBytes: hwm, rssBytes: rss };
+    const hz = clockTicks();
+    return { cpuSec: (ticks.user + ticks.sys) / hz, userSec: ticks.user / hz, sysSec: ticks.sys / hz, peakRssBytes: hwm, rssBytes: rss };
   } catch {
     return null;
   }

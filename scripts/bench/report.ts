@@ -3,7 +3,7 @@
 
 import { RATIO_GOAL, rowLabel, type RowDef } from './rows';
 import { max, median, sum } from './stats';
-import type { BenchReport, CeilingSummary, CpuPerIo, DriveSummary, GoalResult, IdleSummary, LunsReport, RowResult, RunRecord, SideSummary } from './types';
+import type { BenchReport, CeilingSummary, CpuPerIo, DriveSummary, GoalResult, IdleSummary, LunsReport, RelayRun, RelaySummary, RowResult, RunRecord, SideSummary } from './types';
 import type { SideName } from './servers';
 
 const GiB = 1024 ** 3;
@@ -25,7 +25,31 @@ export function summarizeSide(side: SideName, available: boolean, runs: RunRecor
     p99Us: median(ok.map((r) => r.p99Us)),
     peakRssMiB: max(ok.map((r) => r.serverPeakRssMiB)),
     cpuSecPerGiB: gib > 0 ? sum(cpu.map((r) => r.serverCpuSec!)) / gib : null,
+    ...cpuPerIoSplit(ok.map((r) => ({ ios: r.iops !== null && r.runtimeMs !== null ? (r.iops * r.runtimeMs) / 1000 : null, userSec: r.serverUserSec, sysSec: r.serverSysSec }))),
     restarts,
+  };
+}
+
+/** User and system CPU µs per I/O, totals over the runs that have all three figures. */
+export function cpuPerIoSplit(runs: { ios: number | null; userSec: number | null; sysSec: number | null }[]): { userUsPerIo: number | null; sysUsPerIo: number | null } {
+  const ok = runs.filter((r) => r.ios !== null && r.ios > 0 && r.userSec !== null && r.sysSec !== null);
+  const ios = sum(ok.map((r) => r.ios!));
+  if (ios <= 0) return { userUsPerIo: null, sysUsPerIo: null };
+  return { userUsPerIo: (sum(ok.map((r) => r.userSec!)) * 1e6) / ios, sysUsPerIo: (sum(ok.map((r) => r.sysSec!)) * 1e6) / ios };
+}
+
+/** The relay's runs summed up (bench --relay). */
+export function summarizeRelay(runs: RelayRun[], argv: string[], reason?: string): RelaySummary {
+  const ok = runs.filter((r) => r.ok);
+  return {
+    available: reason === undefined,
+    ...(reason !== undefined ? { reason } : {}),
+    argv,
+    runs,
+    okRuns: ok.length,
+    iops: median(ok.map((r) => r.iops)),
+    p99Us: median(ok.map((r) => r.p99Us)),
+    ...cpuPerIoSplit(ok),
   };
 }
 
@@ -115,6 +139,11 @@ function ceilingCells(c: CeilingSummary): string[] {
   return [f(c.mibps), f(c.iops, 0), '', '', '', ''];
 }
 
+/** CPU per I/O as "user + system" µs. */
+function io(s: { userUsPerIo: number | null; sysUsPerIo: number | null }): string {
+  return `${f(s.userUsPerIo)} + ${f(s.sysUsPerIo)}`;
+}
+
 /** The terminal table: three lines per row (iscsi-nbd, qemu-nbd, ceiling). */
 export function formatTable(report: BenchReport): string {
   const head = ['workload', 'lun', 'side', 'MiB/s', 'IOPS', 'p50 us', 'p99 us', 'RSS MiB', 'CPU s/GiB', 'ratio', 'of ceil'];
@@ -136,6 +165,17 @@ export function formatTable(report: BenchReport): string {
     out.push(line(['', '', 'qemu-nbd', ...sideCells(r.qemu), '', pct(r.qemuFractionOfCeiling)]));
     if (r.ceiling.available || r.ceiling.reason !== 'reads only') {
       out.push(line(['', '', 'iscsi-perf', ...ceilingCells(r.ceiling), '', '']));
+    }
+  }
+  const relayed = report.rows.filter((r) => r.relay);
+  if (relayed.length > 0) {
+    out.push('');
+    out.push('the Node.js floor (--relay): fio -> a bare Node.js byte relay -> qemu-nbd; CPU us per I/O as user + system');
+    for (const r of relayed) {
+      const x = r.relay!;
+      out.push(`${rowLabel(r)}, ${r.lun}: ` + (x.okRuns === 0 ? `relay failed${x.reason ? `: ${x.reason}` : ''}` :
+        `IOPS ours ${f(r.ours.iops, 0)}, relay+qemu-nbd ${f(x.iops, 0)}, qemu-nbd ${f(r.qemu.iops, 0)}; ` +
+        `CPU ours ${io(r.ours)}, qemu-nbd ${io(r.qemu)}, relay ${io(x)}`));
     }
   }
   return out.join('\n');
@@ -175,6 +215,17 @@ function formatRowsMarkdown(report: BenchReport): string[] {
       `${ok(q) ? `${f(q.p50Us, 0)} / ${f(q.p99Us, 0)}` : 'n/a'} | ${fmtRatio(r.ratio)}${miss ? ' ✗' : ''} | ` +
       `${r.ceiling.available ? pct(r.fractionOfCeiling) : 'n/a'} | ${f(o.peakRssMiB, 0)} / ${f(q.peakRssMiB, 0)} | ` +
       `${f(o.cpuSecPerGiB, 2)} / ${f(q.cpuSecPerGiB, 2)} |`);
+  }
+  const relayed = report.rows.filter((r) => r.relay && r.relay.okRuns > 0);
+  if (relayed.length > 0) {
+    out.push('');
+    out.push('| Workload (`--relay`) | LUN | IOPS: ours / relay in front of qemu-nbd / qemu-nbd | p99 µs (same) | CPU µs per I/O, user + system: ours / qemu-nbd / the relay |');
+    out.push('|---|---|--:|--:|--:|');
+    for (const r of relayed) {
+      const x = r.relay!;
+      out.push(`| ${rowLabel(r)} | ${r.lun} | ${f(r.ours.iops, 0)} / ${f(x.iops, 0)} / ${f(r.qemu.iops, 0)} | ` +
+        `${f(r.ours.p99Us, 0)} / ${f(x.p99Us, 0)} / ${f(r.qemu.p99Us, 0)} | ${io(r.ours)} / ${io(r.qemu)} / ${io(x)} |`);
+    }
   }
   if (report.rows.some((r) => r.transport === 'unix')) {
     out.push('');

@@ -20,6 +20,9 @@ export interface RunRecord {
   runtimeMs: number | null;
   /** utime+stime of the server process during the run. */
   serverCpuSec: number | null;
+  /** The same apart: user and system CPU seconds. */
+  serverUserSec: number | null;
+  serverSysSec: number | null;
   /** Peak RSS of the server during the run ("run") or since it started ("process"). */
   serverPeakRssMiB: number | null;
   peakRssScope: 'run' | 'process';
@@ -49,6 +52,9 @@ export interface SideSummary {
   peakRssMiB: number | null;
   /** Total server CPU seconds / total GiB moved, over the successful runs. */
   cpuSecPerGiB: number | null;
+  /** Server user and system CPU µs per I/O, totals over the successful runs. */
+  userUsPerIo: number | null;
+  sysUsPerIo: number | null;
   /** Times the server had to be started again because it had exited. */
   restarts: number;
 }
@@ -91,6 +97,37 @@ export interface RowResult extends Pick<RowDef, 'id' | 'title' | 'lun' | 'transp
   qemuFractionOfCeiling: number | null;
   goals: GoalResult[];
   misses: string[];
+  /** With --relay: fio through a bare Node.js relay in front of this row's qemu-nbd. */
+  relay: RelaySummary | null;
+}
+
+/** One fio run through the relay (bench --relay, scripts/bench/relay.ts). */
+export interface RelayRun {
+  pair: number;
+  ok: boolean;
+  error?: string;
+  iops: number | null;
+  p50Us: number | null;
+  p99Us: number | null;
+  /** I/Os fio completed (bytes / block size). */
+  ios: number | null;
+  /** The relay's user and system CPU seconds during the run. */
+  userSec: number | null;
+  sysSec: number | null;
+}
+
+export interface RelaySummary {
+  available: boolean;
+  reason?: string;
+  argv: string[];
+  runs: RelayRun[];
+  okRuns: number;
+  /** Medians over the successful runs. */
+  iops: number | null;
+  p99Us: number | null;
+  /** The relay's CPU µs per I/O, totals over the successful runs. */
+  userUsPerIo: number | null;
+  sysUsPerIo: number | null;
 }
 
 export interface MachineInfo {
@@ -114,6 +151,8 @@ export interface BenchConfig {
   sessions: number | null;
   tmpfsLunMiB: number;
   ceiling: boolean;
+  /** --relay: each row also drives qemu-nbd through a bare Node.js relay (the Node.js floor). */
+  relay: boolean;
   /** --only: the one side measured, or null for both. */
   only: SideName | null;
   /** --transport: only rows over this transport, or null for all. */

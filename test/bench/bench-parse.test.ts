@@ -10,13 +10,13 @@ import path from 'node:path';
 import { iscsiPerfArgv, parseIscsiPerf } from '../../scripts/bench/ceiling';
 import { fioArgs, fioJobsArgs, parseFioJobs, parseFioJson } from '../../scripts/bench/fio';
 import { cpuPerIo, evaluateLunsGoals, lunsNeeded, lunsSpecs, lunsTarget, manyOverOne, summarizeDrive, summarizeIdle } from '../../scripts/bench/luns';
-import { parseProcNetTcp, parseStatTicks, parseStatusKiB, sampleProc, tcpConnectionsTo } from '../../scripts/bench/procstat';
-import { evaluateGoals, formatLunsMarkdown, formatLunsTable, formatMarkdown, formatTable, pairRatios, summarizeSide } from '../../scripts/bench/report';
+import { parseProcNetTcp, parseStatTicks, parseStatUserSys, parseStatusKiB, sampleProc, tcpConnectionsTo } from '../../scripts/bench/procstat';
+import { evaluateGoals, formatLunsMarkdown, formatLunsTable, formatMarkdown, formatTable, pairRatios, summarizeRelay, summarizeSide } from '../../scripts/bench/report';
 import { ROWS, rowLabel, selectRows } from '../../scripts/bench/rows';
 import { bridgeAvailability, MAX_SOCKET_PATH, nbdUri, NbdServer, serverArgv, waitForUnixSocket } from '../../scripts/bench/servers';
 import net from 'node:net';
 import { median } from '../../scripts/bench/stats';
-import type { BenchReport, DriveRun, IdleSample, LunsReport, RowResult, RunRecord } from '../../scripts/bench/types';
+import type { BenchReport, DriveRun, IdleSample, LunsReport, RelayRun, RowResult, RunRecord } from '../../scripts/bench/types';
 
 // One fio job (randwrite 4k QD32 over the nbd engine), trimmed to the fields the parser reads.
 const FIO_JSON = `fio: connected to NBD server
@@ -92,11 +92,14 @@ test('/proc parsing: utime+stime after the last parenthesis, VmHWM in kB', () =>
   const stat = '4242 (node (worker) x) S 1 4242 4242 0 -1 4194304 1000 0 0 0 250 75 0 0 20 0 11 0 12345 1000000 5000 ...';
   assert.equal(parseStatTicks(stat), 325);
   assert.equal(parseStatTicks('garbage'), null);
+  assert.deepEqual(parseStatUserSys(stat), { user: 250, sys: 75 });
+  assert.equal(parseStatUserSys('garbage'), null);
   const status = 'Name:\tnode\nVmPeak:\t 1000 kB\nVmHWM:\t  143808 kB\nVmRSS:\t  120000 kB\n';
   assert.equal(parseStatusKiB(status, 'VmHWM'), 143808 * 1024);
   assert.equal(parseStatusKiB(status, 'VmSwap'), null);
   const self = sampleProc(process.pid);
   assert.ok(self && self.peakRssBytes >= self.rssBytes && self.cpuSec >= 0);
+  assert.ok(Math.abs(self.userSec + self.sysSec - self.cpuSec) < 1e-9);
   assert.equal(sampleProc(0x7ffffffe), null);
 });
 
@@ -106,7 +109,7 @@ test('median and per-pair ratios skip failed runs', () => {
   assert.equal(median([null, undefined, NaN]), null);
   const run = (side: 'iscsi-nbd' | 'qemu-nbd', pair: number, mibps: number | null, ok = true): RunRecord => ({
     side, pair, ok, mibps, iops: mibps, p50Us: 10, p99Us: mibps === null ? null : 100 / mibps, meanUs: 10, bytes: 1 << 30, runtimeMs: 1000,
-    serverCpuSec: 1, serverPeakRssMiB: 50 + pair, peakRssScope: 'run', cpuSecPerGiB: 1, targetCpuSec: 0, fioCpuPct: 1, fioArgv: [],
+    serverCpuSec: 1, serverUserSec: 0.25, serverSysSec: 0.75, serverPeakRssMiB: 50 + pair, peakRssScope: 'run', cpuSecPerGiB: 1, targetCpuSec: 0, fioCpuPct: 1, fioArgv: [],
   });
   const ours = [run('iscsi-nbd', 1, 110), run('iscsi-nbd', 2, null, false), run('iscsi-nbd', 3, 90)];
   const qemu = [run('qemu-nbd', 1, 100), run('qemu-nbd', 2, 100), run('qemu-nbd', 3, 100)];
@@ -116,6 +119,39 @@ test('median and per-pair ratios skip failed runs', () => {
   assert.equal(s.mibps, 100);
   assert.equal(s.peakRssMiB, 53);
   assert.equal(s.cpuSecPerGiB, 1);
+  // Two good runs of 110 and 90 IOPS for 1 s: 200 I/Os, 0.5 s user and 1.5 s system in all.
+  assert.equal(s.userUsPerIo, 2500);
+  assert.equal(s.sysUsPerIo, 7500);
+});
+
+test('relay: summary over its good runs, and its lines in both tables', () => {
+  const run = (pair: number, ok: boolean, iops: number, userSec: number, sysSec: number): RelayRun =>
+    ({ pair, ok, iops, p50Us: 100, p99Us: 1e6 / iops, ios: iops * 5, userSec, sysSec, ...(ok ? {} : { error: 'fio failed' }) });
+  const x = summarizeRelay([run(1, true, 4000, 0.8, 1.0), run(2, false, 1, 9, 9), run(3, true, 3000, 0.6, 0.75)], ['node', 'relay.js']);
+  assert.equal(x.available, true);
+  assert.equal(x.okRuns, 2);
+  assert.equal(x.iops, 3500);
+  // 35000 I/Os; 1.4 s user and 1.75 s system over the good runs.
+  assert.equal(x.userUsPerIo, 40);
+  assert.equal(x.sysUsPerIo, 50);
+  const none = summarizeRelay([], [], 'no qemu-nbd to relay to: qemu-nbd failed to start');
+  assert.equal(none.available, false);
+  assert.equal(none.okRuns, 0);
+  assert.equal(none.userUsPerIo, null);
+
+  const row = rowFor('randread-4k-qd1-unix', 0.8, 1.3, 10);
+  const withRelay: RowResult = { ...row, relay: x };
+  const report = reportOf([rowFor('randread-4k-qd32', 1.2, null, 10), withRelay]);
+  const md = formatMarkdown(report).split('\n');
+  const relayLines = md.filter((l) => l.startsWith('| rand read 4K QD1 (unix) | tmpfs | ') && l.includes(' / 3500 / '));
+  assert.equal(relayLines.length, 1, md.join('\n'));
+  assert.match(relayLines[0], /40\.0 \+ 50\.0 \|$/);
+  const text = formatTable(report).split('\n');
+  assert.ok(text.some((l) => l.startsWith('rand read 4K QD1 (unix), tmpfs: IOPS ours') && l.includes('relay+qemu-nbd 3500') && l.endsWith('relay 40.0 + 50.0')), text.join('\n'));
+  // Without --relay, no trace of it.
+  const plain = reportOf([row]);
+  assert.ok(!formatMarkdown(plain).includes('relay'));
+  assert.ok(!formatTable(plain).includes('relay'));
 });
 
 function rowFor(id: string, ratio: number | null, p99Ratio: number | null, rss: number | null, oursAvailable = true): RowResult {
@@ -129,7 +165,17 @@ function rowFor(id: string, ratio: number | null, p99Ratio: number | null, rss: 
     ours: side('iscsi-nbd', oursAvailable), qemu: side('qemu-nbd', true),
     ratio, ratioPairs: [], p99Ratio, p99RatioPairs: [],
     ceiling: { available: false, reason: 'reads only', mibps: null, iops: null, argv: [] },
-    fractionOfCeiling: null, qemuFractionOfCeiling: null, goals: [], misses: [],
+    fractionOfCeiling: null, qemuFractionOfCeiling: null, goals: [], misses: [], relay: null,
+  };
+}
+
+function reportOf(rows: RowResult[]): BenchReport {
+  return {
+    schema: 'iscsi-nbd-bench/1', startedAt: '2026-11-24T12:00:00.000Z', finishedAt: null, complete: true,
+    machine: { hostname: 'h', cpuModel: 'cpu', cpus: 2, memGiB: 4, kernel: 'k', os: 'os', node: 'v20', versions: {}, gitCommit: null, gitDirty: null },
+    config: { pairs: 3, runtimeSec: 10, rampSec: 2, smoke: false, sessions: null, tmpfsLunMiB: 1024, ceiling: true, relay: false, only: null, transport: null, rows: rows.map((r) => r.id) },
+    commands: {}, target: { portal: '127.0.0.1:1', tmpfsUrl: '', nullUrl: '', tmpfsBacking: '', blockSize: 512 },
+    rows, misses: [], errors: [],
   };
 }
 
@@ -168,13 +214,7 @@ test('tables: every row once in Markdown, three lines per read row in text', () 
     evaluateGoals(d, r);
     return r;
   });
-  const report: BenchReport = {
-    schema: 'iscsi-nbd-bench/1', startedAt: '2026-11-24T12:00:00.000Z', finishedAt: null, complete: true,
-    machine: { hostname: 'h', cpuModel: 'cpu', cpus: 2, memGiB: 4, kernel: 'k', os: 'os', node: 'v20', versions: {}, gitCommit: null, gitDirty: null },
-    config: { pairs: 3, runtimeSec: 10, rampSec: 2, smoke: false, sessions: null, tmpfsLunMiB: 1024, ceiling: true, only: null, transport: null, rows: ROWS.map((r) => r.id) },
-    commands: {}, target: { portal: '127.0.0.1:1', tmpfsUrl: '', nullUrl: '', tmpfsBacking: '', blockSize: 512 },
-    rows, misses: [], errors: [],
-  };
+  const report = reportOf(rows);
   const md = formatMarkdown(report).split('\n');
   assert.equal(md.filter((l) => /^\| (seq|rand) /.test(l)).length, ROWS.length);
   const text = formatTable(report);

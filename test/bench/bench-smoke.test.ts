@@ -185,3 +185,37 @@ test('bench --smoke --luns: the many-LUN section alone, 1 and 2 LUNs, complete f
   assert.ok(!/\| Workload \| LUN \| MiB\/s/.test(mdText), 'no rows table without rows');
   assert.match(mdText, /^Machine: /m);
 });
+
+test('bench --smoke --relay: the Node.js floor beside one QD1 row, its CPU split, its process gone after', { skip, timeout: 3 * 60 * 1000 }, async (t) => {
+  assert.ok(fs.existsSync(BENCH), `${BENCH} is missing (build first)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-smoke-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const json = path.join(dir, 'bench.json');
+  const md = path.join(dir, 'bench.md');
+
+  const r = await runBench(['--smoke', '--no-luns', '--no-ceiling', '--rows', 'randread-4k-qd1-unix', '--relay', '--json', json, '--markdown', md], 2 * 60 * 1000);
+  assert.equal(r.code, 0, `bench exited ${r.code ?? r.signal}:\n${r.out.slice(-8000)}`);
+  const report = JSON.parse(fs.readFileSync(json, 'utf8')) as BenchReport;
+  assert.equal(report.complete, true);
+  assert.deepEqual(report.errors, []);
+  assert.equal(report.config.relay, true);
+  assert.deepEqual(report.rows.map((x) => x.id), ['randread-4k-qd1-unix']);
+  const row = report.rows[0];
+  const x = row.relay!;
+  assert.ok(x, 'the row has the relay');
+  assert.equal(x.available, true, x.reason);
+  assert.equal(x.okRuns, 1, JSON.stringify(x.runs));
+  assert.ok(x.iops! > 0 && x.p99Us! > 0);
+  for (const s of [x, row.ours, row.qemu]) {
+    assert.ok(typeof s.userUsPerIo === 'number' && typeof s.sysUsPerIo === 'number', JSON.stringify(s));
+    assert.ok(s.userUsPerIo! + s.sysUsPerIo! > 0, 'some CPU per I/O');
+  }
+  assert.ok(x.argv.some((a) => a.endsWith('relay.js')), x.argv.join(' '));
+  assert.match(r.out, /relay pair 1: \d+ IOPS, p99 \d+ us, relay CPU [\d.]+ \+ [\d.]+ us\/IO/);
+  assert.match(fs.readFileSync(md, 'utf8'), /^\| rand read 4K QD1 \(unix\) \| tmpfs \| \d+ \/ \d+ \/ \d+ \| /m);
+  // The relay was stopped with the row: no process left running relay.js.
+  const left = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+    try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(path.join('scripts', 'bench', 'relay.js')); } catch { return false; }
+  });
+  assert.deepEqual(left, []);
+});
