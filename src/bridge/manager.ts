@@ -7,6 +7,7 @@ import { LogicalUnit, probeSameLun } from '../scsi/lun';
 import { targetPortIds } from '../scsi/parse';
 import { withContext } from '../util/context';
 import type { IscsiSession } from '../iscsi/initiator';
+import { keepAliveClock, systemClock, type EngineClock, type TimerHandle } from '../iscsi/clock';
 import { backoffDelay, type ReconnectBackoff } from '../util/backoff';
 import { TargetRegistry, type LunUser, type TargetSessions } from './targets';
 import type { Portal } from './paths';
@@ -33,8 +34,12 @@ export interface ManagerOptions {
   log?: Logger;
   /** The daemon's target pools, shared with its other managers (default: one of this manager's own). */
   targets?: TargetRegistry;
-  /** ALUA_REFRESH_MS, for tests. */
-  aluaRefreshMs?: number;
+  /**
+   * Timers of each export's state machine (open retry, identity recheck, ALUA reads);
+   * tests inject a manual one. By default the open retry keeps the process alive
+   * (an export to open is work to finish) and the others do not.
+   */
+  clock?: EngineClock;
 }
 
 /**
@@ -100,7 +105,7 @@ export class BridgedExport extends EventEmitter implements LunUser {
   failedAttempts = 0;
   /** When the next open attempt is due (ms since the epoch), while failed and retrying. */
   nextRetryAt?: number;
-  private retryTimer?: NodeJS.Timeout;
+  private retryTimer?: TimerHandle;
   /** A retry's open attempt is running (still `failed`, no timer set). */
   private retryRunning = false;
   private opening?: Promise<void>;
@@ -114,13 +119,16 @@ export class BridgedExport extends EventEmitter implements LunUser {
   private readonly sessionListeners: Array<() => void> = [];
   /** Set while this LUN (alone of its pool) is another device: its I/O fails with it. */
   private lunRefusal: Error | undefined;
-  private recheckTimer?: NodeJS.Timeout;
+  private recheckTimer?: TimerHandle;
   private recheckAttempts = 0;
   pool?: SessionPool;
   lun?: LogicalUnit;
   export?: InstrumentedExport;
   private readonly log: Logger;
   private readonly auth: SessionAuth | undefined;
+
+  private readonly clock: EngineClock;
+  private readonly retryClock: EngineClock;
 
   constructor(readonly spec: ExportConfig, private readonly opts: ManagerOptions) {
     super();
@@ -129,6 +137,8 @@ export class BridgedExport extends EventEmitter implements LunUser {
     this.log = (opts.log ?? rootLogger()).child({ export: spec.name });
     this.auth = opts.authFor(this.url, spec);
     this.targets = opts.targets ?? new TargetRegistry(this.log);
+    this.clock = opts.clock ?? systemClock;
+    this.retryClock = opts.clock ?? keepAliveClock;
     this.portals = [{ host: this.url.host, port: this.url.port }];
     for (const p of spec.portals ?? []) {
       const u = parseIscsiUrl(`iscsi://${p}`);
@@ -258,7 +268,7 @@ export class BridgedExport extends EventEmitter implements LunUser {
   private scheduleRecheck(): void {
     if (this.recheckTimer || this.stopped) return;
     const delay = backoffDelay(this.recheckAttempts++, LUN_RECHECK_BACKOFF);
-    this.recheckTimer = setTimeout(() => {
+    this.recheckTimer = this.clock.setTimeout(() => {
       this.recheckTimer = undefined;
       if (this.stopped || !this.lunRefusal) return;
       const i = this.sessions.findIndex((x) => x.state === 'logged-in');
@@ -268,7 +278,6 @@ export class BridgedExport extends EventEmitter implements LunUser {
         (err: Error) => (err as { code?: string }).code === 'ELUN_CHANGED' ? this.refuseLun(err) : this.scheduleRecheck(),
       );
     }, delay);
-    this.recheckTimer.unref?.();
   }
 
   /**
@@ -298,9 +307,18 @@ export class BridgedExport extends EventEmitter implements LunUser {
   /** The target port (relative port, port group) each session reaches, from its VPD 0x83. */
   private readonly portIds = new WeakMap<IscsiSession, { relativePort?: number; group?: number }>();
   private aluaRefreshing?: Promise<void>;
-  private aluaPoll?: NodeJS.Timeout;
-  private aluaRefresh?: NodeJS.Timeout;
+  private aluaPoll?: TimerHandle;
+  private aluaRefresh?: TimerHandle;
   private aluaAgain = false;
+
+  /** The periodic ALUA read, every ALUA_REFRESH_MS while the export is up. */
+  private scheduleAluaRefresh(): void {
+    this.aluaRefresh = this.clock.setTimeout(() => {
+      if (this.stopped) return;
+      void this.refreshAlua();
+      this.scheduleAluaRefresh();
+    }, ALUA_REFRESH_MS);
+  }
 
   /**
    * Read the asymmetric access states (REPORT TARGET PORT GROUPS) through
@@ -333,11 +351,10 @@ export class BridgedExport extends EventEmitter implements LunUser {
       // comes to say it is over, so look again, as scsi_dh_alua polls a transitioning group.
       const usable = this.sessions.some((s) => ['active/optimized', 'active/non-optimized', 'logical block dependent'].includes(pool.aluaOf(s)?.state ?? 'active/optimized'));
       if (!usable && !this.stopped && !this.aluaPoll) {
-        this.aluaPoll = setTimeout(() => {
+        this.aluaPoll = this.clock.setTimeout(() => {
           this.aluaPoll = undefined;
           void this.refreshAlua();
         }, ALUA_POLL_MS);
-        this.aluaPoll.unref?.();
       }
     })();
     this.aluaRefreshing = run;
@@ -439,9 +456,9 @@ export class BridgedExport extends EventEmitter implements LunUser {
   private scheduleRetry(backoff: ReconnectBackoff): void {
     if (this.stopped) return;
     const delay = backoffDelay(this.failedAttempts - 1, backoff);
-    this.nextRetryAt = Date.now() + delay;
+    this.nextRetryAt = this.retryClock.now() + delay;
     this.log.warn({ err: this.lastError, attempt: this.failedAttempts, retryInMs: delay }, 'export could not be opened; retrying');
-    this.retryTimer = setTimeout(() => {
+    this.retryTimer = this.retryClock.setTimeout(() => {
       this.retryTimer = undefined;
       this.nextRetryAt = undefined;
       if (this.stopped) return;
@@ -542,10 +559,7 @@ export class BridgedExport extends EventEmitter implements LunUser {
       else await this.checkIdentity(s, i);
     }
     await this.refreshAlua();
-    if (this.lun.info.inquiry.tpgs !== 0 && !this.aluaRefresh) {
-      this.aluaRefresh = setInterval(() => void this.refreshAlua(), this.opts.aluaRefreshMs ?? ALUA_REFRESH_MS);
-      this.aluaRefresh.unref?.();
-    }
+    if (this.lun.info.inquiry.tpgs !== 0 && !this.aluaRefresh) this.scheduleAluaRefresh();
     // The rest of the pool, spread over the paths (portals × interfaces); a
     // path that is down now keeps retrying in the background.
     await target.ensure(this.spec.sessions ?? this.opts.sessions);
@@ -587,11 +601,11 @@ export class BridgedExport extends EventEmitter implements LunUser {
   async close(): Promise<void> {
     if (this.state === 'closed') return;
     this.stopped = true;
-    if (this.aluaPoll) clearTimeout(this.aluaPoll);
-    if (this.aluaRefresh) clearInterval(this.aluaRefresh);
+    if (this.aluaPoll) this.clock.clearTimeout(this.aluaPoll);
+    if (this.aluaRefresh) this.clock.clearTimeout(this.aluaRefresh);
     this.aluaRefresh = undefined;
-    if (this.recheckTimer) clearTimeout(this.recheckTimer);
-    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.recheckTimer) this.clock.clearTimeout(this.recheckTimer);
+    if (this.retryTimer) this.retryClock.clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.nextRetryAt = undefined;
     this.setState('draining');
@@ -621,7 +635,7 @@ export class BridgedExport extends EventEmitter implements LunUser {
       ...(this.state === 'failed' && this.failedAttempts > 0 ? { failedAttempts: this.failedAttempts } : {}),
       // While a retry's attempt runs there is no timer, but the retrying goes on: "now".
       ...(this.retryRunning ? { nextRetryInMs: 0, retryingNow: true }
-        : this.nextRetryAt !== undefined ? { nextRetryInMs: Math.max(0, this.nextRetryAt - Date.now()) } : {}),
+        : this.nextRetryAt !== undefined ? { nextRetryInMs: Math.max(0, this.nextRetryAt - this.retryClock.now()) } : {}),
       url: this.url.redacted(),
       target: this.url.target!,
       lun: this.url.lun ?? 0,

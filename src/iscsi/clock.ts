@@ -3,7 +3,9 @@
 // backoff, replacement timeout, LUN check, logout waits) and the connect and
 // login timeouts of the connections it opens take every timer
 // and every "now" from one EngineClock, so tests drive recovery with a
-// manual clock (test/iscsi/fake-target.ts ManualClock).
+// manual clock (test/iscsi/fake-target.ts ManualClock). The export state
+// machine above it (bridge/manager.ts: open retry, identity recheck, ALUA
+// reads) takes one too.
 
 export type TimerHandle = unknown;
 

@@ -11,6 +11,8 @@ import { MemoryBackend } from '../../src/target/backend';
 import { ALUA, AluaTopology } from '../../src/target/alua';
 import { IQN, MiB, fioVerify, exportUrl, onCleanup, startBridge, testLog, type After } from './env';
 import { sleep } from '../helpers/process';
+import { ALUA_REFRESH_MS } from '../../src/bridge/manager';
+import { ManualClock } from '../iscsi/fake-target';
 
 const DATA_OPS = new Set([0x28, 0x2a, 0x88, 0x8a, 0x35, 0x91, 0x41, 0x93, 0x42]);
 
@@ -96,12 +98,18 @@ test('ALUA: a port in transition is retried after a pause, then used', { timeout
 
 test('ALUA: an idle export sees a change of states without any I/O, and the next I/O takes the new path', { timeout: 60_000 }, async (t) => {
   const tg = await aluaTargets(t);
-  const br = await startBridge(t, { exports: [{ name: 'd', url: exportUrl(tg.ports[0]), portals: [`127.0.0.1:${tg.ports[1]}`] }], sessions: 2, aluaRefreshMs: 300 });
+  const clock = new ManualClock();
+  const br = await startBridge(t, { exports: [{ name: 'd', url: exportUrl(tg.ports[0]), portals: [`127.0.0.1:${tg.ports[1]}`] }], sessions: 2, clock });
   const e = br.manager.exports.get('d')!;
   assert.deepEqual(pathStates(e), ['active/optimized', 'standby']);
   // No command is sent, so no unit attention can say so: only the periodic read can.
   tg.topology.set(1, ALUA.STANDBY);
   tg.topology.set(2, ALUA.OPTIMIZED);
+  // Not before the period is over: the read comes from the export's own timer.
+  clock.advance(ALUA_REFRESH_MS - 1);
+  await sleep(300);
+  assert.deepEqual(pathStates(e), ['active/optimized', 'standby'], 'no read before ALUA_REFRESH_MS');
+  clock.advance(1);
   const t0 = Date.now();
   while (pathStates(e)[1] !== 'active/optimized' && Date.now() - t0 < 5000) await sleep(50);
   assert.deepEqual(pathStates(e), ['standby', 'active/optimized'], 'status shows the new states while idle');

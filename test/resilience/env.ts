@@ -11,6 +11,7 @@ import { TargetServer } from '../../src/target/server';
 import { MemoryBackend } from '../../src/target/backend';
 import { FaultController } from '../../src/target/faults';
 import { createLogger, type Logger } from '../../src/log';
+import type { EngineClock } from '../../src/iscsi/clock';
 import { run, sleep, type RunResult } from '../helpers/process';
 
 export const IQN = 'iqn.2026-11.io.test:resilience';
@@ -118,7 +119,8 @@ export interface BridgeOptions {
   timeouts?: Partial<TimeoutsConfig>;
   sessions?: number;
   digest?: 'none' | 'crc32c' | 'prefer-crc32c' | 'prefer-none';
-  aluaRefreshMs?: number;
+  /** The export state machine's timers (ManagerOptions.clock). */
+  clock?: EngineClock;
 }
 
 /** ExportManager + NbdServer in this process, on a free port. */
@@ -132,7 +134,7 @@ export async function startBridge(t: After, o: BridgeOptions): Promise<Bridge> {
     timeouts: { ...DEFAULT_TIMEOUTS, ...o.timeouts },
     authFor: () => undefined,
     log,
-    aluaRefreshMs: o.aluaRefreshMs,
+    clock: o.clock,
   });
   const server = new NbdServer({ exports: manager, log });
   onCleanup(t, async () => {
