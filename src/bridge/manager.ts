@@ -311,6 +311,22 @@ export class BridgedExport extends EventEmitter implements LunUser {
   private aluaRefresh?: TimerHandle;
   private aluaAgain = false;
 
+  /**
+   * The logged-in session to read the states through: one on a path that takes I/O, so a
+   * standby port sees no command while another path works (as the I/O itself does not).
+   */
+  private readPath(pool: SessionPool): IscsiSession | undefined {
+    const rank = (s: IscsiSession): number => {
+      const st = pool.aluaOf(s)?.state;
+      return st === undefined || st === 'active/optimized' ? 0 : st === 'active/non-optimized' ? 1 : 2;
+    };
+    let best: IscsiSession | undefined;
+    for (const s of this.sessions) {
+      if (s.state === 'logged-in' && (!best || rank(s) < rank(best))) best = s;
+    }
+    return best;
+  }
+
   /** The periodic ALUA read, every ALUA_REFRESH_MS while the export is up. */
   private scheduleAluaRefresh(): void {
     this.aluaRefresh = this.clock.setTimeout(() => {
@@ -335,7 +351,7 @@ export class BridgedExport extends EventEmitter implements LunUser {
       const lun = this.lun;
       const pool = this.pool;
       if (!lun?.isOpen || !pool || lun.info.inquiry.tpgs === 0) return;
-      const sess = via ?? this.sessions.find((s) => s.state === 'logged-in');
+      const sess = via ?? this.readPath(pool);
       if (!sess) return;
       const probe = new LogicalUnit({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, {
         log: this.log.child({ check: 'alua' }), commandTimeoutMs: this.opts.timeouts.command * 1000, maxRetries: 3,

@@ -16,12 +16,13 @@ import { ManualClock } from '../iscsi/fake-target';
 
 const DATA_OPS = new Set([0x28, 0x2a, 0x88, 0x8a, 0x35, 0x91, 0x41, 0x93, 0x42]);
 
-async function aluaTargets(t: After): Promise<{ topology: AluaTopology; ports: number[]; dataCommands: number[] }> {
+async function aluaTargets(t: After): Promise<{ topology: AluaTopology; ports: number[]; dataCommands: number[]; commands: number[] }> {
   const backend = new MemoryBackend({ size: 64 * MiB, blockSize: 512, identitySeed: 'alua-lun' });
   const topology = new AluaTopology();
   topology.set(1, ALUA.OPTIMIZED, [1]);
   topology.set(2, ALUA.STANDBY, [2]);
   const dataCommands = [0, 0];
+  const commands = [0, 0];
   const ports: number[] = [];
   for (const i of [0, 1]) {
     const s = new TargetServer({
@@ -29,16 +30,17 @@ async function aluaTargets(t: After): Promise<{ topology: AluaTopology; ports: n
       log: testLog(), closeBackends: false,
     });
     ports.push((await s.listen({ host: '127.0.0.1', port: 0 })).port);
-    // Count what each port is asked to move data for (refused ones included).
+    // Count what each port is asked to do, and to move data for (refused ones included).
     const dev = s.device(IQN, 0)!;
     const exec = dev.execute.bind(dev);
     dev.execute = (cdb, out) => {
+      commands[i]++;
       if (DATA_OPS.has(cdb[0])) dataCommands[i]++;
       return exec(cdb, out);
     };
     onCleanup(t, () => s.close());
   }
-  return { topology, ports, dataCommands };
+  return { topology, ports, dataCommands, commands };
 }
 
 const pathStates = (e: { status(): { sessions: { alua?: { state: string } }[] } }): (string | undefined)[] => e.status().sessions.map((s) => s.alua?.state);
@@ -114,6 +116,15 @@ test('ALUA: an idle export sees a change of states without any I/O, and the next
   while (pathStates(e)[1] !== 'active/optimized' && Date.now() - t0 < 5000) await sleep(50);
   assert.deepEqual(pathStates(e), ['standby', 'active/optimized'], 'status shows the new states while idle');
   assert.deepEqual(tg.dataCommands, [0, 0], 'no data command was needed to learn them');
+  // The next periodic read, with the states holding, goes through the path now optimized:
+  // the first session's port, now standby, gets no command at all, as it gets no I/O.
+  const seen = [...tg.commands];
+  clock.advance(ALUA_REFRESH_MS);
+  const t1 = Date.now();
+  while (tg.commands[1] === seen[1] && Date.now() - t1 < 5000) await sleep(25);
+  await sleep(200);
+  assert.ok(tg.commands[1] > seen[1], 'the periodic read went to the optimized port');
+  assert.equal(tg.commands[0], seen[0], 'the standby port got no command from it');
   const r = await fioVerify(br.uri(), { size: '2M', t });
   assert.equal(r.errors, 0, r.res.stderr);
   assert.equal(tg.dataCommands[0], 0, 'the port now standby got no data command');
