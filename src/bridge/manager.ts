@@ -103,7 +103,7 @@ export class BridgedExport extends EventEmitter implements LunUser {
   lastError?: Error;
   /** Open attempts that failed in a row (reset by a successful open). */
   failedAttempts = 0;
-  /** When the next open attempt is due (ms since the epoch), while failed and retrying. */
+  /** When the next open attempt is due (the retry clock's ms), while failed and retrying. */
   nextRetryAt?: number;
   private retryTimer?: TimerHandle;
   /** A retry's open attempt is running (still `failed`, no timer set). */
