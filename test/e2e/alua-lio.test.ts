@@ -19,6 +19,7 @@
 // printed when the guest script fails); ISCSI_NBD_VM_VERBOSE=1 streams the guest's output.
 // Skipped only when qemu-system-x86_64 is absent and CI is not set.
 
+import { lockShared, RESTART_VM_LOCK, VM_LOCK_WAIT_MS } from '../helpers/exclusive';
 import { skipUnless } from '../helpers/tools';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -52,7 +53,8 @@ function mappedPaths(json: string | undefined, what: string): Map<number, Sessio
   return byPort;
 }
 
-test('ALUA against LIO: I/O follows the optimized group, a standby group gets no commands, two switches lose nothing', { skip, timeout: 470_000 }, async () => {
+test('ALUA against LIO: I/O follows the optimized group, a standby group gets no commands, two switches lose nothing', { skip, timeout: VM_LOCK_WAIT_MS + 470_000 }, async (t) => {
+  t.after(await lockShared(RESTART_VM_LOCK, VM_LOCK_WAIT_MS));
   const lines: string[] = [];
   const r = await runGuest({
     script: fs.readFileSync(GUEST_SCRIPT, 'utf8'),

@@ -12,6 +12,7 @@
 // Skipped only when qemu-system-x86_64 is absent and CI is not set; in CI a
 // missing tool is a failure.
 
+import { lockShared, RESTART_VM_LOCK, VM_LOCK_WAIT_MS } from '../helpers/exclusive';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -99,8 +100,9 @@ const blockSizes = (process.env.ISCSI_NBD_E2E_BLOCK_SIZES ?? '4096,512').split('
 });
 
 for (const bs of blockSizes) {
-  test(`kernel e2e (${SERVER}): nbd-client + ext4 + fstrim + nbdtab conns=4 against a ${bs} B LUN`, { skip, timeout: VM_TIMEOUT_MS + 120000 }, async (t) => {
+  test(`kernel e2e (${SERVER}): nbd-client + ext4 + fstrim + nbdtab conns=4 against a ${bs} B LUN`, { skip, timeout: VM_LOCK_WAIT_MS + VM_TIMEOUT_MS + 120000 }, async (t) => {
     requireTools();
+    t.after(await lockShared(RESTART_VM_LOCK, VM_LOCK_WAIT_MS));
     const tgtd = await startLun(bs);
     t.after(() => tgtd.stop());
     const url = tgtd.url(1, 1);
@@ -123,8 +125,9 @@ for (const bs of blockSizes) {
   });
 }
 
-test(`kernel e2e (${SERVER}) goes red through a bridge that loses acknowledged WRITEs`, { skip, timeout: VM_TIMEOUT_MS + 120000 }, async (t) => {
+test(`kernel e2e (${SERVER}) goes red through a bridge that loses acknowledged WRITEs`, { skip, timeout: VM_LOCK_WAIT_MS + VM_TIMEOUT_MS + 120000 }, async (t) => {
   requireTools();
+  t.after(await lockShared(RESTART_VM_LOCK, VM_LOCK_WAIT_MS));
   const tgtd = await startLun(512);
   t.after(() => tgtd.stop());
   const url = tgtd.url(1, 1);

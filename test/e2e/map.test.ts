@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
 import { runGuest, GUEST_HOST_ADDR } from '../../scripts/vm/node-guest';
-import { lockExclusive, RESTART_VM_LOCK } from '../helpers/exclusive';
+import { lockExclusive, RESTART_VM_LOCK, VM_LOCK_WAIT_MS } from '../helpers/exclusive';
 
 const skip = skipUnless('qemu-system-x86_64', 'tgtd', 'tgtadm');
 const GUEST_SCRIPT = path.resolve(__dirname, '../../../test/e2e/map-guest.sh');
@@ -54,9 +54,9 @@ after(async () => {
   await tgtd?.stop();
 });
 
-test('map: a daemon restart, a crash and a target outage that the filesystem never sees', { skip, timeout: 1_500_000 }, async (ctx) => {
-  // Its restarts must end within the kernel's I/O timeout: not beside the other restart scenario.
-  ctx.after(await lockExclusive(RESTART_VM_LOCK, 600_000));
+test('map: a daemon restart, a crash and a target outage that the filesystem never sees', { skip, timeout: VM_LOCK_WAIT_MS + 1_500_000 }, async (ctx) => {
+  // Its restarts must end within the kernel's I/O timeout: no other VM beside it.
+  ctx.after(await lockExclusive(RESTART_VM_LOCK, VM_LOCK_WAIT_MS));
   tgtd = await startTgtdWithLuns({
     targets: [{ luns: [{ size: 64 * MiB, blockSize: 512 }, { size: 64 * MiB, blockSize: 4096 }, { size: 16 * MiB, blockSize: 4096 }] }],
   });

@@ -8,6 +8,7 @@
 // Skipped only when qemu-system-x86_64 is absent and CI is not set; in CI a missing
 // tool is a failure.
 
+import { lockShared, RESTART_VM_LOCK, VM_LOCK_WAIT_MS } from '../helpers/exclusive';
 import { onPath, skipUnless } from '../helpers/tools';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -129,7 +130,8 @@ function report(t: { diagnostic(s: string): void }, r: GuestRunResult): void {
   t.diagnostic(`guest timings (ms): first node -e ${r.results.first_node_ms}, second ${r.results.second_node_ms}, koffi socketpair ${r.results.koffi_ms}, iscsi-nbd --version ${r.results.cli_ms}, hostcall sleep 5000 ${r.results.hostcall_slow_ms}`);
 }
 
-test('node guest VM: node, koffi over 9p, /dev/nbd0, hostcall and a forward', { skip, timeout: VM_TIMEOUT_MS + 180000 }, async (t) => {
+test('node guest VM: node, koffi over 9p, /dev/nbd0, hostcall and a forward', { skip, timeout: VM_LOCK_WAIT_MS + VM_TIMEOUT_MS + 180000 }, async (t) => {
+  t.after(await lockShared(RESTART_VM_LOCK, VM_LOCK_WAIT_MS));
   const missing = REQUIRED_TOOLS.filter((x) => !onPath(x));
   assert.deepEqual(missing, [], `tools missing for the node guest test: ${missing.join(', ')}`);
   const token = crypto.randomBytes(6).toString('hex');

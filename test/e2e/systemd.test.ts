@@ -32,7 +32,7 @@ import path from 'node:path';
 import { startTgtdWithLuns, type Tgtd } from '../helpers/tgtd';
 import { buildSystemdBase, makeSystemdDisk, makeSystemdInitrd, findSource, GUEST_HOST_ADDR } from '../../scripts/vm/systemd-image';
 import { SystemdVm } from '../../scripts/vm/systemd-vm';
-import { lockExclusive, RESTART_VM_LOCK } from '../helpers/exclusive';
+import { lockExclusive, RESTART_VM_LOCK, VM_LOCK_WAIT_MS } from '../helpers/exclusive';
 import { nbdtabExampleLine, readmeFstabLine, REPO } from './systemd-readme';
 
 const skip = skipUnless('qemu-system-x86_64', 'tgtd', 'tgtadm', 'debootstrap', 'mkfs.ext4', 'e2fsck', 'systemctl');
@@ -99,8 +99,8 @@ function shQuote(s: string): string {
 const secs = (us: string | undefined): string => (us && Number(us) > 0 ? `${(Number(us) / 1e6).toFixed(1)} s` : '?');
 
 test('systemd: the mount survives restarts, crashes, stop/start and a reboot; the nbd-client way too', { skip, timeout: 1_800_000 }, async (t) => {
-  // Its restarts must end within the kernel's I/O timeout: not beside the other restart scenario.
-  t.after(await lockExclusive(RESTART_VM_LOCK, 900_000));
+  // Its restarts must end within the kernel's I/O timeout: no other VM beside it.
+  t.after(await lockExclusive(RESTART_VM_LOCK, VM_LOCK_WAIT_MS));
   const tStart = Date.now();
   // node --test shows a test's stdout as "# " comment lines: these read "# systemd-e2e: ...".
   const fig = (s: string): void => console.log(`systemd-e2e: ${s}`);
