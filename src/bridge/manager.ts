@@ -4,7 +4,7 @@ import { LunExport } from './lun-export';
 import { InstrumentedExport } from './instrumented';
 import { SessionPool } from './pool';
 import { LogicalUnit, probeSameLun } from '../scsi/lun';
-import { targetPortIds } from '../scsi/parse';
+import { targetPortIds, type TargetPortGroup } from '../scsi/parse';
 import { withContext } from '../util/context';
 import type { IscsiSession } from '../iscsi/initiator';
 import { keepAliveClock, systemClock, type EngineClock, type TimerHandle } from '../iscsi/clock';
@@ -327,6 +327,24 @@ export class BridgedExport extends EventEmitter implements LunUser {
     return best;
   }
 
+  /** Each session's path takes its port group's state. */
+  private applyAlua(pool: SessionPool, groups: readonly TargetPortGroup[]): void {
+    for (const s of this.sessions) {
+      const ids = this.portIds.get(s);
+      const g = ids?.group === undefined ? undefined : groups.find((x) => x.id === ids.group);
+      if (g) pool.setAlua(s, { state: g.state, group: g.id, relativePort: ids?.relativePort, preferred: g.preferred });
+    }
+  }
+
+  get lunNumber(): number | undefined {
+    return this.lun?.isOpen ? this.lun.lun : undefined;
+  }
+
+  /** Another view of this LUN (an export and its mapping) read the states: take them too. */
+  learnAlua(groups: readonly TargetPortGroup[]): void {
+    if (this.pool && !this.stopped && !this.lunRefusal) this.applyAlua(this.pool, groups);
+  }
+
   /** The periodic ALUA read, every ALUA_REFRESH_MS while the export is up. */
   private scheduleAluaRefresh(): void {
     this.aluaRefresh = this.clock.setTimeout(() => {
@@ -358,11 +376,8 @@ export class BridgedExport extends EventEmitter implements LunUser {
       });
       const groups = await probe.reportTargetPortGroups();
       this.log.debug({ via: this.sessions.indexOf(sess), groups: groups.map((g) => `${g.id}:${g.state}:${g.ports.join(',')}`), paths: this.sessions.map((s) => this.portIds.get(s)?.group ?? null) }, 'ALUA states read');
-      for (const s of this.sessions) {
-        const ids = this.portIds.get(s);
-        const g = ids?.group === undefined ? undefined : groups.find((x) => x.id === ids.group);
-        if (g) pool.setAlua(s, { state: g.state, group: g.id, relativePort: ids?.relativePort, preferred: g.preferred });
-      }
+      this.applyAlua(pool, groups);
+      this.target?.shareAlua(this, lun.lun, groups);
       // No path takes I/O (a failover in transition): nothing sent means no unit attention
       // comes to say it is over, so look again, as scsi_dh_alua polls a transitioning group.
       const usable = this.sessions.some((s) => ['active/optimized', 'active/non-optimized', 'logical block dependent'].includes(pool.aluaOf(s)?.state ?? 'active/optimized'));

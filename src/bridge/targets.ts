@@ -9,6 +9,7 @@ import type { SessionAuth } from '../credentials';
 import { FairGate } from './fair-gate';
 import { sessionPaths, sessionCount, pathOfSession, type Portal, type SessionPath } from './paths';
 import type { SessionStatus } from './status';
+import type { TargetPortGroup } from '../scsi/parse';
 
 /** What identifies one pool of sessions: everything a login depends on. */
 export interface TargetSpec {
@@ -38,6 +39,10 @@ export interface LunUser {
   checkLogin(sess: IscsiSession, index: number): Promise<void>;
   /** The LUN is another device now (its I/O fails with err), or itself again (undefined). */
   refuseLun(err: Error | undefined): void;
+  /** Its LUN number on the target, once open. */
+  readonly lunNumber: number | undefined;
+  /** Another user of the same LUN read its port groups' states (see shareAlua). */
+  learnAlua(groups: readonly TargetPortGroup[]): void;
 }
 
 /** The pool key: the spec with its secrets hashed, never kept in the clear. */
@@ -169,6 +174,18 @@ export class TargetSessions extends EventEmitter {
     this.gate.setMax(SLOTS_PER_SESSION * this.sessions.length);
     this.emit('session', s, index);
     return s;
+  }
+
+  /**
+   * What one user's REPORT TARGET PORT GROUPS said, for the other users of the
+   * same LUN (an export and a device mapping it each keep a view): the states
+   * belong to the LUN, and a view that sends no I/O gets no unit attention to
+   * tell it, so it would read through the path it last knew was optimized.
+   */
+  shareAlua(from: LunUser, lun: number, groups: readonly TargetPortGroup[]): void {
+    for (const u of this.users) {
+      if (u !== from && u.lunOpen && u.lunNumber === lun) u.learnAlua(groups);
+    }
   }
 
   /** After a login: every open LUN checks itself, together. */

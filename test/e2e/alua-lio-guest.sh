@@ -163,12 +163,19 @@ no_failures() { [ ! -s /tmp/w0.fail ] && [ ! -s /tmp/w1.fail ]; }
 wait_rounds 10
 no_failures
 
-# A steady window: N seconds of writer I/O, no state change.
+# A steady window: N seconds of writer I/O, no state change. Both ports taking commands
+# in one is what the test refuses, so the daemon's lines of the window about paths,
+# unit attentions and sessions go out with it ("WINLOG name ...").
 window() {
-  a=$(sample); r0=$(rounds)
+  a=$(sample); r0=$(rounds); l0=$(wc -l < "$LOG")
   sleep "$2"
-  echo "RESULT win_$1 $(delta "$3" "$a" "$(sample)") $(( $(rounds) - r0 ))"
+  d=$(delta "$3" "$a" "$(sample)")
+  echo "RESULT win_$1 $d $(( $(rounds) - r0 ))"
+  if echo "$d" | awk '{ exit !($2 > 0 && $5 > 0) }'; then
+    tail -n +$((l0 + 1)) "$LOG" | grep -E 'ALUA|unit attention|session state|retrying' | cut -c1-600 | sed "s/^/WINLOG $1 /" | tail -n 60
+  fi
 }
+
 # After a switch: NAME_cs is how long until the new optimized port has taken 50 commands,
 # NAME_quiet_cs until the old one has taken none for 2 s, NAME_during what each got meanwhile.
 follow() { # name, which port becomes optimized (1|2), switch time

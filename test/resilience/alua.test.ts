@@ -130,3 +130,31 @@ test('ALUA: an idle export sees a change of states without any I/O, and the next
   assert.equal(tg.dataCommands[0], 0, 'the port now standby got no data command');
   assert.ok(tg.dataCommands[1] > 0, 'the new optimized port took the I/O');
 });
+
+test('ALUA: two views of one LUN (an export and its mapping) share what either reads; the idle one reads through the optimized path', { timeout: 60_000 }, async (t) => {
+  const tg = await aluaTargets(t);
+  const clock = new ManualClock();
+  const spec = { url: exportUrl(tg.ports[0]), portals: [`127.0.0.1:${tg.ports[1]}`] };
+  // As in the daemon: the exports' manager and the devices' manager share one registry of pools.
+  const busy = await startBridge(t, { exports: [{ name: 'busy', ...spec }], sessions: 2, clock });
+  const idle = await startBridge(t, { exports: [{ name: 'idle', ...spec }], sessions: 2, clock, targets: busy.manager.targets });
+  const eb = busy.manager.exports.get('busy')!;
+  const ei = idle.manager.exports.get('idle')!;
+  assert.equal(eb.poolId, ei.poolId, 'one pool of sessions for the two views');
+  assert.deepEqual([pathStates(eb), pathStates(ei)], [['active/optimized', 'standby'], ['active/optimized', 'standby']]);
+  tg.topology.set(1, ALUA.STANDBY);
+  tg.topology.set(2, ALUA.OPTIMIZED);
+  // I/O through one view only: its unit attention makes that view read the states.
+  const r = await fioVerify(busy.uri(), { size: '2M', t });
+  assert.equal(r.errors, 0, r.res.stderr);
+  assert.deepEqual(pathStates(eb), ['standby', 'active/optimized']);
+  assert.deepEqual(pathStates(ei), ['standby', 'active/optimized'], 'the idle view learnt the states the busy one read');
+  // Both periodic reads, with the states holding, go through the port now optimized.
+  const seen = [...tg.commands];
+  clock.advance(ALUA_REFRESH_MS);
+  const t0 = Date.now();
+  while (tg.commands[1] < seen[1] + 2 && Date.now() - t0 < 5000) await sleep(25);
+  await sleep(200);
+  assert.ok(tg.commands[1] >= seen[1] + 2, `both views read the states (${tg.commands[1] - seen[1]} commands)`);
+  assert.equal(tg.commands[0], seen[0], 'the standby port got no command from either view');
+});

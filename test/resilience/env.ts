@@ -12,6 +12,7 @@ import { MemoryBackend } from '../../src/target/backend';
 import { FaultController } from '../../src/target/faults';
 import { createLogger, type Logger } from '../../src/log';
 import type { EngineClock } from '../../src/iscsi/clock';
+import type { TargetRegistry } from '../../src/bridge/targets';
 import { run, sleep, type RunResult } from '../helpers/process';
 
 export const IQN = 'iqn.2026-11.io.test:resilience';
@@ -121,6 +122,8 @@ export interface BridgeOptions {
   digest?: 'none' | 'crc32c' | 'prefer-crc32c' | 'prefer-none';
   /** The export state machine's timers (ManagerOptions.clock). */
   clock?: EngineClock;
+  /** Share another manager's target pools, as the daemon's exports and devices do. */
+  targets?: TargetRegistry;
 }
 
 /** ExportManager + NbdServer in this process, on a free port. */
@@ -135,6 +138,7 @@ export async function startBridge(t: After, o: BridgeOptions): Promise<Bridge> {
     authFor: () => undefined,
     log,
     clock: o.clock,
+    ...(o.targets ? { targets: o.targets } : {}),
   });
   const server = new NbdServer({ exports: manager, log });
   onCleanup(t, async () => {
