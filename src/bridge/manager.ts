@@ -3,13 +3,14 @@ import type { Export } from './export';
 import { LunExport } from './lun-export';
 import { InstrumentedExport } from './instrumented';
 import { SessionPool } from './pool';
-import { LogicalUnit, probeSameLun } from '../scsi/lun';
+import { checkSameLun, identifyOn, LogicalUnit } from '../scsi/lun';
 import { targetPortIds, type TargetPortGroup } from '../scsi/parse';
+import type { LunInfo } from '../scsi/identify';
 import { withContext } from '../util/context';
 import type { IscsiSession } from '../iscsi/initiator';
 import { keepAliveClock, systemClock, type EngineClock, type TimerHandle } from '../iscsi/clock';
 import { backoffDelay, type ReconnectBackoff } from '../util/backoff';
-import { TargetRegistry, type LunUser, type TargetSessions } from './targets';
+import { TargetRegistry, type LunUser, type SharedIdentify, type TargetSessions } from './targets';
 import type { Portal } from './paths';
 import { parseIscsiUrl, parseLunUrl, IscsiUrl, formatHostPort } from '../iscsi/url';
 import { ConfigError, IscsiNbdError } from '../errors';
@@ -241,8 +242,8 @@ export class BridgedExport extends EventEmitter implements LunUser {
     }
   }
 
-  checkLogin(sess: IscsiSession, index: number): Promise<void> {
-    return this.checkIdentity(sess, index);
+  checkLogin(sess: IscsiSession, index: number, identify?: SharedIdentify): Promise<void> {
+    return this.checkIdentity(sess, index, identify);
   }
 
   /**
@@ -286,15 +287,15 @@ export class BridgedExport extends EventEmitter implements LunUser {
    * a different device (another serial/designator or block size) behind
    * the same address or on another portal.
    */
-  private async checkIdentity(sess: IscsiSession, index: number): Promise<void> {
+  private async checkIdentity(sess: IscsiSession, index: number, identify?: SharedIdentify): Promise<void> {
     const lun = this.lun;
     if (!lun?.isOpen) return; // not open yet: lun.open() finds its identity
-    const got = await probeSameLun({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, lun.info, {
-      what: `export "${this.name}": LUN ${lun.lun} of ${this.url.target}`,
-      log: this.log.child({ session: index, check: 'identity' }),
-      commandTimeoutMs: this.opts.timeouts.command * 1000,
-      maxRetries: 4,
+    const log = this.log.child({ session: index, check: 'identity' });
+    const run = (): Promise<LunInfo> => identifyOn({ execute: (r) => sess.executeDirect(r), maxTransferBytes: sess.maxTransferBytes }, lun.lun, {
+      log, commandTimeoutMs: this.opts.timeouts.command * 1000, maxRetries: 4,
     });
+    const got = await (identify ? identify(lun.lun, run) : run());
+    checkSameLun(lun.info, got, `export "${this.name}": LUN ${lun.lun} of ${this.url.target}`, log);
     this.portIds.set(sess, targetPortIds(got.designators));
     await this.refreshAlua(sess);
     // A READ CAPACITY on a new login that sees another size: the LUN was resized meanwhile.

@@ -10,6 +10,7 @@ import { FairGate } from './fair-gate';
 import { sessionPaths, sessionCount, pathOfSession, type Portal, type SessionPath } from './paths';
 import type { SessionStatus } from './status';
 import type { TargetPortGroup } from '../scsi/parse';
+import type { LunInfo } from '../scsi/identify';
 
 /** What identifies one pool of sessions: everything a login depends on. */
 export interface TargetSpec {
@@ -34,9 +35,10 @@ export interface LunUser {
   /**
    * After a login of `sess`, before anything queued is sent on it: check
    * that this LUN is still the device it was. Rejects with ELUN_CHANGED when
-   * it is another one; other rejections fail the login.
+   * it is another one; other rejections fail the login. `identify` runs one
+   * identification per LUN number for all the users of that LUN.
    */
-  checkLogin(sess: IscsiSession, index: number): Promise<void>;
+  checkLogin(sess: IscsiSession, index: number, identify?: SharedIdentify): Promise<void>;
   /** The LUN is another device now (its I/O fails with err), or itself again (undefined). */
   refuseLun(err: Error | undefined): void;
   /** Its LUN number on the target, once open. */
@@ -44,6 +46,13 @@ export interface LunUser {
   /** Another user of the same LUN read its port groups' states (see shareAlua). */
   learnAlua(groups: readonly TargetPortGroup[]): void;
 }
+
+/**
+ * The identification of LUN `lun` on one new login: `run` the first time it
+ * is asked for, the same result for every other user of that LUN (an export
+ * and the device mapping it), so a login costs one identity check per LUN.
+ */
+export type SharedIdentify = (lun: number, run: () => Promise<LunInfo>) => Promise<LunInfo>;
 
 /** The pool key: the spec with its secrets hashed, never kept in the clear. */
 export function targetKey(s: TargetSpec): string {
@@ -192,7 +201,13 @@ export class TargetSessions extends EventEmitter {
   private async verify(sess: IscsiSession, index: number): Promise<void> {
     const users = [...this.users].filter((u) => u.lunOpen);
     if (users.length === 0) return; // the first login: identities come from it
-    const results = await Promise.allSettled(users.map((u) => u.checkLogin(sess, index)));
+    const found = new Map<number, Promise<LunInfo>>();
+    const identify: SharedIdentify = (lun, run) => {
+      let p = found.get(lun);
+      if (!p) found.set(lun, (p = run()));
+      return p;
+    };
+    const results = await Promise.allSettled(users.map((u) => u.checkLogin(sess, index, identify)));
     const changed: Array<[LunUser, Error]> = [];
     for (let i = 0; i < users.length; i++) {
       const r = results[i];

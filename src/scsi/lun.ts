@@ -616,24 +616,24 @@ export class LogicalUnit {
 }
 
 /**
- * Probe the LUN `lun` over `transport` (e.g. a session's executeDirect right
- * after a login, before anything queued is sent there) and check it is the
- * device `expected` describes: same identity and block size. Returns what
- * was found (a size change is logged, not refused); throws ScsiError
- * ELUN_CHANGED naming both devices: "<what> is another device now: was ...,
- * now ...".
+ * Identify the LUN `lun` over `transport` (e.g. a session's executeDirect
+ * right after a login, before anything queued is sent there), as open() does.
  */
-export async function probeSameLun(
-  transport: ScsiTransport, lun: number, expected: LunInfo, opts: LunOptions & { what: string },
-): Promise<LunInfo> {
-  const { what, ...lunOpts } = opts;
-  const log = lunOpts.log ?? rootLogger();
-  const probe = new LogicalUnit(transport, lun, { ...lunOpts, log, identityCheck: true });
-  const got = await probe.open();
+export async function identifyOn(transport: ScsiTransport, lun: number, opts: LunOptions = {}): Promise<LunInfo> {
+  const probe = new LogicalUnit(transport, lun, { ...opts, log: opts.log ?? rootLogger(), identityCheck: true });
+  return probe.open();
+}
+
+/**
+ * Check that `got` (from identifyOn) is the device `expected` describes: same
+ * identity and block size (a size change is logged, not refused). Throws
+ * ScsiError ELUN_CHANGED naming both devices: "<what> is another device now:
+ * was ..., now ...".
+ */
+export function checkSameLun(expected: LunInfo, got: LunInfo, what: string, log: Logger = rootLogger()): void {
   if (!sameDevice(expected, got)) {
     log.error({ was: expected.identity, now: got.identity }, 'LUN identity changed behind the same address: refusing it');
     throw new ScsiError('ELUN_CHANGED', `${what} is another device now: was ${describeDevice(expected)}, now ${describeDevice(got)}`, 0);
   }
   if (got.blocks !== expected.blocks) log.warn({ was: String(expected.blocks), now: String(got.blocks) }, 'LUN size changed');
-  return got;
 }
